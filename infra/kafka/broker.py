@@ -1,0 +1,196 @@
+"""A real single-node Apache Kafka broker (KRaft, combined broker + controller), no Docker.
+
+The official broker jars are resolved from Maven Central with ``mvn dependency:copy-dependencies``
+(pinned in ``pom.xml``) into a cache directory, then run with the machine's Java 17.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from longretriever.errors import ConfigError, ServiceUnavailable
+
+KAFKA_VERSION = "3.9.1"
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("LONGRETRIEVER_CACHE", Path.home() / ".cache" / "longretriever"))
+LIB_DIR = CACHE / f"kafka-{KAFKA_VERSION}" / "lib"
+STATE_FILE = "broker.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fetch_jars(quiet: bool = True) -> Path:
+    """Download the pinned broker jars (idempotent). Returns the lib directory."""
+    marker = LIB_DIR / ".complete"
+    if marker.exists():
+        return LIB_DIR
+    if shutil.which("mvn") is None:
+        raise ConfigError("Maven (mvn) is needed to fetch the Kafka jars")
+    tmp = LIB_DIR.with_name("lib.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = ["mvn", "-B", "-f", str(HERE / "pom.xml"), "dependency:copy-dependencies",
+           f"-DoutputDirectory={tmp}", "-DincludeScope=runtime", f"-Dkafka.version={KAFKA_VERSION}"]
+    if quiet:
+        cmd.insert(1, "-q")
+    subprocess.run(cmd, check=True)
+    shutil.rmtree(LIB_DIR, ignore_errors=True)
+    tmp.rename(LIB_DIR)
+    marker.touch()
+    return LIB_DIR
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    pid: int
+    port: int
+    controller_port: int
+    data_dir: str
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def _properties(port: int, controller_port: int, log_dir: Path) -> str:
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name=PLAINTEXT",
+        f"log.dirs={log_dir}",
+        "num.partitions=4",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=4",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=false",
+        # the source topic is the system of record for state recovery: keep it
+        "log.retention.ms=-1",
+        "message.max.bytes=4194304",
+        "",
+    ])
+
+
+def _java_cmd(lib: Path, data_dir: Path, main: str, *args: str) -> list[str]:
+    return ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{HERE / 'log4j.properties'}",
+            f"-Dkafka.logs.dir={data_dir / 'logs'}", "-cp", f"{lib}/*", main, *args]
+
+
+def read_info(data_dir: Path) -> BrokerInfo | None:
+    f = Path(data_dir) / STATE_FILE
+    if not f.exists():
+        return None
+    return BrokerInfo(**json.loads(f.read_text()))
+
+
+def is_alive(info: BrokerInfo) -> bool:
+    try:
+        os.kill(info.pid, 0)
+    except OSError:
+        return False
+    try:
+        with socket.create_connection(("127.0.0.1", info.port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def start(data_dir: Path, port: int | None = None, timeout: float = 60.0) -> BrokerInfo:
+    """Format (first time only) and start a broker; returns once it accepts connections."""
+    data_dir = Path(data_dir).resolve()
+    existing = read_info(data_dir)
+    if existing and is_alive(existing):
+        return existing
+    lib = fetch_jars()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or (existing.port if existing else free_port())
+    controller_port = free_port()
+    log_dir = data_dir / "kraft-logs"
+    props = data_dir / "server.properties"
+    props.write_text(_properties(port, controller_port, log_dir))
+    if not (log_dir / "meta.properties").exists():
+        subprocess.run(_java_cmd(lib, data_dir, "kafka.tools.StorageTool", "format", "-t",
+                                 uuid.uuid4().hex[:22], "-c", str(props)),
+                       check=True, stdout=subprocess.DEVNULL)
+    log = (data_dir / "broker.log").open("ab")
+    proc = subprocess.Popen(_java_cmd(lib, data_dir, "kafka.Kafka", str(props)),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    info = BrokerInfo(proc.pid, port, controller_port, str(data_dir))
+    (data_dir / STATE_FILE).write_text(json.dumps(asdict(info)))
+    _wait_ready(info, proc, timeout)
+    return info
+
+
+def _wait_ready(info: BrokerInfo, proc: subprocess.Popen, timeout: float) -> None:
+    from kafka import KafkaAdminClient  # local import: heavy
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceUnavailable(f"Kafka broker exited with {proc.returncode}; "
+                                     f"see {info.data_dir}/broker.log")
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=info.bootstrap, request_timeout_ms=3000)
+            admin.list_topics()
+            admin.close()
+            return
+        except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+            time.sleep(0.3)
+    raise ServiceUnavailable(f"Kafka broker not ready after {timeout:.0f}s")
+
+
+def stop(data_dir: Path, timeout: float = 30.0) -> bool:
+    """Stop the broker of ``data_dir`` (SIGTERM, then SIGKILL). Returns False if none ran."""
+    info = read_info(Path(data_dir))
+    if info is None:
+        return False
+    try:
+        os.killpg(info.pid, signal.SIGTERM)
+    except OSError:
+        (Path(data_dir) / STATE_FILE).unlink(missing_ok=True)
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(info.pid, 0)
+            waited = os.waitpid(info.pid, os.WNOHANG) if _is_child(info.pid) else (0, 0)
+            if waited[0] == info.pid:
+                break
+        except OSError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(info.pid, signal.SIGKILL)
+    (Path(data_dir) / STATE_FILE).unlink(missing_ok=True)
+    return True
+
+
+def _is_child(pid: int) -> bool:
+    try:
+        return os.getppid() != pid and Path(f"/proc/{pid}/stat").read_text().split()[3] == str(os.getpid())
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience for shell scripts
+    print(fetch_jars(), file=sys.stderr)

@@ -1,0 +1,103 @@
+"""Loading historical event files: ``csv`` (``user_id,item_id,timestamp[,action]``, seconds)
+and ``movielens`` (an ml-latest style folder; a movie's first listed genre is its category).
+
+An :class:`EventLog` is columnar and sorted by timestamp, stable for ties (file order), which
+is the order replay produces in. Timestamps are converted to milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import pandas as pd
+
+from longretriever.contexts import ContextTable
+from longretriever.errors import ConfigError
+
+Format = Literal["csv", "movielens"]
+
+
+@dataclass(frozen=True)
+class EventLog:
+    user_ids: np.ndarray  # int64
+    item_ids: np.ndarray  # int64
+    ts_ms: np.ndarray  # int64
+    actions: np.ndarray | None  # object (str) or None when the file has no action column
+
+    def __len__(self) -> int:
+        return int(self.user_ids.size)
+
+    def users(self) -> np.ndarray:
+        return np.unique(self.user_ids)
+
+    def per_user(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(user_id, row indices in file/time order) for every user, ascending user id."""
+        order = np.argsort(self.user_ids, kind="stable")
+        uids = self.user_ids[order]
+        bounds = np.flatnonzero(np.diff(uids)) + 1
+        for chunk in np.split(order, bounds):
+            if chunk.size:
+                yield int(self.user_ids[chunk[0]]), chunk
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    events: EventLog
+    contexts: ContextTable
+    titles: dict[int, str]
+
+
+def _sorted_log(df: pd.DataFrame, has_action: bool) -> EventLog:
+    df = df.sort_values("timestamp", kind="stable")
+    actions = df["action"].astype(str).to_numpy(dtype=object) if has_action else None
+    return EventLog(
+        user_ids=df["user_id"].to_numpy(np.int64),
+        item_ids=df["item_id"].to_numpy(np.int64),
+        ts_ms=df["timestamp"].to_numpy(np.int64) * 1000,
+        actions=actions,
+    )
+
+
+def load_csv_events(path: Path) -> EventLog:
+    if not path.is_file():
+        raise ConfigError(f"events file not found: {path}")
+    df = pd.read_csv(path)
+    need = {"user_id", "item_id", "timestamp"}
+    if not need <= set(df.columns):
+        raise ConfigError(f"{path}: events CSV needs header user_id,item_id,timestamp[,action]")
+    try:
+        df = df.astype({"user_id": np.int64, "item_id": np.int64, "timestamp": np.int64})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: non-integer user_id/item_id/timestamp") from exc
+    return _sorted_log(df, "action" in df.columns)
+
+
+def load_movielens(folder: Path) -> Dataset:
+    ratings, movies = folder / "ratings.csv", folder / "movies.csv"
+    if not ratings.is_file() or not movies.is_file():
+        raise ConfigError(f"{folder}: not a MovieLens folder (needs ratings.csv and movies.csv)")
+    df = pd.read_csv(ratings, usecols=["userId", "movieId", "timestamp"])
+    df = df.rename(columns={"userId": "user_id", "movieId": "item_id"})
+    mv = pd.read_csv(movies)
+    first_genre = mv["genres"].astype(str).str.split("|").str[0]
+    mapping = dict(zip(mv["movieId"].astype(np.int64).tolist(), first_genre.tolist()))
+    titles = dict(zip(mv["movieId"].astype(np.int64).tolist(), mv["title"].astype(str).tolist()))
+    return Dataset(folder.name, _sorted_log(df, False), ContextTable.from_mapping(mapping), titles)
+
+
+def load_dataset(events: Path | str, items: Path | str | None = None, fmt: Format = "csv") -> Dataset:
+    """Load events plus the item table. For ``movielens`` the folder carries both; an explicit
+    ``items`` file overrides the genre table."""
+    events = Path(events)
+    if fmt == "movielens":
+        ds = load_movielens(events)
+        if items is not None:
+            ds = Dataset(ds.name, ds.events, ContextTable.from_csv(items), ds.titles)
+        return ds
+    if fmt != "csv":
+        raise ConfigError(f"unknown format {fmt!r}; use csv or movielens")
+    return Dataset(events.stem, load_csv_events(events), ContextTable.from_csv(items), {})
