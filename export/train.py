@@ -1,0 +1,239 @@
+"""Training data and the LongRetriever training loop.
+
+Split (leave-last-out): a user's events in canonical order ``(ts, item_id)``; the last event
+is the test target, the second-to-last the validation target, the rest are training
+targets (positions ``1..n-3``; position 0 has no history). Users with fewer than 3 events
+only train. Each epoch samples up to ``budget`` training positions per user.
+
+A training example ``(user, t)``: the positive is ``items[t]`` in context ``c``; the encoder
+sees the newest ``k`` events of ``c`` before ``t`` (hard search) and the newest ``w`` events
+before ``t`` (recent window), featurised by :func:`export.features.build_encoder_inputs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from export.features import INPUT_NAMES, ItemVocab, build_encoder_inputs
+from export.model import ContextNegativeSampler, LongRetrieverModel, ModelConfig, sampled_softmax_loss
+from longretriever.contexts import ContextTable
+from longretriever.datasets import Dataset
+from longretriever.sequence import canonical_order, context_positions, hard_search_positions, recent_window
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UserSeq:
+    user_id: int
+    items: np.ndarray  # raw ids, canonical order
+    ts: np.ndarray  # ms
+    contexts: np.ndarray  # int32 context per event
+    pos_by_ctx: dict[int, np.ndarray]
+
+    def __len__(self) -> int:
+        return int(self.items.size)
+
+
+@dataclass
+class Split:
+    name: str
+    table: ContextTable
+    vocab: ItemVocab
+    item_contexts: np.ndarray  # int32 per vocab item
+    users: list[UserSeq]
+    train_freq: np.ndarray  # float64 per vocab item: count as a training target
+
+    def train_range(self, u: UserSeq) -> tuple[int, int]:
+        """Training target positions [lo, hi)."""
+        n = len(u)
+        return 1, (n - 2 if n >= 3 else n)
+
+
+def make_split(ds: Dataset) -> Split:
+    ev = ds.events
+    vocab = ItemVocab.from_ids(ev.item_ids)
+    item_ctx = ds.contexts.context_of(vocab.item_ids).astype(np.int32)
+    users: list[UserSeq] = []
+    freq = np.zeros(len(vocab), np.float64)
+    for uid, rows in ev.per_user():
+        items, ts = ev.item_ids[rows], ev.ts_ms[rows]
+        order = canonical_order(ts, items)
+        items, ts = items[order], ts[order]
+        ctx = ds.contexts.context_of(items)
+        u = UserSeq(uid, items, ts, ctx, context_positions(ctx))
+        users.append(u)
+    split = Split(ds.name, ds.contexts, vocab, item_ctx, users, freq)
+    for u in users:
+        lo, hi = split.train_range(u)
+        if hi > lo:
+            np.add.at(freq, vocab.dense(u.items[lo:hi]), 1.0)
+    return split
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    batch: int = 256
+    dim: int = 64
+    seed: int = 0
+    k: int = 256
+    w: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    budget: int = 200  # training positions per user per epoch
+    heads: int = 4
+    hidden: int = 128
+    tau: float = 0.07
+    n_ctx_neg: int = 64
+    dropout: float = 0.1
+    threads: int = 2
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def seed_everything(seed: int, threads: int = 2) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.set_num_threads(max(1, threads))
+    return torch.Generator().manual_seed(seed)
+
+
+def sample_examples(split: Split, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(user index, target position) pairs for one epoch, shuffled."""
+    us, ts = [], []
+    for i, u in enumerate(split.users):
+        lo, hi = split.train_range(u)
+        if hi <= lo:
+            continue
+        pos = np.arange(lo, hi)
+        if pos.size > budget:
+            pos = np.sort(rng.choice(pos, budget, replace=False))
+        us.append(np.full(pos.size, i))
+        ts.append(pos)
+    if not us:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    u, t = np.concatenate(us), np.concatenate(ts)
+    perm = rng.permutation(u.size)
+    return u[perm], t[perm]
+
+
+def example_rows(u: UserSeq, t: int, ctx: int, k: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw-id rows (context subsequence, recent window) for user ``u`` before position ``t``."""
+    pos = u.pos_by_ctx.get(int(ctx), np.zeros(0, np.int64))
+    return u.items[hard_search_positions(pos, k, end=t)], u.items[recent_window(len(u), w, end=t)]
+
+
+def batch_inputs(split: Split, uidx: np.ndarray, tpos: np.ndarray, k: int, w: int
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Encoder inputs + positive dense ids + positive contexts for training examples."""
+    ctx_rows, rec_rows, ctxs, pos = [], [], [], []
+    for i, t in zip(uidx.tolist(), tpos.tolist()):
+        u = split.users[i]
+        c = int(u.contexts[t])
+        a, b = example_rows(u, t, c, k, w)
+        ctx_rows.append(a)
+        rec_rows.append(b)
+        ctxs.append(c)
+        pos.append(u.items[t])
+    inputs = build_encoder_inputs(ctx_rows, rec_rows, np.asarray(ctxs), split.vocab, k, w)
+    return inputs, split.vocab.dense(np.asarray(pos, np.int64)), np.asarray(ctxs, np.int64)
+
+
+def to_torch(inputs: dict[str, np.ndarray]) -> list[torch.Tensor]:
+    return [torch.as_tensor(inputs[n]) for n in INPUT_NAMES]
+
+
+@dataclass
+class FitResult:
+    model: torch.nn.Module
+    losses: list[float]  # mean training loss per epoch
+    step_losses: list[float]
+    val_curve: list[float]  # validation score per epoch (empty without a val_fn)
+    best_epoch: int
+    seconds: float
+
+
+def fit(model: torch.nn.Module, batches: Callable[[int], Iterator[Callable[[], torch.Tensor]]],
+        epochs: int, lr: float, weight_decay: float = 0.0,
+        val_fn: Callable[[torch.nn.Module], float] | None = None, desc: str = "train",
+        progress: bool = True) -> FitResult:
+    """Generic loop shared by every model of the evaluator (same optimiser, same epoch budget,
+    same model selection): Adam, ``epochs`` passes, keep the epoch with the best ``val_fn``
+    (higher is better). ``batches(epoch)`` yields closures that return the batch loss."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    losses, steps, curve = [], [], []
+    best, best_state, best_epoch = -np.inf, None, epochs - 1
+    t0 = time.perf_counter()
+    for ep in range(epochs):
+        model.train()
+        tot, n = 0.0, 0
+        bar = tqdm(batches(ep), desc=f"{desc} ep{ep + 1}/{epochs}", disable=not progress, leave=False)
+        for closure in bar:
+            opt.zero_grad(set_to_none=True)
+            loss = closure()
+            loss.backward()
+            opt.step()
+            v = float(loss.detach())
+            steps.append(v)
+            tot, n = tot + v, n + 1
+            bar.set_postfix(loss=f"{v:.3f}")
+        losses.append(tot / max(n, 1))
+        model.eval()
+        if val_fn is not None:
+            score = float(val_fn(model))
+            curve.append(score)
+            log.info("%s epoch %d loss %.4f val %.4f", desc, ep + 1, losses[-1], score)
+            if score > best:
+                best, best_epoch = score, ep
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(model, losses, steps, curve, best_epoch, time.perf_counter() - t0)
+
+
+def build_model(split: Split, cfg: TrainConfig) -> LongRetrieverModel:
+    mcfg = ModelConfig(num_items=len(split.vocab), num_contexts=split.table.num_contexts,
+                       dim=cfg.dim, heads=cfg.heads, hidden=cfg.hidden, tau=cfg.tau,
+                       n_ctx_neg=cfg.n_ctx_neg, dropout=cfg.dropout)
+    return LongRetrieverModel(mcfg, split.item_contexts)
+
+
+def train_longretriever(split: Split, cfg: TrainConfig,
+                        val_fn: Callable[[torch.nn.Module], float] | None = None,
+                        progress: bool = True) -> FitResult:
+    """Train the multi-context model; returns the model (best validation epoch when
+    ``val_fn`` is given, else the last) and its loss curve."""
+    gen = seed_everything(cfg.seed, cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    model = build_model(split, cfg)
+    log_q = torch.as_tensor(np.log((split.train_freq + 1.0) / (split.train_freq + 1.0).sum()),
+                            dtype=torch.float32)
+    sampler = ContextNegativeSampler(split.item_contexts, split.train_freq,
+                                     split.table.num_contexts, model.cfg.ctx_neg_alpha)
+
+    def batches(epoch: int):
+        uidx, tpos = sample_examples(split, cfg.budget, rng)
+        for s in range(0, uidx.size, cfg.batch):
+            ub, tb = uidx[s:s + cfg.batch], tpos[s:s + cfg.batch]
+            if ub.size < 2:
+                continue
+
+            def closure(ub=ub, tb=tb):
+                inputs, pos, pctx = batch_inputs(split, ub, tb, cfg.k, cfg.w)
+                user = model(*to_torch(inputs))
+                return sampled_softmax_loss(model, user, torch.as_tensor(pos), log_q, sampler,
+                                            torch.as_tensor(pctx), gen)
+            yield closure
+
+    return fit(model, batches, cfg.epochs, cfg.lr, cfg.weight_decay, val_fn, "longretriever", progress)

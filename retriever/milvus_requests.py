@@ -1,0 +1,162 @@
+"""Pure Milvus request building and result parsing (no I/O, unit-testable).
+
+Layout (chosen by measurement, docs/milvus.md): one collection, primary key = raw item id,
+an int64 ``context`` scalar field, a float vector ``vec`` (inner product; item vectors are
+L2-normalised). Per-context search = ``filter="context == c"``. The bundle version is stored
+in the collection description (Milvus Lite 2.5.1 does not implement collection properties).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from longretriever.errors import BundleError, ConfigError
+from longretriever.multicontext import Candidate
+
+DEFAULT_COLLECTION = "longretriever_items"
+DEFAULT_URI = "./milvus.db"
+PK_FIELD = "id"
+CONTEXT_FIELD = "context"
+VECTOR_FIELD = "vec"
+METRIC = "IP"
+MAX_TOPK = 16_384  # Milvus limit on `limit` (topk) per search
+INDEX_KINDS = ("flat", "hnsw", "ivf")
+_DESC_PREFIX = "longretriever items; bundle_version="
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ContextSearch:
+    """One per-context search: the query vector, the filter and how many hits to fetch."""
+
+    context: int
+    vector: np.ndarray  # float32 [d]
+    limit: int
+    filter: str
+
+
+def check_collection_name(name: str) -> str:
+    if not _NAME_RE.match(name or ""):
+        raise ConfigError(f"invalid Milvus collection name {name!r} (letters, digits, _; not starting with a digit)")
+    return name
+
+
+def is_remote_uri(uri: str) -> bool:
+    """``http(s)://host:19530`` / ``tcp://`` are servers; anything else is a Milvus Lite file."""
+    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+
+def description_for(version: str) -> str:
+    if not version:
+        raise BundleError("bundle version is empty")
+    return _DESC_PREFIX + version
+
+
+def version_from_description(desc: str | None) -> str | None:
+    if desc and desc.startswith(_DESC_PREFIX):
+        return desc[len(_DESC_PREFIX):]
+    return None
+
+
+def check_version(desc: str | None, expected: str, collection: str) -> None:
+    """Refuse to serve a collection indexed from another bundle."""
+    found = version_from_description(desc)
+    if found is None:
+        raise BundleError(f"collection {collection!r} carries no bundle version (description {desc!r}); "
+                          f"re-run `longretriever index`")
+    if found != expected:
+        raise BundleError(f"collection {collection!r} holds bundle version {found!r}, the loaded bundle is "
+                          f"{expected!r}; re-run `longretriever index` with this bundle")
+
+
+def index_spec(kind: str, n_items: int = 0) -> dict[str, Any]:
+    """``add_index`` keyword arguments for ``flat`` | ``hnsw`` | ``ivf``."""
+    kind = kind.lower()
+    if kind == "flat":
+        return {"index_type": "FLAT", "metric_type": METRIC, "params": {}}
+    if kind == "hnsw":
+        return {"index_type": "HNSW", "metric_type": METRIC, "params": {"M": 16, "efConstruction": 200}}
+    if kind == "ivf":
+        nlist = int(min(4096, max(16, 4 * np.sqrt(max(n_items, 1)))))
+        return {"index_type": "IVF_FLAT", "metric_type": METRIC, "params": {"nlist": nlist}}
+    raise ConfigError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+
+
+def search_params(index_type: str, limit: int) -> dict[str, Any]:
+    """Search parameters for the index type found on the collection."""
+    t = (index_type or "FLAT").upper()
+    if t == "HNSW":
+        return {"metric_type": METRIC, "params": {"ef": max(limit, 64)}}
+    if t == "IVF_FLAT":
+        return {"metric_type": METRIC, "params": {"nprobe": 32}}
+    return {"metric_type": METRIC, "params": {}}
+
+
+def context_filter(context: int) -> str:
+    c = int(context)
+    if c < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    return f"{CONTEXT_FIELD} == {c}"
+
+
+def build_context_searches(vectors: Mapping[int, np.ndarray], topk: Mapping[int, int],
+                           context_sizes: Mapping[int, int] | None = None) -> list[ContextSearch]:
+    """One search per context with topk > 0, in ascending context order. ``limit`` is capped by
+    the Milvus maximum and (when known) by the number of items in that context."""
+    out = []
+    for c in sorted(topk):
+        n = int(topk[c])
+        if context_sizes is not None:
+            n = min(n, int(context_sizes.get(c, 0)))
+        if n <= 0:
+            continue
+        if c not in vectors:
+            raise KeyError(f"no query vector for context {c}")
+        v = np.asarray(vectors[c], dtype=np.float32).reshape(-1)
+        out.append(ContextSearch(int(c), v, min(n, MAX_TOPK), context_filter(c)))
+    return out
+
+
+def parse_hits(hits: Iterable[Any], context: int) -> list[Candidate]:
+    """Milvus hits (dicts with ``id`` and ``distance``, or Hit objects) -> Candidates, best first
+    (score descending, item id ascending on ties; IP distance is a similarity)."""
+    out = []
+    for h in hits:
+        if isinstance(h, Mapping):
+            item, score = h["id"], h["distance"]
+        else:
+            item, score = h.id, h.distance
+        out.append(Candidate(int(item), float(score), int(context)))
+    out.sort(key=lambda c: (-c.score, c.item_id))
+    return out
+
+
+def iter_batches(n: int, batch: int) -> Iterator[tuple[int, int]]:
+    if batch <= 0:
+        raise ValueError("batch must be > 0")
+    for lo in range(0, n, batch):
+        yield lo, min(n, lo + batch)
+
+
+def rows(ids: np.ndarray, contexts: np.ndarray, vectors: np.ndarray) -> list[dict[str, Any]]:
+    """Upsert rows for one batch: primary key = raw item id (so re-indexing is idempotent)."""
+    ids = np.asarray(ids, np.int64)
+    contexts = np.asarray(contexts)
+    vectors = np.asarray(vectors, np.float32)
+    if not (ids.shape[0] == contexts.shape[0] == vectors.shape[0]):
+        raise ValueError("ids, contexts and vectors must have the same length")
+    return [{PK_FIELD: int(i), CONTEXT_FIELD: int(c), VECTOR_FIELD: v}
+            for i, c, v in zip(ids.tolist(), contexts.tolist(), vectors)]
+
+
+def context_sizes(contexts: Sequence[int] | np.ndarray) -> dict[int, int]:
+    """Number of items per context id."""
+    cs = np.asarray(contexts, np.int64)
+    if cs.size == 0:
+        return {}
+    counts = np.bincount(cs)
+    return {int(c): int(counts[c]) for c in np.flatnonzero(counts)}

@@ -1,0 +1,176 @@
+"""Precomputed per-(user, context) query vectors, refreshed by the stream worker's hook.
+
+A query vector of user ``u`` for context ``c`` depends on (a) the newest ``K`` events of ``c``
+and (b) the newest ``W`` events of ``u`` overall. Every new event of ``u`` changes (b), so when
+the worker reports ``touched = {u: {c, ...}}`` after a durable batch, the refresher recomputes
+``u``'s vector for every touched context *and* for every context of ``u`` already cached
+(whose recent part just changed) -- in practice "all of u's cached contexts + the touched
+ones" -- batched across users into a few ``Bundle.encode`` calls.
+
+Each entry carries a stamp of the user's recent window (digest of the newest events'
+items and timestamps). The service only uses an entry whose stamp equals the stamp of the
+state it just read, so a stale entry (a batch applied after the refresh, or a refresh still
+queued) is never served: it is recomputed inline instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def window_stamp(items: np.ndarray, ts: np.ndarray) -> bytes:
+    """Digest of a user's recent window; changes whenever any event enters it."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(items, np.int64).tobytes())
+    h.update(np.ascontiguousarray(ts, np.int64).tobytes())
+    return h.digest()
+
+
+class VectorCache:
+    """Thread-safe LRU of (user, context) -> (stamp, vector)."""
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self.max_entries = max_entries
+        self._d: OrderedDict[tuple[int, int], tuple[bytes, np.ndarray]] = OrderedDict()
+        self._by_user: dict[int, set[int]] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get(self, user: int, context: int, stamp: bytes) -> np.ndarray | None:
+        with self._lock:
+            e = self._d.get((user, context))
+            if e is None or e[0] != stamp:
+                self.misses += 1
+                return None
+            self._d.move_to_end((user, context))
+            self.hits += 1
+            return e[1]
+
+    def put(self, user: int, context: int, stamp: bytes, vector: np.ndarray) -> None:
+        with self._lock:
+            self._d[(user, context)] = (stamp, vector)
+            self._d.move_to_end((user, context))
+            self._by_user.setdefault(user, set()).add(context)
+            while len(self._d) > self.max_entries:
+                (u, c), _ = self._d.popitem(last=False)
+                s = self._by_user.get(u)
+                if s is not None:
+                    s.discard(c)
+                    if not s:
+                        del self._by_user[u]
+
+    def contexts_of(self, user: int) -> set[int]:
+        with self._lock:
+            return set(self._by_user.get(user, ()))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self._by_user.clear()
+
+
+class Refresher:
+    """Consumes ``on_applied(touched)`` callbacks; recomputes vectors in a background thread
+    (coalescing bursts), or synchronously via :meth:`refresh`."""
+
+    def __init__(self, bundle: Any, state: Any, cache: VectorCache, *, batch_rows: int = 512,
+                 window: int = 1000, allowed: set[int] | None = None) -> None:
+        self.bundle = bundle
+        self.state = state
+        self.cache = cache
+        self.batch_rows = batch_rows
+        self.window = window
+        self.hard_k = int(bundle.config["k"])
+        self.w = int(bundle.config["w"])
+        self.allowed = allowed
+        self._pending: dict[int, set[int]] = {}
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.refreshed_rows = 0
+
+    # called by stream.worker after each durable batch (any thread / the event loop): cheap.
+    def on_applied(self, touched: Mapping[int, Iterable[int]]) -> None:
+        with self._cv:
+            for u, cs in touched.items():
+                self._pending.setdefault(int(u), set()).update(int(c) for c in cs)
+            self._cv.notify()
+
+    def start(self) -> "Refresher":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="vector-refresh", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._stop:
+                    self._cv.wait()
+                if self._stop:
+                    return
+                work, self._pending = self._pending, {}
+            try:
+                self.refresh(work)
+            except Exception:  # noqa: BLE001 - a failed refresh only costs cache misses
+                log.exception("vector refresh failed for %d users", len(work))
+
+    def refresh(self, touched: Mapping[int, Iterable[int]]) -> int:
+        """Recompute the vectors of the touched (user, context) pairs plus every cached context
+        of each touched user; returns the number of rows encoded."""
+        rows: list[tuple[int, int, bytes]] = []
+        ctx_items: list[np.ndarray] = []
+        recent_items: list[np.ndarray] = []
+        contexts: list[int] = []
+        n = 0
+        for u, cs in touched.items():
+            u = int(u)
+            want = (set(int(c) for c in cs) | self.cache.contexts_of(u))
+            if self.allowed is not None:
+                want &= self.allowed
+            if not want:
+                continue
+            seq = self.state.recent(u, self.window)
+            if seq is None or len(seq) == 0:
+                continue
+            stamp = window_stamp(seq.items, seq.ts)
+            recent = np.asarray(seq.items[max(0, len(seq) - self.w):], np.int64) if self.w > 0 else seq.items[:0]
+            for c in sorted(want):
+                tail, _ = self.state.context_tail(u, c, self.hard_k)
+                rows.append((u, c, stamp))
+                ctx_items.append(np.asarray(tail, np.int64))
+                recent_items.append(recent)
+                contexts.append(c)
+                if len(rows) >= self.batch_rows:
+                    n += self._flush(rows, ctx_items, recent_items, contexts)
+                    rows, ctx_items, recent_items, contexts = [], [], [], []
+        if rows:
+            n += self._flush(rows, ctx_items, recent_items, contexts)
+        self.refreshed_rows += n
+        return n
+
+    def _flush(self, rows, ctx_items, recent_items, contexts) -> int:
+        vecs = np.asarray(self.bundle.encode(ctx_items, recent_items, contexts), np.float32)
+        for (u, c, stamp), v in zip(rows, vecs):
+            self.cache.put(u, c, stamp, v.copy())
+        return len(rows)

@@ -1,0 +1,165 @@
+"""grpc.aio endpoint: Retrieve + GetUserSequence, health checking, reflection, error mapping.
+
+Errors never leak tracebacks: :class:`ErrorInterceptor` maps ``InputError`` ->
+INVALID_ARGUMENT, ``RetriableError`` -> UNAVAILABLE, a blown deadline -> DEADLINE_EXCEEDED and
+anything else -> INTERNAL with a short message and a reference id that is logged with the
+traceback server-side. The blocking backend runs in worker threads, bounded by the client's
+deadline. SIGTERM / SIGINT flip health to NOT_SERVING and stop the server gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid
+from typing import Any, Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from longretriever.errors import InputError, RetriableError
+from retriever import query as q
+from retriever.proto import longretriever_pb2 as pb
+from retriever.proto import longretriever_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Retriever"].full_name  # longretriever.v1.Retriever
+DEFAULT_MAX_CONTEXTS = 8
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and client-safe message for an exception raised by a handler."""
+    if isinstance(exc, InputError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)[:500]
+    if isinstance(exc, RetriableError):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)[:500]
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary-unary handler so exceptions become clean status codes."""
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # streaming (health Watch, reflection): leave untouched
+        inner = handler.unary_unary
+        method = handler_call_details.method
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await inner(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status below
+                code, msg = status_for(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    ref = uuid.uuid4().hex[:12]
+                    log.exception("%s failed (ref %s)", method, ref)
+                    msg = f"{msg}; ref {ref}"
+                else:
+                    log.info("%s -> %s: %s", method, code.name, msg)
+                await context.abort(code, msg)
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
+class RetrieverServicer(pb_grpc.RetrieverServicer):
+    """Adapts a backend (``retriever.service.RetrieverService`` or a fake with the same
+    ``retrieve`` / ``user_sequence`` / ``context_name`` / ``context_id`` methods)."""
+
+    def __init__(self, backend: Any, default_timeout: float | None = 10.0) -> None:
+        self.backend = backend
+        self.default_timeout = default_timeout
+
+    async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        remaining = context.time_remaining()
+        timeout = remaining if remaining is not None else self.default_timeout
+        if timeout is not None and timeout <= 0:
+            raise asyncio.TimeoutError()
+        if "timeout" in kw:
+            kw["timeout"] = timeout
+        return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kw), timeout)
+
+    async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
+        max_contexts = request.max_contexts or DEFAULT_MAX_CONTEXTS
+        q.validate_request(request.user_id, request.k, max_contexts)
+        res = await self._run(context, self.backend.retrieve, request.user_id, request.k, max_contexts,
+                              request.exclude_seen, timeout=None)
+        name = self.backend.context_name
+        return pb.RetrieveResponse(
+            candidates=[pb.Candidate(item_id=c.item_id, score=c.score, context=name(c.context))
+                        for c in res.candidates],
+            model_version=res.model_version, watermark=res.watermark, fallback=res.fallback)
+
+    async def GetUserSequence(self, request: pb.GetUserSequenceRequest,
+                              context: grpc.aio.ServicerContext) -> pb.GetUserSequenceResponse:
+        if request.user_id < 0:
+            raise InputError(f"user_id must be >= 0, got {request.user_id}")
+        ctx = self.backend.context_id(request.context) if request.HasField("context") else None
+        res = await self._run(context, self.backend.user_sequence, request.user_id, ctx)
+        name = self.backend.context_name
+        events = [pb.Event(item_id=i, ts=t, context=name(c))
+                  for i, t, c in zip(res.items.tolist(), res.ts.tolist(), res.contexts.tolist())]
+        return pb.GetUserSequenceResponse(user_id=request.user_id, events=events, watermark=res.watermark)
+
+
+def build_server(backend: Any, host: str = "127.0.0.1", port: int = 0,
+                 default_timeout: float | None = 10.0) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
+    """A configured (not started) server; returns (server, bound port, health servicer).
+    Must be called with a running event loop."""
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()],
+                             options=[("grpc.max_send_message_length", 64 * 1024 * 1024),
+                                      ("grpc.so_reuseport", 0)])
+    pb_grpc.add_RetrieverServicer_to_server(RetrieverServicer(backend, default_timeout), server)
+    hs = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind {host}:{port}")
+    return server, bound, hs
+
+
+def set_serving(hs: health.HealthServicer, serving: bool) -> None:
+    st = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE_NAME):
+        hs.set(name, st)
+
+
+async def serve(backend: Any, host: str = "0.0.0.0", port: int = 50051, grace: float = 5.0,
+                stop: asyncio.Event | None = None,
+                on_started: Callable[[int], None] | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain in-flight calls for ``grace`` s."""
+    server, bound, hs = build_server(backend, host, port)
+    await server.start()
+    set_serving(hs, True)
+    log.warning("retriever listening on %s:%d", host, bound)
+    if on_started:
+        on_started(bound)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+    try:
+        await stop.wait()
+    finally:
+        set_serving(hs, False)
+        await server.stop(grace)
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,227 @@
+"""The stream worker: Kafka ``user-events`` -> per-user state, exactly once.
+
+Consumption uses aiokafka (the Kafka driver faust-streaming itself runs on) in bulk: one
+``getmany`` returns thousands of messages, which are decoded and applied to RocksDB as one
+batch. Group membership and partition assignment come from the Kafka consumer group protocol;
+see docs/stream-design.md for why the faust agent path is not on the hot loop.
+
+Exactly once: the next offset of every partition is stored in the same RocksDB write batch as
+the state it produced. On assignment a partition is resumed from that stored offset (or from
+the beginning when this worker never had it: state is rebuilt from the source topic, which is
+kept with infinite retention). Offsets are also committed to Kafka, but only for lag
+monitoring; they are never used to position the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from longretriever.settings import Settings
+from stream import metrics
+from stream.codec import Rejection, decode_message
+from stream.state import StateStore
+
+log = logging.getLogger(__name__)
+
+OnApplied = Callable[[dict[int, set[int]]], None]
+
+
+@dataclass
+class WorkerStats:
+    messages: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    late: int = 0
+    evicted: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    assigned: set[int] = field(default_factory=set)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Positions every newly assigned partition from the offset stored with the state."""
+
+    def __init__(self, worker: "StreamWorker") -> None:
+        self.w = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            self.w.stats.assigned.discard(tp.partition)
+        metrics.ASSIGNED.set(len(self.w.stats.assigned))
+        log.info("revoked %s", sorted(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            off = self.w.store.next_offset(tp.partition)
+            if off is None:
+                await self.w.consumer.seek_to_beginning(tp)
+            else:
+                self.w.consumer.seek(tp, off)
+            self.w.stats.assigned.add(tp.partition)
+        metrics.ASSIGNED.set(len(self.w.stats.assigned))
+        log.info("assigned %s", sorted(tp.partition for tp in assigned))
+
+
+class StreamWorker:
+    def __init__(self, settings: Settings, store: StateStore, on_applied: OnApplied | None = None) -> None:
+        self.s = settings
+        self.store = store
+        self.on_applied = on_applied
+        self.stats = WorkerStats()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, until_caught_up: bool = False, max_seconds: float | None = None,
+                  max_events: int | None = None) -> WorkerStats:
+        """Consume until stopped (or caught up / time / event budget reached)."""
+        sec = self.s.kafka_security()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.s.bootstrap, group_id=self.s.group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1_048_576,
+            fetch_max_bytes=64 * 1_048_576, session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
+            **sec)
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.s.bootstrap, acks="all",
+                                         linger_ms=5, **sec)
+        self.consumer.subscribe([self.s.topic], listener=_Rebalance(self))
+        await self.consumer.start()
+        await self.producer.start()
+        t0 = time.monotonic()
+        try:
+            targets = await self._end_offsets() if until_caught_up else None
+            while not self._stop.is_set():
+                data = await self.consumer.getmany(timeout_ms=self.s.fetch_timeout_ms,
+                                                   max_records=self.s.fetch_max_records)
+                if data:
+                    await self._process(data)
+                if targets is not None and self._caught_up(targets):
+                    break
+                if max_seconds is not None and time.monotonic() - t0 > max_seconds:
+                    break
+                if max_events is not None and self.stats.applied >= max_events:
+                    break
+        finally:
+            self.stats.seconds = time.monotonic() - t0
+            await self.producer.stop()
+            await self.consumer.stop()
+        return self.stats
+
+    async def _end_offsets(self) -> dict[int, int]:
+        parts = None
+        for _ in range(100):
+            parts = self.consumer.partitions_for_topic(self.s.topic)
+            if parts:
+                break
+            await asyncio.sleep(0.1)
+        if not parts:
+            return {}
+        tps = [TopicPartition(self.s.topic, p) for p in parts]
+        ends = await self.consumer.end_offsets(tps)
+        return {tp.partition: off for tp, off in ends.items()}
+
+    def _caught_up(self, targets: dict[int, int]) -> bool:
+        if not self.stats.assigned:
+            return not any(targets.values())
+        return all((self.store.next_offset(p) or 0) >= targets.get(p, 0) for p in self.stats.assigned)
+
+    async def _process(self, data: dict[TopicPartition, list]) -> None:
+        t0 = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        users: list[int] = []
+        items: list[int] = []
+        ts: list[int] = []
+        origin: list[tuple] = []  # (msg, index) of each valid event, to dead-letter late ones
+        rejected: list[tuple] = []
+        offsets: dict[int, int] = {}
+        for tp, msgs in data.items():
+            start = self.store.next_offset(tp.partition) or 0
+            for msg in msgs:
+                if msg.offset < start:
+                    continue  # re-delivered: already in the state
+                evs, bad = decode_message(msg.value, msg.key, now_ms, self.s.max_message_bytes,
+                                          self.s.max_batch_events)
+                for e in evs:
+                    users.append(e.user_id)
+                    items.append(e.item_id)
+                    ts.append(e.ts)
+                    origin.append((msg, e))
+                rejected.extend((msg, r) for r in bad)
+                offsets[tp.partition] = msg.offset + 1
+            self.stats.messages += len(msgs)
+        metrics.MESSAGES.inc(sum(len(m) for m in data.values()))
+        if not offsets:
+            return
+        wb, res = self.store.prepare(np.array(users, np.int64), np.array(items, np.int64),
+                                     np.array(ts, np.int64), offsets)
+        for i in res.late:
+            msg, e = origin[i]
+            rejected.append((msg, Rejection(f"late event: ts {e.ts} older than the user's newest event "
+                                            f"minus {self.s.late_tolerance_ms} ms", _repack(e))))
+        await self._dead_letter(rejected)  # before the state commit: nothing is lost on a crash
+        self.store.commit(wb)
+        self._account(res, len(rejected))
+        await self._commit_kafka(offsets)
+        if self.on_applied and res.touched:
+            self.on_applied(res.touched)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
+
+    def _account(self, res, n_rejected: int) -> None:
+        st = self.stats
+        st.batches += 1
+        st.applied += res.appended
+        st.duplicates += res.duplicates
+        st.late += len(res.late)
+        st.dead_lettered += n_rejected
+        st.evicted += res.evicted
+        metrics.EVENTS.labels("applied").inc(res.appended)
+        metrics.EVENTS.labels("duplicate").inc(res.duplicates)
+        metrics.EVENTS.labels("late").inc(len(res.late))
+        metrics.EVENTS.labels("evicted").inc(res.evicted)
+        metrics.EVENTS.labels("dlq").inc(n_rejected)
+
+    async def _dead_letter(self, rejected: list[tuple]) -> None:
+        if not rejected:
+            return
+        futures = []
+        for msg, r in rejected:
+            headers = [("lr.reason", r.reason.encode()), ("lr.source.topic", msg.topic.encode()),
+                       ("lr.source.partition", str(msg.partition).encode()),
+                       ("lr.source.offset", str(msg.offset).encode())]
+            if r.index is not None:
+                headers.append(("lr.batch.index", str(r.index).encode()))
+            futures.append(await self.producer.send(self.s.dlq_topic, value=r.raw, key=msg.key,
+                                                    headers=headers))
+        await asyncio.gather(*futures)
+        metrics.DLQ.inc(len(rejected))
+
+    async def _commit_kafka(self, offsets: dict[int, int]) -> None:
+        """Informational commit (lag tooling); the authoritative offsets live in the state."""
+        try:
+            await self.consumer.commit({TopicPartition(self.s.topic, p): o for p, o in offsets.items()})
+        except (CommitFailedError, KafkaError) as exc:
+            log.debug("informational offset commit skipped: %s", exc)
+
+
+def _repack(e) -> bytes:
+    from stream.codec import encode_event
+
+    return encode_event(e)
+
+
+def run_worker(settings: Settings, store: StateStore, until_caught_up: bool = False,
+               max_seconds: float | None = None, on_applied: OnApplied | None = None) -> WorkerStats:
+    """Blocking helper for the CLI and tests."""
+    worker = StreamWorker(settings, store, on_applied)
+    return asyncio.run(worker.run(until_caught_up=until_caught_up, max_seconds=max_seconds))

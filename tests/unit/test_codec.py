@@ -1,0 +1,73 @@
+"""The event contract: valid single events and micro-batches decode; everything else is a
+Rejection with a reason and the original bytes, never an exception."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from stream.codec import (MIN_TS_MS, Event, decode_message, encode_batch, encode_event, encode_key)
+
+NOW = 1_800_000_000_000
+GOOD = Event(7, 42, 1_700_000_000_000, "click", 1.5)
+
+
+def test_single_event_roundtrip():
+    evs, bad = decode_message(encode_event(GOOD), encode_key(7), NOW)
+    assert evs == [GOOD] and bad == []
+
+
+def test_micro_batch_roundtrip_keeps_order():
+    batch = [Event(7, i, 1_700_000_000_000 + i) for i in range(5)]
+    evs, bad = decode_message(encode_batch(batch), b"7", NOW)
+    assert evs == batch and bad == []
+
+
+@pytest.mark.parametrize("value,reason", [
+    (b"\xc1garbage", "not msgpack"),
+    (msgpack.packb({"user_id": 7, "item_id": 1}), "ts must be an integer"),
+    (msgpack.packb({"user_id": 7, "item_id": "x", "ts": 1_700_000_000_000}), "item_id must be an integer"),
+    (msgpack.packb({"user_id": 7, "item_id": True, "ts": 1_700_000_000_000}), "item_id must be an integer"),
+    (msgpack.packb({"user_id": 7, "item_id": -1, "ts": 1_700_000_000_000}), "out of range"),
+    (msgpack.packb({"user_id": 7, "item_id": 1, "ts": 5}), "out of range"),
+    (msgpack.packb({"user_id": 7, "item_id": 1, "ts": NOW + 10**10}), "out of range"),
+    (msgpack.packb({"user_id": 7, "item_id": 1, "ts": MIN_TS_MS, "x": 1}), "unknown field"),
+    (msgpack.packb({"user_id": 7, "item_id": 1, "ts": MIN_TS_MS, "weight": float("nan")}), "finite"),
+    (msgpack.packb({"user_id": 7, "item_id": 1, "ts": MIN_TS_MS, "action": ""}), "action"),
+    (msgpack.packb({"user_id": 8, "item_id": 1, "ts": MIN_TS_MS}), "does not match"),
+    (msgpack.packb([]), "empty micro-batch"),
+    (msgpack.packb(3), "map or an array"),
+    (b"\x00" * 2_000_000, "exceeds"),
+])
+def test_rejections_have_reason_and_bytes(value, reason):
+    evs, bad = decode_message(value, b"7", NOW)
+    assert evs == [] and len(bad) == 1
+    assert reason in bad[0].reason
+    assert bad[0].raw == value
+
+
+def test_missing_key_is_rejected():
+    evs, bad = decode_message(encode_event(GOOD), None, NOW)
+    assert not evs and "missing" in bad[0].reason
+
+
+def test_batch_keeps_valid_events_around_bad_ones():
+    good = [Event(7, i, 1_700_000_000_000 + i) for i in range(3)]
+    raw = msgpack.packb([good[0].to_map(), {"user_id": 7}, good[1].to_map(),
+                         Event(9, 1, 1_700_000_000_000).to_map(), good[2].to_map()])
+    evs, bad = decode_message(raw, b"7", NOW)
+    assert evs == good
+    assert [b.index for b in bad] == [1, 3]
+    assert msgpack.unpackb(bad[0].raw) == {"user_id": 7}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.builds(msgpack.packb, st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=5),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=6),
+    max_leaves=12)))
+def test_fuzz_never_raises(value):
+    evs, bad = decode_message(value, b"7", NOW)
+    assert all(isinstance(e, Event) for e in evs)
+    assert evs or bad

@@ -1,0 +1,132 @@
+"""Real grpc.aio server on 127.0.0.1 with a fake backend: status mapping, health, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from longretriever.errors import BundleError, ServiceUnavailable
+from longretriever.multicontext import Candidate
+from retriever.proto import longretriever_pb2 as pb
+from retriever.proto import longretriever_pb2_grpc as pb_grpc
+from retriever.server import SERVICE_NAME, build_server, set_serving
+from retriever.service import RetrieveResult, SequenceResult
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.calls = []
+
+    def context_name(self, c: int) -> str:
+        return ["unknown", "books", "games"][c]
+
+    def context_id(self, name: str) -> int:
+        return ["unknown", "books", "games"].index(name)
+
+    def retrieve(self, user_id, k, max_contexts, exclude_seen, timeout=None):
+        self.calls.append((user_id, k, max_contexts, exclude_seen))
+        if user_id == 13:
+            raise ServiceUnavailable("milvus down")
+        if user_id == 14:
+            raise BundleError("collection holds another bundle version")
+        if user_id == 15:
+            raise ZeroDivisionError("secret internal detail")
+        if user_id == 16:
+            import time
+            time.sleep(1.0)
+        return RetrieveResult(user_id, [Candidate(7, 0.5, 1), Candidate(9, 0.25, 2)][:k], "v1", "0:10", user_id == 0)
+
+    def user_sequence(self, user_id, context=None):
+        items = np.array([1, 2, 3], np.int64)
+        cs = np.array([1, 2, 1], np.int32)
+        m = np.ones(3, bool) if context is None else cs == context
+        return SequenceResult(user_id, items[m], np.array([10, 20, 30], np.int64)[m], cs[m], "0:10")
+
+
+async def _with_server(fn):
+    backend = FakeBackend()
+    server, port, hs = build_server(backend, "127.0.0.1", 0)
+    await server.start()
+    set_serving(hs, True)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            await fn(ch, backend)
+    finally:
+        await server.stop(None)
+
+
+def run(fn):
+    asyncio.run(_with_server(fn))
+
+
+def test_retrieve_ok_and_defaults():
+    async def body(ch, backend):
+        stub = pb_grpc.RetrieverStub(ch)
+        r = await stub.Retrieve(pb.RetrieveRequest(user_id=5, k=2, exclude_seen=True), timeout=5)
+        assert [c.item_id for c in r.candidates] == [7, 9]
+        assert [c.context for c in r.candidates] == ["books", "games"]
+        assert r.model_version == "v1" and r.watermark == "0:10" and not r.fallback
+        assert backend.calls[-1] == (5, 2, 8, True)  # max_contexts 0 -> default 8
+        r = await stub.Retrieve(pb.RetrieveRequest(user_id=0, k=1, max_contexts=3), timeout=5)
+        assert r.fallback
+    run(body)
+
+
+@pytest.mark.parametrize("req", [
+    dict(user_id=1, k=0), dict(user_id=1, k=10001), dict(user_id=-1, k=10),
+    dict(user_id=1, k=10, max_contexts=65), dict(user_id=1, k=10, max_contexts=-1),
+])
+def test_invalid_argument(req):
+    async def body(ch, backend):
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await pb_grpc.RetrieverStub(ch).Retrieve(pb.RetrieveRequest(**req), timeout=5)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert backend.calls == []
+    run(body)
+
+
+@pytest.mark.parametrize("user,code", [
+    (13, grpc.StatusCode.UNAVAILABLE), (14, grpc.StatusCode.INVALID_ARGUMENT),
+    (15, grpc.StatusCode.INTERNAL), (16, grpc.StatusCode.DEADLINE_EXCEEDED),
+])
+def test_error_mapping(user, code):
+    async def body(ch, backend):
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await pb_grpc.RetrieverStub(ch).Retrieve(pb.RetrieveRequest(user_id=user, k=5), timeout=0.3)
+        assert ei.value.code() == code
+        details = ei.value.details() or ""
+        assert "Traceback" not in details and "secret internal detail" not in details
+    run(body)
+
+
+def test_get_user_sequence():
+    async def body(ch, backend):
+        stub = pb_grpc.RetrieverStub(ch)
+        r = await stub.GetUserSequence(pb.GetUserSequenceRequest(user_id=3), timeout=5)
+        assert [(e.item_id, e.ts, e.context) for e in r.events] == [(1, 10, "books"), (2, 20, "games"), (3, 30, "books")]
+        r = await stub.GetUserSequence(pb.GetUserSequenceRequest(user_id=3, context="games"), timeout=5)
+        assert [e.item_id for e in r.events] == [2]
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await stub.GetUserSequence(pb.GetUserSequenceRequest(user_id=-2), timeout=5)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    run(body)
+
+
+def test_health_and_reflection():
+    async def body(ch, backend):
+        h = health_pb2_grpc.HealthStub(ch)
+        for name in ("", SERVICE_NAME):
+            r = await h.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert r.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        call = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        names = set()
+        async for resp in call:
+            names |= {s.name for s in resp.list_services_response.service}
+        assert SERVICE_NAME in names and "grpc.health.v1.Health" in names
+    run(body)

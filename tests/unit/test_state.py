@@ -1,0 +1,114 @@
+"""StateStore against a brute-force reference: dedup, canonical order, cap, hard search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from longretriever.contexts import ContextTable
+from longretriever.sequence import canonical_order, hard_search
+from stream.segments import decode_segment, encode_segment
+from stream.state import StateStore
+
+CTX = ContextTable.from_mapping({i: f"c{i % 3}" for i in range(0, 40)})
+
+
+def reference(users, items, ts, user, max_len):
+    sel = users == user
+    i, t = items[sel], ts[sel]
+    keys = sorted(set(zip(t.tolist(), i.tolist())))
+    keys = keys[-max_len:]
+    t = np.array([k[0] for k in keys], np.int64)
+    i = np.array([k[1] for k in keys], np.int64)
+    return i, t, CTX.context_of(i)
+
+
+def random_events(rng, n, users=5):
+    u = rng.integers(0, users, n)
+    it = rng.integers(0, 45, n)  # 40..44 are unknown items -> context 0
+    t = 1_600_000_000_000 + np.sort(rng.integers(0, 10_000, n)) * 1000
+    dup = rng.random(n) < 0.1  # re-send some earlier events verbatim
+    src = rng.integers(0, n, n)
+    src = np.minimum(src, np.arange(n))
+    u[dup], it[dup], t[dup] = u[src[dup]], it[src[dup]], t[src[dup]]
+    return u, it, t
+
+
+@pytest.mark.parametrize("max_len,seg", [(10_000, 16), (50, 16), (7, 4)])
+def test_matches_reference_under_any_batching(tmp_path, max_len, seg):
+    rng = np.random.default_rng(max_len)
+    u, it, t = random_events(rng, 600)
+    digests = []
+    for run, splits in enumerate([[600], [1] * 600, list(rng.integers(1, 50, 40))]):
+        store = StateStore(tmp_path / f"s{run}", CTX, max_len=max_len, segment_events=seg,
+                           late_tolerance_ms=10**12)
+        lo = 0
+        for size in splits:
+            hi = min(600, lo + int(size))
+            if lo < hi:
+                store.apply(u[lo:hi], it[lo:hi], t[lo:hi], {0: hi})
+            lo = hi
+        if lo < 600:
+            store.apply(u[lo:], it[lo:], t[lo:], {0: 600})
+        for user in range(5):
+            ri, rt, rc = reference(u, it, t, user, max_len)
+            s = store.sequence(user)
+            np.testing.assert_array_equal(s.items, ri)
+            np.testing.assert_array_equal(s.ts, rt)
+            np.testing.assert_array_equal(s.contexts, rc)
+            for c in range(CTX.num_contexts):
+                for k in (1, 3, 1000):
+                    pos = hard_search(rc, c, k)
+                    ti, tt = store.context_tail(user, c, k)
+                    np.testing.assert_array_equal(ti, ri[pos])
+                    np.testing.assert_array_equal(tt, rt[pos])
+            for n in (1, 5, 40, 5000):
+                r = store.recent(user, n)
+                np.testing.assert_array_equal(r.items, ri[-n:])
+                np.testing.assert_array_equal(r.contexts, rc[-n:])
+        assert store.next_offset(0) == 600
+        digests.append(store.digest())
+        store.close()
+    assert len(set(digests)) == 1
+
+
+def test_duplicates_counted_and_not_stored(tmp_path):
+    store = StateStore(tmp_path / "s", CTX)
+    u = np.array([1, 1, 1]); i = np.array([3, 3, 4]); t = np.array([5, 5, 5]) * 10**12
+    r1 = store.apply(u, i, t, {0: 3})
+    r2 = store.apply(u[:1], i[:1], t[:1], {0: 4})
+    assert (r1.appended, r1.duplicates) == (2, 1)
+    assert (r2.appended, r2.duplicates) == (0, 1)
+    assert len(store.sequence(1)) == 2
+    assert r2.touched == {}
+
+
+def test_late_events_rejected_in_arrival_order(tmp_path):
+    day = 24 * 3600 * 1000
+    store = StateStore(tmp_path / "s", CTX, late_tolerance_ms=2 * day)
+    base = 1_700_000_000_000
+    # in-order jump forward inside one batch is not late; going back 3 days after it is
+    t = np.array([base, base + 30 * day, base + 27 * day, base + 29 * day])
+    r = store.apply(np.ones(4, np.int64), np.arange(4), t, {0: 4})
+    assert r.late == [2]
+    assert store.sequence(1).ts.tolist() == [base, base + 29 * day, base + 30 * day]
+
+
+def test_segment_roundtrip_wide_values():
+    items = np.array([1, 2**40, 5], np.int64)
+    ts = np.array([0, 2**35, 2**35 + 1], np.int64)
+    i, t = decode_segment(encode_segment(items, ts))
+    np.testing.assert_array_equal(i, items)
+    np.testing.assert_array_equal(t, ts)
+    small = encode_segment(np.arange(100), 1_600_000_000_000 + np.arange(100))
+    assert len(small) == 13 + 100 * 8
+
+
+def test_reopen_keeps_state_and_offsets(tmp_path):
+    store = StateStore(tmp_path / "s", CTX)
+    store.apply(np.array([7, 7]), np.array([1, 2]), np.array([10, 20]) * 10**11, {3: 42})
+    d = store.digest()
+    store.close()
+    ro = StateStore(tmp_path / "s", CTX, read_only=True)
+    assert ro.digest() == d and ro.next_offset(3) == 42 and ro.watermark() == {3: 42}
+    assert list(ro.users()) == [7]
