@@ -24,6 +24,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from longretriever.errors import ServiceUnavailable
 from longretriever.settings import Settings
 from stream import metrics
 from stream.codec import Rejection, decode_message
@@ -121,19 +122,20 @@ class StreamWorker:
     async def _end_offsets(self) -> dict[int, int]:
         parts = None
         for _ in range(100):
+            await self.consumer.topics()  # refreshes cluster metadata
             parts = self.consumer.partitions_for_topic(self.s.topic)
             if parts:
                 break
             await asyncio.sleep(0.1)
         if not parts:
-            return {}
+            raise ServiceUnavailable(f"topic {self.s.topic} has no partitions at {self.s.bootstrap}")
         tps = [TopicPartition(self.s.topic, p) for p in parts]
         ends = await self.consumer.end_offsets(tps)
         return {tp.partition: off for tp, off in ends.items()}
 
     def _caught_up(self, targets: dict[int, int]) -> bool:
         if not self.stats.assigned:
-            return not any(targets.values())
+            return False
         return all((self.store.next_offset(p) or 0) >= targets.get(p, 0) for p in self.stats.assigned)
 
     async def _process(self, data: dict[TopicPartition, list]) -> None:
