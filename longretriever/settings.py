@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     max_sequence_len: int = Field(100_000, ge=1, le=10_000_000)
     max_message_bytes: int = Field(1_048_576, ge=64, le=16 * 1_048_576)
     max_batch_events: int = Field(4096, ge=1, le=100_000)
-    segment_events: int = Field(1024, ge=16, le=65_536)
+    segment_events: int = Field(256, ge=16, le=65_536)
     late_tolerance_ms: int = Field(7 * 24 * 3600 * 1000, ge=0)
     fetch_max_records: int = Field(20_000, ge=1)
     fetch_timeout_ms: int = Field(200, ge=1)

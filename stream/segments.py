@@ -28,9 +28,12 @@ def encode_segment(items: np.ndarray, ts: np.ndarray) -> bytes:
     if n and (items.min() < _I32.min or items.max() > _I32.max):
         flags |= _ITEMS64
     base = int(ts[0]) if n else 0
-    deltas = np.diff(ts, prepend=base)
-    if n and (deltas.min() < 0 or deltas.max() > _U32_MAX):
-        flags |= _TS64
+    deltas = np.empty(n, np.int64)
+    if n:
+        deltas[0] = 0
+        np.subtract(ts[1:], ts[:-1], out=deltas[1:])
+        if deltas.min() < 0 or deltas.max() > _U32_MAX:
+            flags |= _TS64
     item_bytes = items.tobytes() if flags & _ITEMS64 else items.astype("<i4").tobytes()
     ts_bytes = ts.astype("<i8").tobytes() if flags & _TS64 else deltas.astype("<u4").tobytes()
     return _HEADER.pack(flags, n, base) + item_bytes + ts_bytes

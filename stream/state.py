@@ -73,7 +73,7 @@ class StateStore:
     """RocksDB-backed state. Single writer (the stream worker); readers may share the object."""
 
     def __init__(self, path: Path | str, contexts: ContextTable | None = None, *,
-                 max_len: int = 100_000, segment_events: int = 1024,
+                 max_len: int = 100_000, segment_events: int = 256,
                  late_tolerance_ms: int = 7 * 24 * 3600 * 1000, read_only: bool = False,
                  sync: bool = False) -> None:
         self.path = Path(path)
@@ -317,12 +317,55 @@ class StateStore:
 
     def _merge_context(self, wb: WriteBatch, user: int, c: int, meta: dict[int, list[int]],
                        new_items: np.ndarray, new_ts: np.ndarray) -> tuple[int, int]:
-        """Merge new events into context ``c``: load segments from the tail back to the first
-        one that starts strictly before the oldest new event, merge, re-split, rewrite."""
+        """Merge new events into context ``c`` and rewrite only the segments that change.
+
+        Fast path (events newer than everything stored): append to the tail segment. Otherwise
+        load segments from the tail back to the first one that starts strictly before the
+        oldest new event, merge with dedup, and re-split from there."""
         if c not in meta:
             meta[c] = [0, -1, 0, 0]
         first, last, skip, count = meta[c]
-        min_ts = int(new_ts.min())
+        order = canonical_order(new_ts, new_items)
+        ni, nt = new_items[order], new_ts[order]
+        if ni.size > 1:
+            keep = np.empty(ni.size, bool)
+            keep[0] = True
+            np.not_equal(nt[1:], nt[:-1], out=keep[1:])
+            keep[1:] |= ni[1:] != ni[:-1]
+            in_dups = int(ni.size - keep.sum())
+            ni, nt = ni[keep], nt[keep]
+        else:
+            in_dups = 0
+        start = last + 1
+        if count:
+            ti, tt = self._segment(user, c, last, skip if last == first else 0)
+            if (int(nt[0]), int(ni[0])) > (int(tt[-1]), int(ti[-1])):
+                m_items, m_ts, dups, start = np.concatenate([ti, ni]), np.concatenate([tt, nt]), in_dups, last
+                added = int(ni.size)
+            else:
+                m_items, m_ts, dups, start, base = self._merge_slow(user, c, meta[c], ni, nt)
+                dups += in_dups
+                added = int(m_items.size) - base
+        else:
+            m_items, m_ts, dups, added = ni, nt, in_dups, int(ni.size)
+            first = start = skip = 0
+        if added == 0:
+            return 0, dups
+        for seg in range(start, last + 1):
+            self._delete(wb, _skey(user, c, seg))
+        if start == first:
+            skip = 0
+        seg = start
+        for lo in range(0, m_items.size, self.seg):
+            self._put(wb, _skey(user, c, seg), encode_segment(m_items[lo:lo + self.seg], m_ts[lo:lo + self.seg]))
+            seg += 1
+        meta[c] = [first, seg - 1, skip, count + added]
+        return added, dups
+
+    def _merge_slow(self, user: int, c: int, m: list[int], ni: np.ndarray,
+                    nt: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+        first, last, skip, _ = m
+        min_ts = int(nt[0])
         old_i, old_t, start = [], [], last + 1
         for seg in range(last, first - 1, -1):
             i, t = self._segment(user, c, seg, skip if seg == first else 0)
@@ -331,24 +374,9 @@ class StateStore:
             start = seg
             if t.size and t[0] < min_ts:
                 break
-        cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
-        base_i, base_t = cat(old_i), cat(old_t)
-        m_items, m_ts, dups = merge_sorted(base_i, base_t, np.asarray(new_items), np.asarray(new_ts))
-        added = int(m_items.size - base_i.size)
-        if added == 0:
-            return 0, dups
-        for seg in range(start, last + 1):
-            self._delete(wb, _skey(user, c, seg))
-        seg = start
-        if start == first:
-            skip = 0
-        if count == 0:
-            first = start = seg = 0
-        for lo in range(0, m_items.size, self.seg):
-            self._put(wb, _skey(user, c, seg), encode_segment(m_items[lo:lo + self.seg], m_ts[lo:lo + self.seg]))
-            seg += 1
-        meta[c] = [first, seg - 1, skip, count + added]
-        return added, dups
+        base_i, base_t = np.concatenate(old_i), np.concatenate(old_t)
+        m_items, m_ts, dups = merge_sorted(base_i, base_t, ni, nt)
+        return m_items, m_ts, dups, start, int(base_i.size)
 
     def _evict(self, wb: WriteBatch, user: int, meta: dict[int, list[int]]) -> int:
         """Drop the user's oldest events until at most ``max_len`` remain. Eviction only moves

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import msgpack
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -27,7 +28,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from longretriever.errors import ServiceUnavailable
 from longretriever.settings import Settings
 from stream import metrics
-from stream.codec import Rejection, decode_message
+from stream.codec import Columns, Rejection, decode_columns
 from stream.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class WorkerStats:
     evicted: int = 0
     batches: int = 0
     seconds: float = 0.0
+    first_batch_at: float | None = None  # monotonic time of the first non-empty batch
     assigned: set[int] = field(default_factory=set)
 
 
@@ -141,10 +143,8 @@ class StreamWorker:
     async def _process(self, data: dict[TopicPartition, list]) -> None:
         t0 = time.perf_counter()
         now_ms = int(time.time() * 1000)
-        users: list[int] = []
-        items: list[int] = []
-        ts: list[int] = []
-        origin: list[tuple] = []  # (msg, index) of each valid event, to dead-letter late ones
+        cols: list[Columns] = []
+        sources: list = []  # the message of each entry of ``cols``
         rejected: list[tuple] = []
         offsets: dict[int, int] = {}
         for tp, msgs in data.items():
@@ -152,25 +152,30 @@ class StreamWorker:
             for msg in msgs:
                 if msg.offset < start:
                     continue  # re-delivered: already in the state
-                evs, bad = decode_message(msg.value, msg.key, now_ms, self.s.max_message_bytes,
-                                          self.s.max_batch_events)
-                for e in evs:
-                    users.append(e.user_id)
-                    items.append(e.item_id)
-                    ts.append(e.ts)
-                    origin.append((msg, e))
+                c, bad = decode_columns(msg.value, msg.key, now_ms, self.s.max_message_bytes,
+                                        self.s.max_batch_events)
+                if c.users.size:
+                    cols.append(c)
+                    sources.append(msg)
                 rejected.extend((msg, r) for r in bad)
                 offsets[tp.partition] = msg.offset + 1
             self.stats.messages += len(msgs)
         metrics.MESSAGES.inc(sum(len(m) for m in data.values()))
         if not offsets:
             return
-        wb, res = self.store.prepare(np.array(users, np.int64), np.array(items, np.int64),
-                                     np.array(ts, np.int64), offsets)
-        for i in res.late:
-            msg, e = origin[i]
-            rejected.append((msg, Rejection(f"late event: ts {e.ts} older than the user's newest event "
-                                            f"minus {self.s.late_tolerance_ms} ms", _repack(e))))
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = time.monotonic()
+        cat = (lambda f: np.concatenate([f(c) for c in cols])) if cols else (lambda f: np.zeros(0, np.int64))
+        wb, res = self.store.prepare(cat(lambda c: c.users), cat(lambda c: c.items),
+                                     cat(lambda c: c.ts), offsets)
+        if res.late:
+            owner = np.repeat(np.arange(len(cols)), [c.users.size for c in cols])
+            pos = cat(lambda c: c.index)
+            for i in res.late:
+                msg = sources[owner[i]]
+                rejected.append((msg, Rejection(
+                    f"late event: older than the user's newest event minus "
+                    f"{self.s.late_tolerance_ms} ms", _element(msg.value, int(pos[i])), int(pos[i]))))
         await self._dead_letter(rejected)  # before the state commit: nothing is lost on a crash
         self.store.commit(wb)
         self._account(res, len(rejected))
@@ -216,10 +221,10 @@ class StreamWorker:
             log.debug("informational offset commit skipped: %s", exc)
 
 
-def _repack(e) -> bytes:
-    from stream.codec import encode_event
-
-    return encode_event(e)
+def _element(value: bytes, index: int) -> bytes:
+    """The bytes of one event of a (valid) message: the message itself or one array element."""
+    obj = msgpack.unpackb(value, strict_map_key=False)
+    return msgpack.packb(obj[index], use_bin_type=True) if isinstance(obj, list) else value
 
 
 def run_worker(settings: Settings, store: StateStore, until_caught_up: bool = False,

@@ -7,7 +7,8 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from stream.codec import (MIN_TS_MS, Event, decode_message, encode_batch, encode_event, encode_key)
+from stream.codec import (MIN_TS_MS, Event, decode_columns, decode_message, encode_batch, encode_event,
+                          encode_key)
 
 NOW = 1_800_000_000_000
 GOOD = Event(7, 42, 1_700_000_000_000, "click", 1.5)
@@ -22,6 +23,8 @@ def test_micro_batch_roundtrip_keeps_order():
     batch = [Event(7, i, 1_700_000_000_000 + i) for i in range(5)]
     evs, bad = decode_message(encode_batch(batch), b"7", NOW)
     assert evs == batch and bad == []
+    cols, bad = decode_columns(encode_batch(batch), b"7", NOW)
+    assert cols.items.tolist() == list(range(5)) and cols.index.tolist() == list(range(5))
 
 
 @pytest.mark.parametrize("value,reason", [
@@ -71,3 +74,26 @@ def test_fuzz_never_raises(value):
     evs, bad = decode_message(value, b"7", NOW)
     assert all(isinstance(e, Event) for e in evs)
     assert evs or bad
+    assert_columns_agree(value, b"7")
+
+
+def assert_columns_agree(value, key):
+    """The vectorised decoder accepts exactly what the per-event decoder accepts."""
+    evs, bad = decode_message(value, key, NOW)
+    cols, bad2 = decode_columns(value, key, NOW)
+    assert cols.users.tolist() == [e.user_id for e in evs]
+    assert cols.items.tolist() == [e.item_id for e in evs]
+    assert cols.ts.tolist() == [e.ts for e in evs]
+    assert [(b.reason, b.index) for b in bad2] == [(b.reason, b.index) for b in bad]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.fixed_dictionaries(
+    {"user_id": st.sampled_from([7, 7, 7, 8, True, -1]),
+     "item_id": st.integers(-2, 2**63 - 1) | st.sampled_from([1.0, "3", None]),
+     "ts": st.integers(MIN_TS_MS - 5, NOW + 10**9)},
+    optional={"action": st.text(max_size=40), "weight": st.floats() | st.integers(-5, 5),
+              "extra": st.integers(0, 9)}), min_size=1, max_size=6))
+def test_fast_and_slow_paths_agree_on_near_valid_batches(maps):
+    assert_columns_agree(msgpack.packb(maps), b"7")
+    assert_columns_agree(msgpack.packb(maps[0]), b"7")

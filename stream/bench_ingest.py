@@ -1,0 +1,111 @@
+"""``longretriever bench ingest``: ingest rates on a real local broker, measured in one run.
+
+- ``replay_eps``: kafka-python producer, micro-batched messages (stream.replay)
+- ``raw_consumer_eps``: reference — aiokafka ``getmany`` + msgpack decode, nothing else
+- ``worker_eps``: the stream worker (decode + validate + RocksDB apply + offsets), in-process
+- ``backfill_eps``: ``longretriever stream --until-caught-up`` as a whole process (startup incl.)
+- ``faust_agent_eps``: the faust-streaming agent path (``stream.take``) on the same topic, for
+  the design decision in docs/stream-design.md
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+
+from longretriever.datasets import load_dataset
+from longretriever.settings import Settings
+from stream.replay import ensure_topic, replay
+from stream.state import StateStore
+from stream.synth import write as write_synth
+from stream.worker import StreamWorker
+
+
+async def _raw_consume(bootstrap: str, topic: str, total: int) -> float:
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                         auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1_048_576,
+                         fetch_max_bytes=64 * 1_048_576)
+    await c.start()
+    n = 0
+    t0 = time.perf_counter()
+    try:
+        while n < total:
+            data = await c.getmany(timeout_ms=200, max_records=20_000)
+            for msgs in data.values():
+                for m in msgs:
+                    obj = msgpack.unpackb(m.value)
+                    n += len(obj) if isinstance(obj, list) else 1
+    finally:
+        await c.stop()
+    return n / (time.perf_counter() - t0)
+
+
+def _faust_eps(bootstrap: str, topic: str, total: int) -> float | None:
+    out = subprocess.run([sys.executable, "-m", "stream.bench_faust", bootstrap, topic, str(total)],
+                         capture_output=True, text=True, timeout=600)
+    try:
+        return float(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return None
+
+
+def run_ingest_bench(users: int = 100, events_per_user: int = 3000,
+                     bootstrap: str | None = None) -> dict:
+    from infra.kafka import broker
+
+    tmp = Path(tempfile.mkdtemp(prefix="lr-bench-ingest-"))
+    started = None
+    if bootstrap is None:
+        started = broker.start(tmp / "kafka")
+        bootstrap = started.bootstrap
+    try:
+        ev, it = write_synth(tmp / "syn.csv", users, events_per_user, items=50_000, contexts=20, seed=1)
+        ds = load_dataset(ev, it, "csv")
+        topic = f"bench-{int(time.time())}"
+        ensure_topic(bootstrap, topic, 4)
+        rep = replay(ds.events, bootstrap, topic, progress=False)
+        total = len(ds.events)
+        raw = asyncio.run(_raw_consume(bootstrap, topic, total))
+
+        store = StateStore(tmp / "state-worker", ds.contexts)
+        s = Settings(bootstrap=bootstrap, topic=topic, dlq_topic=topic + ".dlq", group_id="bench-w")
+        w = StreamWorker(s, store)
+        t0 = time.perf_counter()
+        asyncio.run(w.run(max_events=total, max_seconds=600))
+        worker_eps = w.stats.applied / (time.perf_counter() - t0)
+        used, stored = store.storage_bytes()
+        store.close()
+
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "longretriever.cli", "stream", "--bootstrap", bootstrap,
+                        "--state-dir", str(tmp / "state-backfill"), "--items", str(it), "--topic", topic,
+                        "--group-id", "bench-b", "--until-caught-up"], check=True, capture_output=True)
+        backfill_eps = total / (time.perf_counter() - t0)
+        child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        faust = _faust_eps(bootstrap, topic, total)
+        return {
+            "events": total,
+            "messages": rep.messages,
+            "replay_eps": round(rep.events_per_s),
+            "raw_consumer_eps": round(raw),
+            "worker_eps": round(worker_eps),
+            "backfill_eps": round(backfill_eps),
+            "faust_agent_eps": round(faust) if faust else None,
+            "worker_vs_raw": round(worker_eps / raw, 3),
+            "backfill_vs_raw": round(backfill_eps / raw, 3),
+            "bytes_per_event": round(used / max(stored, 1), 2),
+            "peak_rss_mb": round(max(child_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), 1),
+            "backfill_peak_rss_mb": round(child_rss, 1),
+        }
+    finally:
+        if started is not None:
+            broker.stop(tmp / "kafka")
