@@ -1,9 +1,167 @@
-"""Subcommands of the `retriever` package."""
+"""Subcommands of the `retriever` package: index, query, serve, bench query, bench milvus-probe."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from retriever.milvus_requests import DEFAULT_COLLECTION, DEFAULT_URI
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Add this package's commands to the root CLI."""
+    from longretriever.errors import LongRetrieverError
+
+    @app.command("index")
+    def index_cmd(bundle: Path = typer.Option(..., help="model bundle directory"),
+                  milvus_uri: str = typer.Option(DEFAULT_URI, help="Milvus Lite file or http://host:19530"),
+                  collection: str = typer.Option(DEFAULT_COLLECTION),
+                  index: str = typer.Option("flat", help="flat | hnsw | ivf (Milvus Lite: flat | ivf)"),
+                  batch: int = typer.Option(5000, min=1)) -> None:
+        """Create / upsert the item collection from a bundle (idempotent)."""
+        from export.bundle import load_bundle
+        from retriever.milvus_index import MilvusIndex
+
+        try:
+            b = load_bundle(bundle)
+            with MilvusIndex(milvus_uri, collection) as ix:
+                typer.echo(json.dumps(ix.build(b, index=index, batch=batch)))
+        except LongRetrieverError as exc:
+            _fail(exc)
+
+    @app.command("query")
+    def query_cmd(target: str = typer.Option("127.0.0.1:50051", help="HOST:PORT of `serve`"),
+                  user: int = typer.Option(..., help="user id"),
+                  k: int = typer.Option(100), max_contexts: int = typer.Option(8),
+                  include_seen: bool = typer.Option(False, help="do not exclude seen items"),
+                  timeout: float = typer.Option(5.0),
+                  as_json: bool = typer.Option(False, "--json", help="print the response as JSON")) -> None:
+        """Ask a running endpoint for a user's candidates."""
+        from retriever.client import RetrieverClient
+
+        try:
+            with RetrieverClient(target, timeout) as c:
+                r = c.retrieve(user, k, max_contexts, not include_seen)
+        except (LongRetrieverError, RuntimeError) as exc:
+            _fail(exc)
+            return
+        if as_json:
+            typer.echo(json.dumps(r))
+            return
+        typer.echo(f"user {r['user_id']} model {r['model_version']} watermark {r['watermark'] or '-'}"
+                   f"{' (fallback: popular items)' if r['fallback'] else ''}")
+        for i, cand in enumerate(r["candidates"], 1):
+            typer.echo(f"{i:5d}  {cand['item_id']:>14d}  {cand['score']:+.4f}  {cand['context']}")
+
+    @app.command("serve")
+    def serve_cmd(bundle: Path = typer.Option(...),
+                  milvus_uri: str = typer.Option(DEFAULT_URI),
+                  collection: str = typer.Option(DEFAULT_COLLECTION),
+                  bootstrap: str = typer.Option("127.0.0.1:9092", help="Kafka HOST:PORT"),
+                  state_dir: Path = typer.Option(Path("./state")),
+                  port: int = typer.Option(50051, min=0, max=65535),
+                  host: str = typer.Option("0.0.0.0"),
+                  items: Optional[Path] = typer.Option(None, help="item_id,category CSV"),
+                  cache_entries: int = typer.Option(1_000_000, help="precomputed vector cache size (0: off)"),
+                  no_worker: bool = typer.Option(False, help="serve only; do not consume Kafka")) -> None:
+        """Stream worker (Kafka -> RocksDB state) + gRPC endpoint in one process."""
+        import asyncio
+
+        try:
+            asyncio.run(_serve(bundle, milvus_uri, collection, bootstrap, state_dir, port, host, items,
+                               cache_entries, not no_worker))
+        except LongRetrieverError as exc:
+            _fail(exc)
+
+    @bench_app.command("query")
+    def bench_query_cmd(out: Path = typer.Option(..., help="JSON output file"),
+                        items: str = typer.Option("100000", help="comma-separated item counts, e.g. 100000,1000000"),
+                        contexts: int = typer.Option(8), k: int = typer.Option(200),
+                        queries: int = typer.Option(100), concurrency: int = typer.Option(4),
+                        index: str = typer.Option("flat")) -> None:
+        """gRPC + Milvus Lite end-to-end latency on synthetic items."""
+        from retriever.bench import run_query_bench
+
+        runs = []
+        for n in [int(x) for x in items.split(",") if x]:
+            r = run_query_bench(n, contexts, k, queries, concurrency=concurrency, index=index)
+            typer.echo(json.dumps(r))
+            runs.append(r)
+            out.write_text(json.dumps({"runs": runs}, indent=2))
+
+    @bench_app.command("milvus-probe")
+    def bench_probe_cmd(out: Path = typer.Option(...), items: int = typer.Option(100_000),
+                        dim: int = typer.Option(64), contexts: int = typer.Option(8),
+                        topk: int = typer.Option(200), queries: int = typer.Option(30),
+                        indexes: str = typer.Option("FLAT,IVF_FLAT,HNSW"),
+                        layouts: str = typer.Option("filter,partition,partkey,percoll"),
+                        uri: Optional[str] = typer.Option(None)) -> None:
+        """Compare Milvus layouts / indexes for per-context search (docs/milvus.md)."""
+        from retriever.milvus_probe import format_table, run_probe
+
+        rep = run_probe(items, dim, contexts, topk, queries, tuple(indexes.split(",")),
+                        tuple(layouts.split(",")), uri)
+        out.write_text(json.dumps(rep, indent=2))
+        typer.echo(format_table(rep))
+
+
+async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap: str, state_dir: Path,
+                 port: int, host: str, items: Path | None, cache_entries: int, with_worker: bool) -> None:
+    import asyncio
+    import logging
+
+    from export.bundle import load_bundle
+    from longretriever.contexts import ContextTable
+    from longretriever.settings import load_settings
+    from retriever.milvus_index import MilvusIndex
+    from retriever.milvus_requests import context_sizes
+    from retriever.refresh import Refresher, VectorCache
+    from retriever.server import serve
+    from retriever.service import RetrieverService
+    from stream.state import StateStore
+
+    log = logging.getLogger("retriever.serve")
+    settings = load_settings(bootstrap=bootstrap, state_dir=state_dir, items_path=items)
+    bundle = load_bundle(bundle_path)
+    store = StateStore(settings.state_dir, ContextTable.from_csv(settings.items_path),
+                       max_len=settings.max_sequence_len, segment_events=settings.segment_events,
+                       late_tolerance_ms=settings.late_tolerance_ms)
+    index = MilvusIndex(milvus_uri, collection)
+    sizes = context_sizes(bundle.item_contexts)
+    index.open(bundle.version, len(bundle.item_ids), sizes)  # BundleError on version mismatch
+    cache = VectorCache(cache_entries) if cache_entries > 0 else None
+    refresher = Refresher(bundle, store, cache, allowed=set(sizes)).start() if cache is not None else None
+    service = RetrieverService(bundle, index, store, cache)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(serve(service, host, port, stop=stop), name="grpc")]
+    if with_worker:
+        from stream.worker import StreamWorker
+
+        worker = StreamWorker(settings, store, on_applied=refresher.on_applied if refresher else None)
+        tasks.append(asyncio.create_task(worker.run(), name="stream-worker"))
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t.exception() is not None and t.get_name() != "grpc":
+                log.error("%s stopped: %s", t.get_name(), t.exception())
+    finally:
+        stop.set()
+        for t in tasks:
+            if not t.done():
+                if t.get_name() == "grpc":
+                    await t  # graceful drain
+                else:
+                    t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if refresher:
+            refresher.stop()
+        index.close()
+        store.close()

@@ -21,7 +21,6 @@ import numpy as np
 from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_attempt,
                       wait_exponential)
 
-from retriever import _compat  # noqa: F401  (before pymilvus)
 from longretriever.errors import BundleError, ConfigError, LongRetrieverError, ServiceUnavailable
 from longretriever.multicontext import Candidate
 from retriever import milvus_requests as mr

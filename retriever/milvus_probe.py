@@ -31,7 +31,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from retriever import _compat  # noqa: F401  (must precede pymilvus / milvus_lite import)
 
 
 def _pct(xs: list[float], q: float) -> float:

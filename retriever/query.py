@@ -6,9 +6,11 @@ Same semantics as the offline reference (``export.reference.retrieve_offline``),
 1. ``context_weights`` over the contexts of the newest ``DEFAULT_WINDOW`` events;
 2. ``choose_contexts`` (only contexts that have items in the index), ``allocate_quotas``;
 3. per chosen context ``c``: encoder row = (newest ``K`` events of ``c`` -- the hard search --,
-   newest ``W`` events overall, ``c``); search top-(quota + #distinct seen items of ``c``)
-   within ``c``'s items, so excluding seen items can never leave the quota short;
-4. ``merge(per_context, quotas, k, exclude=seen)``.
+   newest ``W`` events overall, ``c``); search top-(quota + #distinct seen items whose bundle
+   context is ``c``; + 0 when not excluding seen) within ``c``'s items, so excluding seen items
+   never leaves the quota short -- and the list lengths equal the reference's exactly, which
+   matters because ``merge`` fills unused quota from the items beyond each quota;
+4. ``merge(per_context, quotas, k, exclude=all distinct seen raw ids)``.
 
 Cold / unknown users get a fallback plan: popular items of the largest contexts, flagged
 ``fallback=True``. Nothing here does I/O; :mod:`retriever.service` feeds it from the state
@@ -83,31 +85,52 @@ def select_contexts(recent_contexts: np.ndarray, k: int, max_contexts: int,
     return [(c, w, quotas[c]) for c, w in chosen]
 
 
+class ItemContexts:
+    """Raw item id -> bundle context id (-1 when the item is not in the bundle)."""
+
+    def __init__(self, item_ids: np.ndarray, item_contexts: np.ndarray) -> None:
+        ids = np.asarray(item_ids, np.int64)
+        order = np.argsort(ids, kind="stable")
+        self.ids = ids[order]
+        self.ctx = np.asarray(item_contexts, np.int64)[order]
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, np.int64)
+        if self.ids.size == 0:
+            return np.full(raw.shape, -1, np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, raw), self.ids.size - 1)
+        return np.where(self.ids[pos] == raw, self.ctx[pos], -1)
+
+
 def build_plan(k: int, selected: Sequence[tuple[int, float, int]], recent_items: np.ndarray,
-               tails: Mapping[int, np.ndarray], seen: Mapping[int, np.ndarray], w: int,
+               tails: Mapping[int, np.ndarray], seen_items: np.ndarray,
+               item_context: Callable[[np.ndarray], np.ndarray], w: int,
                exclude_seen: bool = True,
                context_sizes: Mapping[int, int] | None = None) -> QueryPlan:
-    """Assemble the plan once the tails (hard search) and seen items of the chosen contexts
-    are known. ``recent_items`` is the user's recent sequence (oldest first); its newest ``w``
-    items become the shared recent part of every encoder row."""
+    """Assemble the plan once the tails (hard search) of the chosen contexts and the user's
+    seen items (whole stored history, any order, duplicates allowed) are known.
+    ``recent_items`` is the user's recent sequence (oldest first); its newest ``w`` items are
+    the shared recent part of every encoder row. ``item_context`` maps raw ids to their
+    *bundle* context (-1 unknown): the number of seen items of context ``c`` counts seen items
+    whose bundle context is ``c``, exactly as the offline reference does."""
     ri = np.asarray(recent_items, np.int64)
     recent = ri[max(0, ri.size - w):] if w > 0 else ri[:0]
+    seen = np.unique(np.asarray(seen_items, np.int64)) if exclude_seen else _EMPTY
+    seen_ctx = item_context(seen) if seen.size else _EMPTY
     rows = []
-    exclude: set[int] = set()
     for c, weight, quota in selected:
-        seen_c = np.unique(np.asarray(seen.get(c, _EMPTY), np.int64)) if exclude_seen else _EMPTY
-        topk = quota + int(seen_c.size)
+        topk = quota + int(np.count_nonzero(seen_ctx == c))
         if context_sizes is not None:
             topk = min(topk, int(context_sizes.get(c, 0)))
-        exclude.update(seen_c.tolist())
         rows.append(ContextQuery(int(c), float(weight), int(quota), int(topk),
                                  np.asarray(tails.get(c, _EMPTY), np.int64)))
-    return QueryPlan(int(k), recent, tuple(rows), frozenset(exclude))
+    return QueryPlan(int(k), recent, tuple(rows), frozenset(seen.tolist()))
 
 
 def plan_from_sequence(items: np.ndarray, ts: np.ndarray, contexts: np.ndarray, k: int,
                        hard_k: int, w: int, max_contexts: int = 8, exclude_seen: bool = True,
-                       context_sizes: Mapping[int, int] | None = None) -> QueryPlan | None:
+                       context_sizes: Mapping[int, int] | None = None,
+                       item_context: Callable[[np.ndarray], np.ndarray] | None = None) -> QueryPlan | None:
     """Plan from a whole in-memory sequence (any order); None when there is nothing to plan
     from (empty sequence or no context with items) -- the caller then falls back."""
     items = np.asarray(items, np.int64)
@@ -123,8 +146,13 @@ def plan_from_sequence(items: np.ndarray, ts: np.ndarray, contexts: np.ndarray, 
         return None
     pos = context_positions(contexts)
     tails = {c: items[hard_search_positions(pos[c], hard_k)] for c, _, _ in selected}
-    seen = {c: items[pos[c]] for c, _, _ in selected}
-    return build_plan(k, selected, items, tails, seen, w, exclude_seen, context_sizes)
+    if item_context is None:  # no bundle table: an item's context is its event's context
+        first = {}
+        for i, c in zip(items.tolist(), contexts.tolist()):
+            first.setdefault(i, c)
+        table = ItemContexts(np.fromiter(first, np.int64), np.fromiter(first.values(), np.int64))
+        item_context = table
+    return build_plan(k, selected, items, tails, items, item_context, w, exclude_seen, context_sizes)
 
 
 def merge_results(plan: QueryPlan, per_context: Mapping[int, Sequence[Candidate]]) -> list[Candidate]:

@@ -10,6 +10,7 @@ deadline. SIGTERM / SIGINT flip health to NOT_SERVING and stop the server gracef
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import uuid
@@ -47,14 +48,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 handler_call_details: Any) -> Any:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # streaming (health Watch, reflection): leave untouched
+        if (handler is None or handler.unary_unary is None
+                or not handler_call_details.method.startswith(f"/{SERVICE_NAME}/")):
+            return handler  # health / reflection / streaming: leave untouched
         inner = handler.unary_unary
         method = handler_call_details.method
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                return await inner(request, context)
+                res = inner(request, context)
+                return (await res) if inspect.isawaitable(res) else res
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped to a status below

@@ -63,6 +63,7 @@ class RetrieverService:
         self.window = window
         self.hard_k = int(bundle.config["k"])
         self.w = int(bundle.config["w"])
+        self.item_context = q.ItemContexts(bundle.item_ids, bundle.item_contexts)
         self.sizes = _context_sizes(np.asarray(bundle.item_contexts))
         self.allowed = {c for c, n in self.sizes.items() if n > 0}
         self.names = list(bundle.context_names)
@@ -102,12 +103,10 @@ class RetrieverService:
             timings["total"] = (time.perf_counter() - t0) * 1000
             return RetrieveResult(user_id, cands, self.model_version, wm, True, timings)
 
-        tails, seen = {}, {}
-        for c, _, _ in selected:
-            tails[c], _ts = self.state.context_tail(user_id, c, self.hard_k)
-            if exclude_seen:
-                seen[c] = self.state.context_items(user_id, c)
-        plan = q.build_plan(k, selected, seq.items, tails, seen, self.w, exclude_seen, self.sizes)
+        tails = {c: self.state.context_tail(user_id, c, self.hard_k)[0] for c, _, _ in selected}
+        seen = self._seen_items(user_id, seq) if exclude_seen else np.zeros(0, np.int64)
+        plan = q.build_plan(k, selected, seq.items, tails, seen, self.item_context, self.w,
+                            exclude_seen, self.sizes)
         timings["state"] = (time.perf_counter() - t0) * 1000
 
         t1 = time.perf_counter()
@@ -121,6 +120,15 @@ class RetrieverService:
         cands = q.merge_results(plan, per_context)
         timings["total"] = (time.perf_counter() - t0) * 1000
         return RetrieveResult(user_id, cands, self.model_version, wm, False, timings)
+
+    def _seen_items(self, user_id: int, seq: Any) -> np.ndarray:
+        """Distinct items of the user's whole stored history (all contexts), as the reference."""
+        counts = self.state.context_counts(user_id) if hasattr(self.state, "context_counts") else None
+        if counts is None:
+            full = self.state.sequence(user_id) if hasattr(self.state, "sequence") else seq
+            return np.unique(full.items) if full is not None else np.zeros(0, np.int64)
+        parts = [self.state.context_items(user_id, c) for c in counts]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
     def _vectors(self, user_id: int, plan: q.QueryPlan, seq: Any) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}
