@@ -47,6 +47,7 @@ class WorkerStats:
     batches: int = 0
     seconds: float = 0.0
     first_batch_at: float | None = None  # monotonic time of the first non-empty batch
+    last_batch_at: float | None = None  # monotonic time the last batch was committed
     assigned: set[int] = field(default_factory=set)
 
 
@@ -183,6 +184,7 @@ class StreamWorker:
         if self.on_applied and res.touched:
             self.on_applied(res.touched)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
+        self.stats.last_batch_at = time.monotonic()
 
     def _account(self, res, n_rejected: int) -> None:
         st = self.stats
