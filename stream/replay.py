@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Iterator
 
 import numpy as np
@@ -34,10 +35,12 @@ from stream.codec import DEFAULT_MAX_BATCH, Event, encode_batch, encode_key
 
 log_ = logging.getLogger(__name__)
 
-# Producer tuning, measured on the 2-core dev box against the local KRaft broker (see the
-# module's report in docs): large batches and a short linger amortise the one-in-flight
-# round trip; compression "none" (lz4 is not installed, gzip costs more CPU than it saves on
-# loopback).
+# Producer tuning, measured on the shared 2-core dev box against the local KRaft broker
+# (300k synthetic events, ~9k micro-batch messages). kafka-python checksums record batches with
+# the C ``crc32c`` package (a dependency: its pure-Python fallback capped replay at ~22k ev/s):
+# 512 KiB batches + 20 ms linger amortise the single in-flight request (5 ms / 256 KiB and
+# 50 ms / 1 MiB were within noise); compression none: lz4 is not installed, and gzip (level 9
+# in kafka-python) roughly halved throughput on loopback.
 LINGER_MS = 20
 BATCH_SIZE = 512 * 1024
 MAX_REQUEST_SIZE = 4 * 1024 * 1024
@@ -73,18 +76,16 @@ def iter_messages(log: EventLog, window: int = 5000,
         ends = np.r_[starts[1:], order.size]
         # a group's first index in ``order`` is its user's earliest event in the window
         group_order = np.argsort(order[starts], kind="stable")
-        idx = order.tolist()
-        items = log.item_ids[a:b].tolist()
-        ts = log.ts_ms[a:b].tolist()
-        acts = log.actions[a:b].tolist() if log.actions is not None else None
+        items = log.item_ids[a:b][order].tolist()  # window rows regrouped by user
+        ts = log.ts_ms[a:b][order].tolist()
+        acts = log.actions[a:b][order].tolist() if log.actions is not None else None
         starts_l, ends_l, users_l = starts.tolist(), ends.tolist(), sorted_users[starts].tolist()
         for g in group_order.tolist():
-            uid = users_l[g]
-            rows = idx[starts_l[g]:ends_l[g]]
+            uid, s, e = users_l[g], starts_l[g], ends_l[g]
             if acts is None:
-                events = [Event(uid, items[i], ts[i]) for i in rows]
+                events = list(map(Event, repeat(uid, e - s), items[s:e], ts[s:e]))
             else:
-                events = [Event(uid, items[i], ts[i], acts[i]) for i in rows]
+                events = list(map(Event, repeat(uid, e - s), items[s:e], ts[s:e], acts[s:e]))
             for c in range(0, len(events), max_batch):
                 yield uid, events[c:c + max_batch]
 
@@ -142,6 +143,12 @@ def replay(log: EventLog, bootstrap: str, topic: str = "user-events", rate: floa
     from tqdm import tqdm
 
     producer = _producer(bootstrap, security)
+    try:
+        producer.partitions_for(topic)  # fail early and clearly if the topic is missing
+    except KafkaError as exc:
+        producer.close(timeout=5)
+        raise ServiceUnavailable(f"topic {topic!r} not available at {bootstrap} ({exc}); "
+                                 "create it first with ensure_topic()") from exc
     failures: list[BaseException] = []
 
     def on_error(exc: BaseException) -> None:

@@ -21,11 +21,14 @@ Model (all draws from one ``numpy.random.default_rng(seed)``, fully deterministi
   ``P_PREFERRED``, otherwise from the interest's context by global popularity, with a small
   ``P_EXPLORE`` chance of a popular item of a random context.
 * **Timestamps** (seconds) strictly increase per user, starting on 2015-01-01 UTC plus a random
-  per-user offset of up to 30 days; 5-120 s between events of a session, hours between
-  sessions (scaled down for very long histories so everything ends well before today).
+  per-user offset of up to 30 days; 5-120 s between events of a session, ~8 h on average
+  between sessions (both scaled down for very long histories so that a user's history spans
+  at most ~4 years and never reaches today).
 * **action** is ``"like"`` or ``"click"`` (likes more frequent on preferred items).
 
-The events frame is in timestamp order, ties by user id (the order replay produces in).
+The events frame is user-major (by user id, then time), like MovieLens ``ratings.csv``;
+:func:`longretriever.datasets.load_csv_events` sorts it by timestamp (stable), so equal
+timestamps of different users replay in user-id order.
 
 Planted property (checked in ``tests/unit/test_synth.py``): split each user's events into
 history = all but the newest ``T`` and test = the newest ``T``; a substantial share of the
@@ -56,7 +59,7 @@ P_RECALL = 0.06  # share of sessions that revisit a non-primary interest
 P_PREFERRED = 0.85
 P_EXPLORE = 0.02
 ERA_MIN, ERA_MAX = 40, 2500
-MAX_SPAN_S = 4 * 365 * 86400  # keep the whole history within ~4 years of the start
+MAX_SPAN_S = 4 * 365 * 86400  # a user's history spans at most ~4 years (+ 30 days offset)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,21 @@ def _rank_sampler(weights: np.ndarray):
         return np.minimum(pos, n - 1)
 
     return sample
+
+
+RANK_Q = 4096  # resolution of the quantised inverse CDF used for cluster draws
+
+
+def _rank_table(weights: np.ndarray) -> np.ndarray:
+    """Quantised inverse CDFs, flattened: entry ``n * RANK_Q + q`` is the rank drawn for uniform
+    bucket ``q`` among the first ``n`` weights. One gather per draw (clusters are small)."""
+    nmax = weights.size
+    cum = np.cumsum(weights)
+    mid = (np.arange(RANK_Q) + 0.5) / RANK_Q
+    table = np.zeros((nmax + 1, RANK_Q), np.int64)
+    for n in range(1, nmax + 1):
+        table[n] = np.minimum(np.searchsorted(cum[:n] / cum[n - 1], mid, side="right"), n - 1)
+    return table.ravel()
 
 
 def generate_with_truth(users: int, events_per_user: int, items: int, contexts: int,
@@ -136,7 +154,7 @@ def generate_with_truth(users: int, events_per_user: int, items: int, contexts: 
             uniq = pd.unique(np.concatenate([uniq, rest]))[: csize[g]]
         clusters[g, : uniq.size] = uniq
         clen[g] = uniq.size
-    cluster_rank = _rank_sampler(1.0 / np.arange(1, cmax + 1, dtype=np.float64) ** 0.8)
+    cluster_table = _rank_table(1.0 / np.arange(1, cmax + 1, dtype=np.float64) ** 0.8)
 
     # ---- sessions and eras (per user, padded 2-D arrays [U, S]) ------------------------------
     S = int(E / (SESSION_MEAN * (1 - P_RECALL) + RECALL_MEAN * P_RECALL) * 1.6) + 8
@@ -147,7 +165,7 @@ def generate_with_truth(users: int, events_per_user: int, items: int, contexts: 
     lens[:, -1] = E  # guarantees each user's sessions cover E events
     sess_end = np.cumsum(lens, axis=1)  # exclusive end (in events) of each session
     era_len = int(np.clip(E / 8, ERA_MIN, ERA_MAX))
-    # era boundaries jittered per user: era k covers events [k*era_len*j, ...), j in [0.6, 1.4]
+    # era boundaries per user: cumulative sums of era_len * U(0.6, 1.4), in events
     n_eras = E // max(1, int(era_len * 0.6)) + 2
     era_b = np.cumsum(rng.uniform(0.6, 1.4, (U, n_eras)) * era_len, axis=1)
     sess_start = sess_end - lens
@@ -178,9 +196,10 @@ def generate_with_truth(users: int, events_per_user: int, items: int, contexts: 
     # ---- events: flat arrays of U * E, user-major ----------------------------------------
     clipped_end = np.minimum(sess_end, E)
     clipped_len = np.diff(clipped_end, axis=1, prepend=0)
-    sess_flat = np.repeat(np.arange(U * S, dtype=np.int64), clipped_len.ravel())  # u * S + s
-    ev_user = sess_flat // S
-    g_of = first[ev_user] + sess_int_local.ravel()[sess_flat]
+    reps = clipped_len.ravel()
+    sess_flat = np.repeat(np.arange(U * S, dtype=np.int64), reps)  # u * S + s, per event
+    ev_user = np.repeat(np.arange(U, dtype=np.int64), E)
+    g_of = np.repeat((first[:, None] + sess_int_local).ravel(), reps)  # global interest id
 
     kind = rng.random(U * E)
     pref = kind < P_PREFERRED
@@ -188,7 +207,9 @@ def generate_with_truth(users: int, events_per_user: int, items: int, contexts: 
     item_idx = np.empty(U * E, np.int64)
     # preferred-cluster draws
     pi = np.flatnonzero(pref)
-    item_idx[pi] = clusters[g_of[pi], cluster_rank(clen[g_of[pi]], rng.random(pi.size))]
+    gp = g_of[pi]
+    rank = cluster_table[clen[gp] * RANK_Q + rng.integers(0, RANK_Q, pi.size)]
+    item_idx[pi] = clusters.ravel()[gp * cmax + rank]
     # context-popularity draws (own interest's context, or a random one when exploring)
     ci = np.flatnonzero(~pref)
     ctx = int_ctx[g_of[ci]]
@@ -200,8 +221,11 @@ def generate_with_truth(users: int, events_per_user: int, items: int, contexts: 
     new_sess = np.empty(U * E, bool)
     new_sess[0] = True
     np.not_equal(sess_flat[1:], sess_flat[:-1], out=new_sess[1:])
-    gap_mean = min(8 * 3600.0, MAX_SPAN_S / max(E / SESSION_MEAN, 1.0))
-    step = rng.integers(5, 121, U * E)
+    # 5-120 s inside sessions, ~8 h between them; both shrink for very long histories so that
+    # a user's whole span stays within ~MAX_SPAN_S (timestamps must not reach the future)
+    within_hi = int(np.clip(MAX_SPAN_S / E, 2, 120))
+    gap_mean = min(8 * 3600.0, MAX_SPAN_S / 2 / max(E / SESSION_MEAN, 1.0))
+    step = rng.integers(min(5, within_hi - 1), within_hi + 1, U * E)
     n_new = int(new_sess.sum())
     step[new_sess] = 60 + rng.exponential(gap_mean, n_new).astype(np.int64)
     user_start = np.arange(0, U * E, E)
@@ -210,19 +234,15 @@ def generate_with_truth(users: int, events_per_user: int, items: int, contexts: 
     ts -= np.repeat(ts[user_start] - step[user_start], E)  # restart the running sum per user
     ts += START_TS
 
-    like_p = np.where(pref, 0.15, 0.05)
-    action = pd.Categorical.from_codes((rng.random(U * E) < like_p).astype(np.int8),
-                                       categories=["click", "like"])
+    like = rng.random(U * E) < np.where(pref, 0.15, 0.05)
+    action = pd.Categorical.from_codes(like.view(np.int8),
+                                       dtype=pd.CategoricalDtype(["click", "like"]), validate=False)
 
-    ids = item_ids(N)
-    order_t = np.argsort(ts, kind="stable")  # rows are user-major, so ties stay by user id
-    events = pd.DataFrame({
-        "user_id": ev_user[order_t],
-        "item_id": ids[item_idx[order_t]],
-        "timestamp": ts[order_t],
-        "action": action[order_t],
-    })
+    # user-major rows (by user, then time) like MovieLens; the loader sorts by timestamp
+    events = pd.DataFrame({"user_id": ev_user, "item_id": item_ids(N)[item_idx], "timestamp": ts,
+                           "action": action}, copy=False)
     names = np.array(context_names(C), dtype=object)
+    ids = item_ids(N)
     items_df = pd.DataFrame({"item_id": ids, "category": names[item_ctx]})
     truth = pd.DataFrame({
         "user_id": int_user.astype(np.int64),
@@ -236,7 +256,7 @@ def generate_with_truth(users: int, events_per_user: int, items: int, contexts: 
 def generate(users: int, events_per_user: int, items: int, contexts: int,
              seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Synthetic ``(events, items)``: events ``user_id, item_id, timestamp`` (seconds),
-    ``action`` in {click, like}, sorted by timestamp (ties by user id); items
+    ``action`` in {click, like}, rows by user id then time (not globally by time); items
     ``item_id, category``. Same arguments -> identical frames. See the module docstring."""
     d = generate_with_truth(users, events_per_user, items, contexts, seed)
     return d.events, d.items
