@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from longretriever.errors import InputError, RetriableError
 from retriever import query as q
+from retriever.metrics import RPCS
 from retriever.proto import longretriever_pb2 as pb
 from retriever.proto import longretriever_pb2_grpc as pb_grpc
 
@@ -54,14 +55,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_unary
         method = handler_call_details.method
 
+        short = method.rsplit("/", 1)[-1]
+
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 res = inner(request, context)
-                return (await res) if inspect.isawaitable(res) else res
+                out = (await res) if inspect.isawaitable(res) else res
+                RPCS.labels(short, "OK").inc()
+                return out
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped to a status below
                 code, msg = status_for(exc)
+                RPCS.labels(short, code.name).inc()
                 if code == grpc.StatusCode.INTERNAL:
                     ref = uuid.uuid4().hex[:12]
                     log.exception("%s failed (ref %s)", method, ref)

@@ -8,6 +8,7 @@ with one batched ``Bundle.encode`` call across all missing contexts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import numpy as np
 
 from longretriever.errors import InputError
 from longretriever.multicontext import DEFAULT_WINDOW, Candidate
+from retriever import metrics
 from retriever import query as q
 from retriever.milvus_requests import context_sizes as _context_sizes
 from retriever.refresh import VectorCache, window_stamp
@@ -93,18 +95,21 @@ class RetrieverService:
         q.validate_request(user_id, k, max_contexts)
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        wm = self.watermark()  # read before the state: the answer reflects at least this much
-        seq = self.state.recent(user_id, self.window)
-        selected = []
-        if seq is not None and len(seq) > 0:
-            selected = q.select_contexts(seq.contexts, k, max_contexts, self.allowed, self.window)
-        if not selected:
-            cands = q.fallback_candidates(self.bundle.popular, self.sizes, k, max_contexts)
-            timings["total"] = (time.perf_counter() - t0) * 1000
-            return RetrieveResult(user_id, cands, self.model_version, wm, True, timings)
-
-        tails = {c: self.state.context_tail(user_id, c, self.hard_k)[0] for c, _, _ in selected}
-        seen = self._seen_items(user_id, seq) if exclude_seen else np.zeros(0, np.int64)
+        reading = getattr(self.state, "reading", None)
+        with (reading() if reading else contextlib.nullcontext()):  # one consistent snapshot
+            wm = self.watermark()  # read before the state: the answer reflects at least this much
+            seq = self.state.recent(user_id, self.window)
+            selected = []
+            if seq is not None and len(seq) > 0:
+                selected = q.select_contexts(seq.contexts, k, max_contexts, self.allowed, self.window)
+            if not selected:
+                cands = q.fallback_candidates(self.bundle.popular, self.sizes, k, max_contexts)
+                timings["total"] = (time.perf_counter() - t0) * 1000
+                metrics.FALLBACKS.inc()
+                metrics.observe_timings(timings)
+                return RetrieveResult(user_id, cands, self.model_version, wm, True, timings)
+            tails = {c: self.state.context_tail(user_id, c, self.hard_k)[0] for c, _, _ in selected}
+            seen = self._seen_items(user_id, seq) if exclude_seen else np.zeros(0, np.int64)
         plan = q.build_plan(k, selected, seq.items, tails, seen, self.item_context, self.w,
                             exclude_seen, self.sizes)
         timings["state"] = (time.perf_counter() - t0) * 1000
@@ -117,8 +122,11 @@ class RetrieverService:
         remaining = None if timeout is None else max(0.05, timeout - (time.perf_counter() - t0))
         per_context = self.index.search_contexts(vectors, plan.topk, timeout=remaining)
         timings["milvus"] = (time.perf_counter() - t2) * 1000
+        t3 = time.perf_counter()
         cands = q.merge_results(plan, per_context)
+        timings["merge"] = (time.perf_counter() - t3) * 1000
         timings["total"] = (time.perf_counter() - t0) * 1000
+        metrics.observe_timings(timings)
         return RetrieveResult(user_id, cands, self.model_version, wm, False, timings)
 
     def _seen_items(self, user_id: int, seq: Any) -> np.ndarray:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import struct
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -94,6 +96,7 @@ class StateStore:
         self._wopts = WriteOptions()
         self._wopts.sync = sync
         self._pending: dict[bytes, bytes | None] = {}
+        self._tls = threading.local()
 
     def close(self) -> None:
         self.db.close()
@@ -105,7 +108,8 @@ class StateStore:
 
     def watermark(self) -> dict[int, int]:
         out = {}
-        for k, v in self.db.items(from_key=b"o"):
+        src = getattr(self._tls, "view", None) or self.db
+        for k, v in src.items(from_key=b"o"):
             if not k.startswith(b"o"):
                 break
             out[_P.unpack(k[1:5])[0]] = int(_U.unpack(v)[0])
@@ -123,9 +127,29 @@ class StateStore:
     def _meta(self, user: int) -> dict[int, list[int]] | None:
         return self._load_meta(user)[1]
 
+    @contextmanager
+    def reading(self):
+        """Point-in-time reads (nestable): the public read methods use a RocksDB snapshot, so a reader
+        thread (gRPC, refresh) never sees a half-applied or staged-but-uncommitted batch."""
+        if getattr(self._tls, "view", None) is not None:
+            yield
+            return
+        self._tls.view = self.db.snapshot()
+        try:
+            yield
+        finally:
+            self._tls.view = None
+
     def _get(self, key: bytes) -> bytes | None:
-        """Read through the pending (uncommitted) writes of the batch being applied."""
-        if key in self._pending:
+        view = getattr(self._tls, "view", None)
+        if view is not None:
+            try:
+                return view[key]
+            except Exception as exc:  # rocksdict's Snapshot raises a bare Exception when missing
+                if "not found" in str(exc):
+                    return None
+                raise
+        if key in self._pending:  # the writer reading through its own staged batch
             return self._pending[key]
         return self.db.get(key)
 
@@ -143,77 +167,82 @@ class StateStore:
 
     def context_tail(self, user: int, ctx: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Newest ``k`` events of ``ctx`` for ``user``, oldest first (the hard search)."""
-        meta = self._meta(user)
-        empty = np.zeros(0, np.int64)
-        if not meta or ctx not in meta or k <= 0:
-            return empty, empty
-        first, last, skip, _ = meta[ctx]
-        parts_i, parts_t, have = [], [], 0
-        for seg in range(last, first - 1, -1):
-            i, t = self._segment(user, ctx, seg, skip if seg == first else 0)
-            parts_i.append(i)
-            parts_t.append(t)
-            have += i.size
-            if have >= k:
-                break
-        items = np.concatenate(parts_i[::-1])[-k:]
-        ts = np.concatenate(parts_t[::-1])[-k:]
-        return items, ts
+        with self.reading():
+            meta = self._meta(user)
+            empty = np.zeros(0, np.int64)
+            if not meta or ctx not in meta or k <= 0:
+                return empty, empty
+            first, last, skip, _ = meta[ctx]
+            parts_i, parts_t, have = [], [], 0
+            for seg in range(last, first - 1, -1):
+                i, t = self._segment(user, ctx, seg, skip if seg == first else 0)
+                parts_i.append(i)
+                parts_t.append(t)
+                have += i.size
+                if have >= k:
+                    break
+            items = np.concatenate(parts_i[::-1])[-k:]
+            ts = np.concatenate(parts_t[::-1])[-k:]
+            return items, ts
 
     def context_items(self, user: int, ctx: int) -> np.ndarray:
-        meta = self._meta(user) or {}
-        return self.context_tail(user, ctx, meta[ctx][3])[0] if ctx in meta else np.zeros(0, np.int64)
+        with self.reading():
+            meta = self._meta(user) or {}
+            return self.context_tail(user, ctx, meta[ctx][3])[0] if ctx in meta else np.zeros(0, np.int64)
 
     def context_counts(self, user: int) -> dict[int, int]:
-        return {c: m[3] for c, m in (self._meta(user) or {}).items()}
+        with self.reading():
+            return {c: m[3] for c, m in (self._meta(user) or {}).items()}
 
     def sequence(self, user: int, ctx: int | None = None) -> UserSequence | None:
         """The user's whole stored sequence (optionally one context), canonical order."""
-        meta = self._meta(user)
-        if meta is None:
-            return None
-        ctxs = [ctx] if ctx is not None else sorted(meta)
-        items, ts, cs = [], [], []
-        for c in ctxs:
-            if c not in meta:
-                continue
-            i, t = self.context_tail(user, c, meta[c][3])
-            items.append(i)
-            ts.append(t)
-            cs.append(np.full(i.size, c, np.int32))
-        return _merged(items, ts, cs)
+        with self.reading():
+            meta = self._meta(user)
+            if meta is None:
+                return None
+            ctxs = [ctx] if ctx is not None else sorted(meta)
+            items, ts, cs = [], [], []
+            for c in ctxs:
+                if c not in meta:
+                    continue
+                i, t = self.context_tail(user, c, meta[c][3])
+                items.append(i)
+                ts.append(t)
+                cs.append(np.full(i.size, c, np.int32))
+            return _merged(items, ts, cs)
 
     def recent(self, user: int, n: int = 1000) -> UserSequence | None:
         """Newest ``n`` events across all contexts, oldest first; reads only tail segments."""
-        meta = self._meta(user)
-        if meta is None:
-            return None
-        loaded: dict[int, tuple[list, list, int]] = {}
-        for c, (first, last, skip, _) in meta.items():
-            i, t = self._segment(user, c, last, skip if last == first else 0)
-            loaded[c] = ([i], [t], last)
-        while True:
-            merged = _merged([np.concatenate(v[0]) for v in loaded.values()],
-                             [np.concatenate(v[1]) for v in loaded.values()],
-                             [np.full(sum(x.size for x in v[0]), c, np.int32) for c, v in loaded.items()])
-            if len(merged) <= n:
-                cutoff = None
-            else:
-                cutoff = (merged.ts[-n], merged.items[-n])
-            grew = False
-            for c, (parts_i, parts_t, seg) in loaded.items():
-                first, _, skip, _ = meta[c]
-                if seg == first:
-                    continue
-                oldest = (parts_t[0][0], parts_i[0][0]) if parts_i[0].size else None
-                if cutoff is None or (oldest is not None and oldest >= cutoff):
-                    i, t = self._segment(user, c, seg - 1, skip if seg - 1 == first else 0)
-                    parts_i.insert(0, i)
-                    parts_t.insert(0, t)
-                    loaded[c] = (parts_i, parts_t, seg - 1)
-                    grew = True
-            if not grew:
-                return UserSequence(merged.items[-n:], merged.ts[-n:], merged.contexts[-n:])
+        with self.reading():
+            meta = self._meta(user)
+            if meta is None:
+                return None
+            loaded: dict[int, tuple[list, list, int]] = {}
+            for c, (first, last, skip, _) in meta.items():
+                i, t = self._segment(user, c, last, skip if last == first else 0)
+                loaded[c] = ([i], [t], last)
+            while True:
+                merged = _merged([np.concatenate(v[0]) for v in loaded.values()],
+                                 [np.concatenate(v[1]) for v in loaded.values()],
+                                 [np.full(sum(x.size for x in v[0]), c, np.int32) for c, v in loaded.items()])
+                if len(merged) <= n:
+                    cutoff = None
+                else:
+                    cutoff = (merged.ts[-n], merged.items[-n])
+                grew = False
+                for c, (parts_i, parts_t, seg) in loaded.items():
+                    first, _, skip, _ = meta[c]
+                    if seg == first:
+                        continue
+                    oldest = (parts_t[0][0], parts_i[0][0]) if parts_i[0].size else None
+                    if cutoff is None or (oldest is not None and oldest >= cutoff):
+                        i, t = self._segment(user, c, seg - 1, skip if seg - 1 == first else 0)
+                        parts_i.insert(0, i)
+                        parts_t.insert(0, t)
+                        loaded[c] = (parts_i, parts_t, seg - 1)
+                        grew = True
+                if not grew:
+                    return UserSequence(merged.items[-n:], merged.ts[-n:], merged.contexts[-n:])
 
     def users(self) -> Iterator[int]:
         it = self.db.keys(from_key=b"u")

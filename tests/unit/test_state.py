@@ -112,3 +112,23 @@ def test_reopen_keeps_state_and_offsets(tmp_path):
     ro = StateStore(tmp_path / "s", CTX, read_only=True)
     assert ro.digest() == d and ro.next_offset(3) == 42 and ro.watermark() == {3: 42}
     assert list(ro.users()) == [7]
+
+
+def test_readers_never_see_a_staged_batch(tmp_path):
+    import threading
+
+    store = StateStore(tmp_path / "s", CTX, max_len=3, segment_events=2)
+    store.apply(np.array([1, 1, 1]), np.array([1, 2, 3]), np.array([1, 2, 3]) * 10**12, {0: 3})
+    before = store.sequence(1).items.tolist()
+    wb, _ = store.prepare(np.array([1, 1]), np.array([4, 5]), np.array([4, 5]) * 10**12, {0: 5})
+    seen = []
+    t = threading.Thread(target=lambda: seen.append((store.sequence(1).items.tolist(),
+                                                     store.watermark())))
+    t.start()
+    t.join()
+    assert seen == [(before, {0: 3})]
+    with store.reading():  # a snapshot taken before the commit stays consistent after it
+        store.commit(wb)
+        assert store.sequence(1).items.tolist() == before
+        assert store.context_tail(1, CTX.context_of(np.array([1]))[0], 5)[0].tolist() == [1]
+    assert store.sequence(1).items.tolist() == [3, 4, 5] and store.watermark() == {0: 5}
