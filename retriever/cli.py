@@ -71,13 +71,20 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                   host: str = typer.Option("0.0.0.0"),
                   items: Optional[Path] = typer.Option(None, help="item_id,category CSV"),
                   cache_entries: int = typer.Option(1_000_000, help="precomputed vector cache size (0: off)"),
-                  no_worker: bool = typer.Option(False, help="serve only; do not consume Kafka")) -> None:
+                  no_worker: bool = typer.Option(False, help="serve only; do not consume Kafka"),
+                  topic: str = typer.Option("user-events"),
+                  group_id: str = typer.Option("longretriever-stream"),
+                  metrics_port: int = typer.Option(0, help="Prometheus /metrics port (0 = off)")) -> None:
         """Stream worker (Kafka -> RocksDB state) + gRPC endpoint in one process."""
         import asyncio
 
+        if metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(metrics_port)
         try:
             asyncio.run(_serve(bundle, milvus_uri, collection, bootstrap, state_dir, port, host, items,
-                               cache_entries, not no_worker))
+                               cache_entries, not no_worker, topic, group_id))
         except LongRetrieverError as exc:
             _fail(exc)
 
@@ -114,38 +121,26 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
 
 async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap: str, state_dir: Path,
-                 port: int, host: str, items: Path | None, cache_entries: int, with_worker: bool) -> None:
+                 port: int, host: str, items: Path | None, cache_entries: int, with_worker: bool,
+                 topic: str = "user-events", group_id: str = "longretriever-stream") -> None:
     import asyncio
     import logging
 
-    from export.bundle import load_bundle
-    from longretriever.contexts import ContextTable
     from longretriever.settings import load_settings
-    from retriever.milvus_index import MilvusIndex
-    from retriever.milvus_requests import context_sizes
-    from retriever.refresh import Refresher, VectorCache
+    from retriever.assemble import open_serving
     from retriever.server import serve
-    from retriever.service import RetrieverService
-    from stream.state import StateStore
 
     log = logging.getLogger("retriever.serve")
-    settings = load_settings(bootstrap=bootstrap, state_dir=state_dir, items_path=items)
-    bundle = load_bundle(bundle_path)
-    store = StateStore(settings.state_dir, ContextTable.from_csv(settings.items_path),
-                       max_len=settings.max_sequence_len, segment_events=settings.segment_events,
-                       late_tolerance_ms=settings.late_tolerance_ms)
-    index = MilvusIndex(milvus_uri, collection)
-    sizes = context_sizes(bundle.item_contexts)
-    index.open(bundle.version, len(bundle.item_ids), sizes)  # BundleError on version mismatch
-    cache = VectorCache(cache_entries) if cache_entries > 0 else None
-    refresher = Refresher(bundle, store, cache, allowed=set(sizes)).start() if cache is not None else None
-    service = RetrieverService(bundle, index, store, cache)
+    settings = load_settings(bootstrap=bootstrap, state_dir=state_dir, items_path=items, topic=topic,
+                             dlq_topic=topic + ".dlq", group_id=group_id)
+    sv = open_serving(bundle_path, milvus_uri, collection, settings, cache_entries)
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(serve(service, host, port, stop=stop), name="grpc")]
+    tasks = [asyncio.create_task(serve(sv.service, host, port, stop=stop), name="grpc")]
     if with_worker:
         from stream.worker import StreamWorker
 
-        worker = StreamWorker(settings, store, on_applied=refresher.on_applied if refresher else None)
+        worker = StreamWorker(settings, sv.store,
+                              on_applied=sv.refresher.on_applied if sv.refresher else None)
         tasks.append(asyncio.create_task(worker.run(), name="stream-worker"))
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -161,7 +156,4 @@ async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap:
                 else:
                     t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if refresher:
-            refresher.stop()
-        index.close()
-        store.close()
+        sv.close()

@@ -1,0 +1,11 @@
+# Image for infra/deploy/docker-compose.yml (untested here: no Docker engine on the dev box).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY longretriever longretriever
+COPY stream stream
+COPY export export
+COPY retriever retriever
+COPY infra infra
+RUN pip install --no-cache-dir .
+ENTRYPOINT []

@@ -1,0 +1,69 @@
+"""Wiring of the serving process: bundle + state + Milvus + refresh -> RetrieverService.
+Shared by ``longretriever serve``, the demo and the integration tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longretriever.contexts import ContextTable
+from longretriever.errors import ConfigError
+from longretriever.settings import Settings
+
+
+@dataclass
+class Serving:
+    bundle: Any
+    store: Any
+    index: Any
+    service: Any
+    refresher: Any | None
+
+    def close(self) -> None:
+        if self.refresher is not None:
+            self.refresher.stop()
+        self.index.close()
+        self.store.close()
+
+
+def state_contexts(bundle: Any, items: Path | None) -> ContextTable:
+    """The item -> context table the state must use: the bundle's own (what the model was
+    trained with), so serving computes exactly what training did. An explicit items file must
+    agree with it on every item the bundle knows."""
+    ids = np.asarray(bundle.item_ids, np.int64)
+    order = np.argsort(ids, kind="stable")
+    table = ContextTable(tuple(bundle.context_names), ids[order],
+                         np.asarray(bundle.item_contexts, np.int32)[order])
+    if items is not None:
+        given = ContextTable.from_csv(items)
+        names_given = np.array(given.names, dtype=object)[given.context_of(ids)]
+        names_bundle = np.array(table.names, dtype=object)[table.context_of(ids)]
+        if not (names_given == names_bundle).all():
+            raise ConfigError(f"{items} assigns contexts that differ from the bundle's; "
+                              "serve with the items file the bundle was trained on (or none)")
+    return table
+
+
+def open_serving(bundle_path: Path, milvus_uri: str, collection: str, settings: Settings,
+                 cache_entries: int = 1_000_000, intra_op_threads: int = 1) -> Serving:
+    from export.bundle import load_bundle
+    from retriever.milvus_index import MilvusIndex
+    from retriever.milvus_requests import context_sizes
+    from retriever.refresh import Refresher, VectorCache
+    from retriever.service import RetrieverService
+    from stream.state import StateStore
+
+    bundle = load_bundle(bundle_path, intra_op_threads=intra_op_threads)
+    store = StateStore(settings.state_dir, state_contexts(bundle, settings.items_path),
+                       max_len=settings.max_sequence_len, segment_events=settings.segment_events,
+                       late_tolerance_ms=settings.late_tolerance_ms)
+    index = MilvusIndex(milvus_uri, collection)
+    sizes = context_sizes(bundle.item_contexts)
+    index.open(bundle.version, len(bundle.item_ids), sizes)  # BundleError on version mismatch
+    cache = VectorCache(cache_entries) if cache_entries > 0 else None
+    refresher = Refresher(bundle, store, cache, allowed=set(sizes)).start() if cache is not None else None
+    service = RetrieverService(bundle, index, store, cache)
+    return Serving(bundle, store, index, service, refresher)
