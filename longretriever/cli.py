@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="LongRetriever: streaming multi-context retrieval over ultra-long sequences.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON.")
 app.add_typer(bench_app, name="bench")

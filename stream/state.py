@@ -97,9 +97,13 @@ class StateStore:
         self._wopts.sync = sync
         self._pending: dict[bytes, bytes | None] = {}
         self._tls = threading.local()
+        self._closed = False
 
     def close(self) -> None:
-        self.db.close()
+        """Close the database (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self.db.close()
 
     # ---- offsets -------------------------------------------------------------------------
     def next_offset(self, partition: int) -> int | None:

@@ -142,8 +142,21 @@ def start(data_dir: Path, port: int | None = None, timeout: float = 60.0) -> Bro
 
 
 def _wait_ready(info: BrokerInfo, proc: subprocess.Popen, timeout: float) -> None:
+    import logging
+
     from kafka import KafkaAdminClient  # local import: heavy
 
+    quiet = logging.getLogger("kafka")  # "connection refused" is expected while it boots
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        _poll_ready(info, proc, timeout, KafkaAdminClient)
+    finally:
+        quiet.setLevel(level)
+
+
+def _poll_ready(info: BrokerInfo, proc: subprocess.Popen, timeout: float, admin_cls) -> None:
+    KafkaAdminClient = admin_cls
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
