@@ -74,7 +74,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                   no_worker: bool = typer.Option(False, help="serve only; do not consume Kafka"),
                   topic: str = typer.Option("user-events"),
                   group_id: str = typer.Option("longretriever-stream"),
-                  metrics_port: int = typer.Option(0, help="Prometheus /metrics port (0 = off)")) -> None:
+                  metrics_port: int = typer.Option(0, help="Prometheus /metrics port (0 = off)"),
+                  advertise: Optional[str] = typer.Option(None, help="HOST:PORT other serving "
+                                                          "processes use to forward requests here "
+                                                          "(default 127.0.0.1:PORT)")) -> None:
         """Stream worker (Kafka -> RocksDB state) + gRPC endpoint in one process."""
         import asyncio
 
@@ -84,7 +87,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             start_http_server(metrics_port)
         try:
             asyncio.run(_serve(bundle, milvus_uri, collection, bootstrap, state_dir, port, host, items,
-                               cache_entries, not no_worker, topic, group_id))
+                               cache_entries, not no_worker, topic, group_id,
+                               advertise or f"127.0.0.1:{port}"))
         except LongRetrieverError as exc:
             _fail(exc)
 
@@ -122,7 +126,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
 async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap: str, state_dir: Path,
                  port: int, host: str, items: Path | None, cache_entries: int, with_worker: bool,
-                 topic: str = "user-events", group_id: str = "longretriever-stream") -> None:
+                 topic: str = "user-events", group_id: str = "longretriever-stream",
+                 advertise: str = "127.0.0.1:50051") -> None:
     import asyncio
     import logging
 
@@ -135,11 +140,17 @@ async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap:
                              dlq_topic=topic + ".dlq", group_id=group_id)
     sv = open_serving(bundle_path, milvus_uri, collection, settings, cache_entries)
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(serve(sv.service, host, port, stop=stop), name="grpc")]
+    router = None
+    if with_worker:
+        from retriever.routing import Router, client_id_for
+
+        router = Router(settings.bootstrap, settings.group_id, settings.topic, advertise,
+                        security=settings.kafka_security()).start()
+    tasks = [asyncio.create_task(serve(sv.service, host, port, stop=stop, router=router), name="grpc")]
     if with_worker:
         from stream.worker import StreamWorker
 
-        worker = StreamWorker(settings, sv.store,
+        worker = StreamWorker(settings, sv.store, client_id=client_id_for(advertise),
                               on_applied=sv.refresher.on_applied if sv.refresher else None)
         tasks.append(asyncio.create_task(worker.run(), name="stream-worker"))
     try:
@@ -156,4 +167,6 @@ async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap:
                 else:
                     t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if router is not None:
+            router.stop()
         sv.close()

@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from longretriever.errors import InputError, RetriableError
+from longretriever.errors import InputError, RetriableError, ServiceUnavailable
 from retriever import query as q
 from retriever.metrics import RPCS
 from retriever.proto import longretriever_pb2 as pb
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Retriever"].full_name  # longretriever.v1.Retriever
 DEFAULT_MAX_CONTEXTS = 8
+FORWARDED_HEADER = "lr-forwarded"
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -85,9 +86,33 @@ class RetrieverServicer(pb_grpc.RetrieverServicer):
     """Adapts a backend (``retriever.service.RetrieverService`` or a fake with the same
     ``retrieve`` / ``user_sequence`` / ``context_name`` / ``context_id`` methods)."""
 
-    def __init__(self, backend: Any, default_timeout: float | None = 10.0) -> None:
+    def __init__(self, backend: Any, default_timeout: float | None = 10.0, router: Any = None) -> None:
         self.backend = backend
         self.default_timeout = default_timeout
+        self.router = router  # retriever.routing.Router: forwards users owned by another process
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def _forward(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Forward to the owner of ``request.user_id`` if that is another process; None if
+        this process owns it. A forwarded call is never forwarded again (no loops)."""
+        if self.router is None or dict(context.invocation_metadata() or ()).get(FORWARDED_HEADER):
+            return None
+        owner = self.router.remote_owner(request.user_id)
+        if owner is None:
+            return None
+        ch = self._channels.get(owner)
+        if ch is None:
+            ch = self._channels[owner] = grpc.aio.insecure_channel(owner)
+        stub = pb_grpc.RetrieverStub(ch)
+        remaining = context.time_remaining()
+        try:
+            return await getattr(stub, method)(request, timeout=remaining or self.default_timeout,
+                                               metadata=((FORWARDED_HEADER, "1"),))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED):
+                await context.abort(exc.code(), exc.details() or "")
+            raise ServiceUnavailable(f"owner {owner} of user {request.user_id} unreachable: "
+                                     f"{exc.code().name}") from exc
 
     async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         remaining = context.time_remaining()
@@ -101,6 +126,9 @@ class RetrieverServicer(pb_grpc.RetrieverServicer):
     async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
         max_contexts = request.max_contexts or DEFAULT_MAX_CONTEXTS
         q.validate_request(request.user_id, request.k, max_contexts)
+        forwarded = await self._forward("Retrieve", request, context)
+        if forwarded is not None:
+            return forwarded
         res = await self._run(context, self.backend.retrieve, request.user_id, request.k, max_contexts,
                               request.exclude_seen, timeout=None)
         name = self.backend.context_name
@@ -114,6 +142,9 @@ class RetrieverServicer(pb_grpc.RetrieverServicer):
         if request.user_id < 0:
             raise InputError(f"user_id must be >= 0, got {request.user_id}")
         ctx = self.backend.context_id(request.context) if request.HasField("context") else None
+        forwarded = await self._forward("GetUserSequence", request, context)
+        if forwarded is not None:
+            return forwarded
         res = await self._run(context, self.backend.user_sequence, request.user_id, ctx)
         name = self.backend.context_name
         events = [pb.Event(item_id=i, ts=t, context=name(c))
@@ -122,13 +153,14 @@ class RetrieverServicer(pb_grpc.RetrieverServicer):
 
 
 def build_server(backend: Any, host: str = "127.0.0.1", port: int = 0,
-                 default_timeout: float | None = 10.0) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
+                 default_timeout: float | None = 10.0,
+                 router: Any = None) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
     """A configured (not started) server; returns (server, bound port, health servicer).
     Must be called with a running event loop."""
     server = grpc.aio.server(interceptors=[ErrorInterceptor()],
                              options=[("grpc.max_send_message_length", 64 * 1024 * 1024),
                                       ("grpc.so_reuseport", 0)])
-    pb_grpc.add_RetrieverServicer_to_server(RetrieverServicer(backend, default_timeout), server)
+    pb_grpc.add_RetrieverServicer_to_server(RetrieverServicer(backend, default_timeout, router), server)
     hs = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     reflection.enable_server_reflection(
@@ -148,9 +180,9 @@ def set_serving(hs: health.HealthServicer, serving: bool) -> None:
 
 async def serve(backend: Any, host: str = "0.0.0.0", port: int = 50051, grace: float = 5.0,
                 stop: asyncio.Event | None = None,
-                on_started: Callable[[int], None] | None = None) -> None:
+                on_started: Callable[[int], None] | None = None, router: Any = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain in-flight calls for ``grace`` s."""
-    server, bound, hs = build_server(backend, host, port)
+    server, bound, hs = build_server(backend, host, port, router=router)
     await server.start()
     set_serving(hs, True)
     log.warning("retriever listening on %s:%d", host, bound)

@@ -34,7 +34,7 @@ def main(bootstrap: str, topic: str, total: int) -> None:
                 state["n"] += len(obj) if isinstance(obj, list) else 1
             if state["n"] >= total:
                 eps = state["n"] / (time.perf_counter() - state["t0"])
-                print(f"{eps:.1f}", flush=True)
+                print(f"EPS {eps:.1f}", flush=True)  # faust redirects stdout into its logger
                 os._exit(0)
 
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)

@@ -54,10 +54,8 @@ async def _raw_consume(bootstrap: str, topic: str, total: int) -> float:
 def _faust_eps(bootstrap: str, topic: str, total: int) -> float | None:
     out = subprocess.run([sys.executable, "-m", "stream.bench_faust", bootstrap, topic, str(total)],
                          capture_output=True, text=True, timeout=600)
-    try:
-        return float(out.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return None
+    found = [line.rsplit("EPS ", 1)[1] for line in (out.stdout + out.stderr).splitlines() if "EPS " in line]
+    return float(found[-1]) if found else None
 
 
 def run_ingest_bench(users: int = 100, events_per_user: int = 3000,

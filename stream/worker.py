@@ -34,6 +34,8 @@ from stream.state import StateStore
 log = logging.getLogger(__name__)
 
 OnApplied = Callable[[dict[int, set[int]]], None]
+_FETCH_BYTES = 8 * 1_048_576  # consumer max_partition_fetch_bytes
+_MAX_REASON = 512  # bytes of the lr.reason header (reasons can quote attacker-sized keys)
 
 
 @dataclass
@@ -76,8 +78,10 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class StreamWorker:
-    def __init__(self, settings: Settings, store: StateStore, on_applied: OnApplied | None = None) -> None:
+    def __init__(self, settings: Settings, store: StateStore, on_applied: OnApplied | None = None,
+                 client_id: str | None = None) -> None:
         self.s = settings
+        self.client_id = client_id  # serving processes put their gRPC address here (routing)
         self.store = store
         self.on_applied = on_applied
         self.stats = WorkerStats()
@@ -94,11 +98,15 @@ class StreamWorker:
         sec = self.s.kafka_security()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.s.bootstrap, group_id=self.s.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1_048_576,
+            auto_offset_reset="earliest", max_partition_fetch_bytes=_FETCH_BYTES,
             fetch_max_bytes=64 * 1_048_576, session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
-            **sec)
+            **({"client_id": self.client_id} if self.client_id else {}), **sec)
+        # max_request_size: a dead-lettered record carries the original bytes, which may be as
+        # large as anything the consumer can fetch (oversize payloads are rejected *because*
+        # they exceed max_message_bytes); aiokafka's 1 MiB default raised
+        # MessageSizeTooLargeError and crashed the worker on every restart (poison message)
         self.producer = AIOKafkaProducer(bootstrap_servers=self.s.bootstrap, acks="all",
-                                         linger_ms=5, **sec)
+                                         linger_ms=5, max_request_size=_FETCH_BYTES + 65_536, **sec)
         self.consumer.subscribe([self.s.topic], listener=_Rebalance(self))
         await self.consumer.start()
         await self.producer.start()
@@ -205,7 +213,7 @@ class StreamWorker:
             return
         futures = []
         for msg, r in rejected:
-            headers = [("lr.reason", r.reason.encode()), ("lr.source.topic", msg.topic.encode()),
+            headers = [("lr.reason", r.reason.encode()[:_MAX_REASON]), ("lr.source.topic", msg.topic.encode()),
                        ("lr.source.partition", str(msg.partition).encode()),
                        ("lr.source.offset", str(msg.offset).encode())]
             if r.index is not None:

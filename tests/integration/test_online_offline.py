@@ -129,3 +129,64 @@ def _total_messages(bootstrap, topic):
     total = sum(c.end_offsets(tps).values())
     c.close()
     return total
+
+
+def test_two_serving_workers_route_each_user_to_its_owner(trained, kafka_bootstrap, topic_name, tmp_path):
+    """Two serving processes in one consumer group (here: two workers, two states, two gRPC
+    endpoints in one process). Asking either endpoint about any user gives the owner's answer,
+    which equals the offline reference."""
+    from retriever.routing import Router, client_id_for
+    from retriever.service import RetrieverService
+
+    d, ev, it, uri = trained
+    ds = load_dataset(ev, it, "csv")
+    ensure_topic(kafka_bootstrap, topic_name, 4)
+    replay(ds.events, kafka_bootstrap, topic_name, progress=False)
+    sa = settings_for(kafka_bootstrap, topic_name, tmp_path / "a", group="route")
+    sb = settings_for(kafka_bootstrap, topic_name, tmp_path / "b", group="route")
+    sv = open_serving(d / "bundle", uri, "items", sa, cache_entries=0)
+    from retriever.assemble import state_contexts
+    from stream.state import StateStore
+
+    store_b = StateStore(tmp_path / "b", state_contexts(sv.bundle, None))
+    service_b = RetrieverService(sv.bundle, sv.index, store_b)
+    truth = expected_sequences(ds.events, sv.store.contexts, 100_000)
+
+    async def scenario():
+        from infra.kafka.broker import free_port
+
+        addr_a, addr_b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        routers = [Router(kafka_bootstrap, "route", topic_name, a, interval=0.3).start() for a in (addr_a, addr_b)]
+        server_a, _, _ = build_server(sv.service, port=int(addr_a.split(":")[1]), router=routers[0])
+        server_b, _, _ = build_server(service_b, port=int(addr_b.split(":")[1]), router=routers[1])
+        await server_a.start()
+        await server_b.start()
+        wa = StreamWorker(sa, sv.store, client_id=client_id_for(addr_a))
+        wb = StreamWorker(sb, store_b, client_id=client_id_for(addr_b))
+        tasks = [asyncio.create_task(wa.run()), asyncio.create_task(wb.run())]
+        total = await asyncio.to_thread(_total_messages, kafka_bootstrap, topic_name)
+        try:
+            await wait_for(lambda: wa.stats.assigned and wb.stats.assigned
+                           and sum(sv.store.next_offset(p) or 0 for p in wa.stats.assigned)
+                           + sum(store_b.next_offset(p) or 0 for p in wb.stats.assigned) >= total
+                           and all(len(r.map.owners) == 4 for r in routers), timeout=120)
+            owned_by_b = [u for u in truth if routers[0].remote_owner(u) == addr_b]
+            results = await asyncio.to_thread(_compare_all, addr_a, sv.bundle, truth)
+            results_b = await asyncio.to_thread(_compare_all, addr_b, sv.bundle, truth)
+        finally:
+            wa.stop()
+            wb.stop()
+            await asyncio.gather(*tasks)
+            for r in routers:
+                r.stop()
+            await server_a.stop(1)
+            await server_b.stop(1)
+        return owned_by_b, results, results_b
+
+    try:
+        owned_by_b, mismatched_a, mismatched_b = asyncio.run(asyncio.wait_for(scenario(), 300))
+    finally:
+        store_b.close()
+        sv.close()
+    assert 0 < len(owned_by_b) < len(truth)  # both processes own users: routing was exercised
+    assert mismatched_a == [] and mismatched_b == []
