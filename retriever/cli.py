@@ -108,6 +108,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             runs.append(r)
             out.write_text(json.dumps({"runs": runs}, indent=2))
 
+    @bench_app.command("freshness")
+    def bench_freshness_cmd(out: Path = typer.Option(..., help="JSON output file"),
+                            rate: float = typer.Option(5000.0, help="events/s produced"),
+                            seconds: float = typer.Option(10.0)) -> None:
+        """Produce -> visible in Retrieve latency under a steady event rate (real services)."""
+        from retriever.bench_freshness import run_freshness_bench
+
+        r = run_freshness_bench(rate, seconds)
+        out.write_text(json.dumps(r, indent=2))
+        typer.echo(json.dumps(r, indent=2))
+
     @bench_app.command("milvus-probe")
     def bench_probe_cmd(out: Path = typer.Option(...), items: int = typer.Option(100_000),
                         dim: int = typer.Option(64), contexts: int = typer.Option(8),

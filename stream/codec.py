@@ -149,7 +149,9 @@ def _parse_key(key: bytes | None) -> int | str | None:
         return "missing"
     try:
         text = key.decode("ascii")
-        return int(text) if text.isdigit() else text
+        # an int64 user id has at most 19 digits; longer digit strings are not parsed (int() of
+        # more than 4300 digits raises ValueError in Python >= 3.11: a poison message)
+        return int(text) if text.isdigit() and len(text) <= 19 else text[:64]
     except UnicodeDecodeError:
         return repr(key[:32])
 
@@ -212,7 +214,7 @@ def _fast_columns(obj: Any, key: bytes | None, now_ms: int) -> Columns | None:
     """Vectorised validation of a list of event maps; None means "use the slow path"."""
     if isinstance(obj, dict):
         obj = [obj]
-    if not isinstance(obj, list) or not obj or key is None or not key.isdigit():
+    if not isinstance(obj, list) or not obj or key is None or not key.isdigit() or len(key) > 19:
         return None
     try:
         if not set().union(*obj) <= _ALLOWED:

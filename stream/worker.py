@@ -66,13 +66,20 @@ class _Rebalance(ConsumerRebalanceListener):
         log.info("revoked %s", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        fresh = []
         for tp in assigned:
             off = self.w.store.next_offset(tp.partition)
             if off is None:
-                await self.w.consumer.seek_to_beginning(tp)
+                fresh.append(tp)
             else:
                 self.w.consumer.seek(tp, off)
-            self.w.stats.assigned.add(tp.partition)
+        if fresh:
+            await self.w.consumer.seek_to_beginning(*fresh)
+        # Only now: aiokafka already fetches the partitions positioned above while the seek to
+        # the beginning of the others is pending, so adding them one by one let
+        # ``_caught_up`` (which looks at ``stats.assigned``) end an ``until_caught_up`` run
+        # with a partition that was never consumed.
+        self.w.stats.assigned.update(tp.partition for tp in assigned)
         metrics.ASSIGNED.set(len(self.w.stats.assigned))
         log.info("assigned %s", sorted(tp.partition for tp in assigned))
 

@@ -1,0 +1,154 @@
+"""``longretriever bench freshness``: produce -> visible in ``Retrieve``, under a steady load.
+
+A real broker, a tiny trained bundle, Milvus Lite and the serving process (stream worker +
+event-driven refresh + gRPC) run locally. A producer sends single-event messages at ``rate``
+events/s for ``seconds``; for a sample of them a prober polls ``Retrieve`` for that user until
+the answer's watermark covers the event's offset (the watermark is read in the same snapshot
+as the state, so the answer was computed with that event). Latency = visible - sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _parse_watermark(wm: str) -> dict[int, int]:
+    out = {}
+    for part in filter(None, wm.split(",")):
+        p, o = part.split(":")
+        out[int(p)] = int(o)
+    return out
+
+
+def run_freshness_bench(rate: float = 5000.0, seconds: float = 10.0, users: int = 200) -> dict[str, Any]:
+    """Real processes: ``longretriever serve`` (worker + refresh + gRPC) and a load generator
+    are subprocesses, as producers and servers are in production; this process only produces
+    the probe events and calls Retrieve."""
+    from kafka import KafkaProducer
+
+    from export.bundle import load_bundle
+    from infra.kafka import broker
+    from longretriever.datasets import load_dataset
+    from retriever.client import RetrieverClient
+    from retriever.milvus_index import MilvusIndex
+    from stream.codec import Event, encode_event, encode_key
+    from stream.replay import ensure_topic, replay
+    from stream.synth import write
+
+    tmp = Path(tempfile.mkdtemp(prefix="lr-fresh-"))
+    info = broker.start(tmp / "kafka")
+    procs: list[subprocess.Popen] = []
+    try:
+        ev, it = write(tmp / "syn.csv", users, 100, items=5000, contexts=8, seed=3)
+        subprocess.run([sys.executable, "-m", "longretriever.cli", "train", "--events", str(ev), "--items",
+                        str(it), "--out", str(tmp / "bundle"), "--epochs", "1", "--budget", "8",
+                        "--k", "64", "--w", "16", "--no-progress"], check=True, capture_output=True)
+        bundle = load_bundle(tmp / "bundle")
+        idx = MilvusIndex(str(tmp / "milvus.db"), "items")
+        idx.build(bundle, "flat", progress=False)
+        idx.close()
+        ds = load_dataset(ev, it, "csv")
+        ensure_topic(info.bootstrap, "user-events", 4)
+        rep = replay(ds.events, info.bootstrap, "user-events", progress=False)
+        port = broker.free_port()
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "longretriever.cli", "serve", "--bundle", str(tmp / "bundle"),
+             "--milvus-uri", str(tmp / "milvus.db"), "--collection", "items", "--bootstrap", info.bootstrap,
+             "--state-dir", str(tmp / "state"), "--port", str(port), "--host", "127.0.0.1",
+             "--group-id", "fresh"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        client = RetrieverClient(f"127.0.0.1:{port}", timeout=10)
+        _wait_caught_up(client, rep.messages, users)
+        procs.append(subprocess.Popen([sys.executable, "-m", "retriever.bench_freshness", info.bootstrap,
+                                       str(rate), str(seconds), str(users)], stdout=subprocess.PIPE, text=True))
+        producer = KafkaProducer(bootstrap_servers=info.bootstrap, acks=1, linger_ms=0)
+        rng = np.random.default_rng(1)
+        lat: list[float] = []
+        rpc_ms: list[float] = []
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            u = int(rng.integers(0, users))
+            e = Event(u, int(bundle.item_ids[int(rng.integers(0, bundle.item_ids.size))]), int(time.time() * 1000))
+            sent = time.perf_counter()
+            md = producer.send("user-events", key=encode_key(u), value=encode_event(e)).get(10)
+            while time.perf_counter() - sent < 10:
+                t = time.perf_counter()
+                r = client.retrieve(u, 10, 1, True)
+                rpc_ms.append((time.perf_counter() - t) * 1000)
+                if _parse_watermark(r["watermark"]).get(md.partition, 0) > md.offset:
+                    lat.append((time.perf_counter() - sent) * 1000)
+                    break
+            time.sleep(0.02)
+        out, _ = procs[1].communicate(timeout=seconds + 60)
+        achieved = float(out.strip().splitlines()[-1]) if out.strip() else 0.0
+        producer.close()
+        client.close()
+        return {"events_per_s": round(achieved), "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99),
+                "samples": len(lat), "seconds": seconds, "retrieve_p50_ms": _pct(rpc_ms, 0.5)}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        broker.stop(tmp / "kafka")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1)
+
+
+def _wait_caught_up(client, messages: int, users: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            r = client.retrieve(users - 1, 10, 1, True)
+            if sum(_parse_watermark(r["watermark"]).values()) >= messages and not r["fallback"]:
+                return
+        except Exception:  # noqa: BLE001 - server still starting
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("serving process did not catch up")
+
+
+def _load(bootstrap: str, rate: float, seconds: float, users: int) -> None:
+    """Load generator process: single-event messages at ``rate`` events/s."""
+    from kafka import KafkaProducer
+
+    from stream.codec import Event, encode_event, encode_key
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
+    rng = np.random.default_rng(0)
+    n = int(rate * seconds)
+    us = rng.integers(0, users, n)
+    t0 = time.perf_counter()
+    now = int(time.time() * 1000)
+    for i in range(n):
+        u = int(us[i])
+        producer.send("user-events", key=encode_key(u), value=encode_event(Event(u, 1000 + i % 5000 * 7, now + i)))
+        ahead = (i + 1) / rate - (time.perf_counter() - t0)
+        if ahead > 0.001:
+            time.sleep(ahead)
+    producer.flush()
+    print(n / (time.perf_counter() - t0), flush=True)
+    producer.close()
+
+
+if __name__ == "__main__":
+    _load(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
