@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
+                               TomlConfigSettingsSource)
+
+CONFIG_ENV = "LONGRETRIEVER_CONFIG"  # path of an optional TOML file with the same keys
 
 
 class Settings(BaseSettings):
@@ -36,6 +39,25 @@ class Settings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: str | None = None
     ssl_cafile: Path | None = None
+
+    # gRPC TLS (server side): PEM files; both set -> the endpoint serves TLS only
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource):
+        """Precedence: CLI flags > LONGRETRIEVER_* env vars > the TOML file > defaults."""
+        sources = [init_settings, env_settings]
+        path = os.environ.get(CONFIG_ENV)
+        if path:
+            if not Path(path).is_file():
+                raise ValueError(f"{CONFIG_ENV}={path}: no such file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
 
     @field_validator("bootstrap")
     @classmethod

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from longretriever.errors import ConfigError
 from retriever.milvus_requests import DEFAULT_COLLECTION, DEFAULT_URI
 
 
@@ -43,12 +44,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                   k: int = typer.Option(100), max_contexts: int = typer.Option(8),
                   include_seen: bool = typer.Option(False, help="do not exclude seen items"),
                   timeout: float = typer.Option(5.0),
+                  tls_ca: Optional[Path] = typer.Option(None, help="PEM CA bundle: connect with TLS"),
                   as_json: bool = typer.Option(False, "--json", help="print the response as JSON")) -> None:
         """Ask a running endpoint for a user's candidates."""
         from retriever.client import RetrieverClient
 
         try:
-            with RetrieverClient(target, timeout) as c:
+            with RetrieverClient(target, timeout, tls_ca.read_bytes() if tls_ca else None) as c:
                 r = c.retrieve(user, k, max_contexts, not include_seen)
         except (LongRetrieverError, RuntimeError) as exc:
             _fail(exc)
@@ -75,6 +77,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                   topic: str = typer.Option("user-events"),
                   group_id: str = typer.Option("longretriever-stream"),
                   metrics_port: int = typer.Option(0, help="Prometheus /metrics port (0 = off)"),
+                  tls_cert: Optional[Path] = typer.Option(None, help="PEM certificate chain: serve TLS"),
+                  tls_key: Optional[Path] = typer.Option(None, help="PEM private key for --tls-cert"),
                   advertise: Optional[str] = typer.Option(None, help="HOST:PORT other serving "
                                                           "processes use to forward requests here "
                                                           "(default 127.0.0.1:PORT)")) -> None:
@@ -85,10 +89,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             from prometheus_client import start_http_server
 
             start_http_server(metrics_port)
+        if (tls_cert is None) != (tls_key is None):
+            _fail(ConfigError("--tls-cert and --tls-key go together"))
+        tls = (tls_cert.read_bytes(), tls_key.read_bytes()) if tls_cert and tls_key else None
         try:
             asyncio.run(_serve(bundle, milvus_uri, collection, bootstrap, state_dir, port, host, items,
                                cache_entries, not no_worker, topic, group_id,
-                               advertise or f"127.0.0.1:{port}"))
+                               advertise or f"127.0.0.1:{port}", tls))
         except LongRetrieverError as exc:
             _fail(exc)
 
@@ -138,7 +145,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap: str, state_dir: Path,
                  port: int, host: str, items: Path | None, cache_entries: int, with_worker: bool,
                  topic: str = "user-events", group_id: str = "longretriever-stream",
-                 advertise: str = "127.0.0.1:50051") -> None:
+                 advertise: str = "127.0.0.1:50051", tls: tuple[bytes, bytes] | None = None) -> None:
     import asyncio
     import logging
 
@@ -157,7 +164,8 @@ async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap:
 
         router = Router(settings.bootstrap, settings.group_id, settings.topic, advertise,
                         security=settings.kafka_security()).start()
-    tasks = [asyncio.create_task(serve(sv.service, host, port, stop=stop, router=router), name="grpc")]
+    tasks = [asyncio.create_task(serve(sv.service, host, port, stop=stop, router=router, tls=tls),
+                                 name="grpc")]
     if with_worker:
         from stream.worker import StreamWorker
 

@@ -12,10 +12,11 @@ from retriever.proto import longretriever_pb2_grpc as pb_grpc
 
 
 class RetrieverClient:
-    def __init__(self, target: str, timeout: float = 5.0) -> None:
+    def __init__(self, target: str, timeout: float = 5.0, tls_ca: bytes | None = None) -> None:
         self.target = target
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(target)
+        self.channel = (grpc.secure_channel(target, grpc.ssl_channel_credentials(tls_ca))
+                        if tls_ca is not None else grpc.insecure_channel(target))
         self.stub = pb_grpc.RetrieverStub(self.channel)
 
     def close(self) -> None:

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Retriever"].full_name  # longretriever.v1.Retriever
 DEFAULT_MAX_CONTEXTS = 8
 FORWARDED_HEADER = "lr-forwarded"
+BACKEND_MARGIN_S = 0.25  # deadline share kept back from the backend (at most 10 % of it)
+MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024  # requests are a few scalars; refuse anything larger
+MAX_SEND_MESSAGE_BYTES = 64 * 1024 * 1024  # a k=10000 answer or a 100k-event sequence
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -44,6 +47,9 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"
 
 
+_MALFORMED = object()  # what the request deserializer yields for bytes that do not parse
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every unary-unary handler so exceptions become clean status codes."""
 
@@ -55,11 +61,21 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler  # health / reflection / streaming: leave untouched
         inner = handler.unary_unary
         method = handler_call_details.method
+        deserialize = handler.request_deserializer
 
         short = method.rsplit("/", 1)[-1]
 
+        def safe_deserialize(raw: bytes) -> Any:
+            # grpc turns a deserializer exception into UNKNOWN with the exception text
+            try:
+                return deserialize(raw) if deserialize is not None else raw
+            except Exception:  # noqa: BLE001 - protobuf DecodeError and friends
+                return _MALFORMED
+
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                if request is _MALFORMED:
+                    raise InputError(f"malformed {short} request: not a valid protobuf message")
                 res = inner(request, context)
                 out = (await res) if inspect.isawaitable(res) else res
                 RPCS.labels(short, "OK").inc()
@@ -78,7 +94,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(code, msg)
 
         return grpc.unary_unary_rpc_method_handler(
-            wrapped, request_deserializer=handler.request_deserializer,
+            wrapped, request_deserializer=safe_deserialize,
             response_serializer=handler.response_serializer)
 
 
@@ -120,7 +136,9 @@ class RetrieverServicer(pb_grpc.RetrieverServicer):
         if timeout is not None and timeout <= 0:
             raise asyncio.TimeoutError()
         if "timeout" in kw:
-            kw["timeout"] = timeout
+            # the backend gets slightly less than the deadline, so a dependency failure it
+            # detects at the end of its budget still reaches the client as UNAVAILABLE
+            kw["timeout"] = None if timeout is None else timeout - min(BACKEND_MARGIN_S, 0.1 * timeout)
         return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kw), timeout)
 
     async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
@@ -153,12 +171,13 @@ class RetrieverServicer(pb_grpc.RetrieverServicer):
 
 
 def build_server(backend: Any, host: str = "127.0.0.1", port: int = 0,
-                 default_timeout: float | None = 10.0,
-                 router: Any = None) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
+                 default_timeout: float | None = 10.0, router: Any = None,
+                 tls: tuple[bytes, bytes] | None = None) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
     """A configured (not started) server; returns (server, bound port, health servicer).
     Must be called with a running event loop."""
     server = grpc.aio.server(interceptors=[ErrorInterceptor()],
-                             options=[("grpc.max_send_message_length", 64 * 1024 * 1024),
+                             options=[("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
+                                      ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
                                       ("grpc.so_reuseport", 0)])
     pb_grpc.add_RetrieverServicer_to_server(RetrieverServicer(backend, default_timeout, router), server)
     hs = health.HealthServicer(experimental_non_blocking=True)
@@ -166,7 +185,11 @@ def build_server(backend: Any, host: str = "127.0.0.1", port: int = 0,
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is not None:  # (certificate chain PEM, private key PEM)
+        creds = grpc.ssl_server_credentials([(tls[1], tls[0])])
+        bound = server.add_secure_port(f"{host}:{port}", creds)
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     return server, bound, hs
@@ -180,9 +203,10 @@ def set_serving(hs: health.HealthServicer, serving: bool) -> None:
 
 async def serve(backend: Any, host: str = "0.0.0.0", port: int = 50051, grace: float = 5.0,
                 stop: asyncio.Event | None = None,
-                on_started: Callable[[int], None] | None = None, router: Any = None) -> None:
+                on_started: Callable[[int], None] | None = None, router: Any = None,
+                tls: tuple[bytes, bytes] | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain in-flight calls for ``grace`` s."""
-    server, bound, hs = build_server(backend, host, port, router=router)
+    server, bound, hs = build_server(backend, host, port, router=router, tls=tls)
     await server.start()
     set_serving(hs, True)
     log.warning("retriever listening on %s:%d", host, bound)

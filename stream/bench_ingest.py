@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import msgpack
+import numpy as np
 
 from longretriever.datasets import load_dataset
 from longretriever.settings import Settings
@@ -58,8 +59,35 @@ def _faust_eps(bootstrap: str, topic: str, total: int) -> float | None:
     return float(found[-1]) if found else None
 
 
+def _refresh_run(bootstrap: str, topic: str, total: int, ds, ev: Path, it: Path, tmp: Path) -> dict:
+    """The worker again, with the event-driven refresh of query vectors attached (a real
+    bundle trained on the same items): what the refresh costs the ingest rate."""
+    from export.bundle import load_bundle
+    from retriever.assemble import state_contexts
+    from retriever.refresh import Refresher, VectorCache
+
+    subprocess.run([sys.executable, "-m", "longretriever.cli", "train", "--events", str(ev), "--items", str(it),
+                    "--out", str(tmp / "bundle"), "--epochs", "1", "--budget", "4", "--no-progress"],
+                   check=True, capture_output=True)
+    bundle = load_bundle(tmp / "bundle", intra_op_threads=1)
+    store = StateStore(tmp / "state-refresh", state_contexts(bundle, None))
+    refresher = Refresher(bundle, store, VectorCache(1_000_000),
+                          allowed=set(np.unique(bundle.item_contexts).tolist())).start()
+    s = Settings(bootstrap=bootstrap, topic=topic, dlq_topic=topic + ".dlq", group_id="bench-r")
+    w = StreamWorker(s, store, on_applied=refresher.on_applied)
+    asyncio.run(w.run(max_events=total, max_seconds=600))
+    eps = w.stats.applied / (w.stats.last_batch_at - w.stats.first_batch_at)
+    t0 = time.perf_counter()
+    while refresher._pending and time.perf_counter() - t0 < 120:  # let the last refresh finish
+        time.sleep(0.05)
+    refresher.stop()
+    rows = refresher.refreshed_rows
+    store.close()
+    return {"worker_with_refresh_eps": round(eps), "refreshed_vectors": rows}
+
+
 def run_ingest_bench(users: int = 100, events_per_user: int = 3000,
-                     bootstrap: str | None = None) -> dict:
+                     bootstrap: str | None = None, with_refresh: bool = True) -> dict:
     from infra.kafka import broker
 
     tmp = Path(tempfile.mkdtemp(prefix="lr-bench-ingest-"))
@@ -92,7 +120,8 @@ def run_ingest_bench(users: int = 100, events_per_user: int = 3000,
         backfill_eps = total / (time.perf_counter() - t0)
         child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         faust = _faust_eps(bootstrap, topic, total)
-        return {
+        refresh = _refresh_run(bootstrap, topic, total, ds, ev, it, tmp) if with_refresh else {}
+        return {**refresh,
             "events": total,
             "messages": rep.messages,
             "replay_eps": round(rep.events_per_s),

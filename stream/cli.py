@@ -112,10 +112,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def bench_ingest(out: Path = typer.Option(..., help="JSON output file"),
                      users: int = typer.Option(100), events_per_user: int = typer.Option(3000),
                      bootstrap: Optional[str] = typer.Option(None, help="Existing broker "
-                                                             "(default: start a local one)")) -> None:
+                                                             "(default: start a local one)"),
+                     refresh: bool = typer.Option(True, help="Also measure the worker with the "
+                                                  "event-driven vector refresh attached")) -> None:
         """Ingest benchmark on a real local broker; writes JSON."""
         from stream.bench_ingest import run_ingest_bench
 
-        result = run_ingest_bench(users, events_per_user, bootstrap)
+        result = run_ingest_bench(users, events_per_user, bootstrap, refresh)
         out.write_text(json.dumps(result, indent=2))
         typer.echo(json.dumps(result, indent=2))

@@ -130,3 +130,36 @@ def test_health_and_reflection():
             names |= {s.name for s in resp.list_services_response.service}
         assert SERVICE_NAME in names and "grpc.health.v1.Health" in names
     run(body)
+
+
+def test_tls_endpoint_serves_tls_only(tmp_path):
+    import subprocess
+
+    from retriever.client import RetrieverClient
+
+    key, crt = tmp_path / "key.pem", tmp_path / "crt.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(crt), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+
+    async def body():
+        server, port, _ = build_server(FakeBackend(), "127.0.0.1", 0, tls=(crt.read_bytes(), key.read_bytes()))
+        await server.start()
+        try:
+            def calls():
+                with RetrieverClient(f"localhost:{port}", 5, tls_ca=crt.read_bytes()) as c:
+                    ok = c.retrieve(5, 2)
+                with RetrieverClient(f"localhost:{port}", 2) as plain:
+                    try:
+                        plain.retrieve(5, 2)
+                        refused = False
+                    except ServiceUnavailable:
+                        refused = True
+                return ok, refused
+            ok, refused = await asyncio.to_thread(calls)
+        finally:
+            await server.stop(None)
+        assert [c["item_id"] for c in ok["candidates"]] == [7, 9]
+        assert refused
+
+    asyncio.run(body())
