@@ -223,6 +223,12 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 4,
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass  # created concurrently: fine
+        # creation is asynchronous in the cluster: return only once both are in the metadata
+        deadline = time.monotonic() + 30
+        while not {n for n, _ in wanted} <= set(admin.list_topics()):
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"topics {topic} / {topic + DLQ_SUFFIX} not visible after 30 s")
+            time.sleep(0.1)
     except KafkaError as exc:
         raise ServiceUnavailable(f"cannot create topic {topic} at {bootstrap}: {exc}") from exc
     finally:
