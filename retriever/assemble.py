@@ -62,7 +62,12 @@ def open_serving(bundle_path: Path, milvus_uri: str, collection: str, settings: 
                        late_tolerance_ms=settings.late_tolerance_ms)
     index = MilvusIndex(milvus_uri, collection)
     sizes = context_sizes(bundle.item_contexts)
-    index.open(bundle.version, len(bundle.item_ids), sizes)  # BundleError on version mismatch
+    try:
+        index.open(bundle.version, len(bundle.item_ids), sizes)  # BundleError on version mismatch
+    except BaseException:
+        index.close()  # do not leak the state's RocksDB lock or the Milvus connection
+        store.close()
+        raise
     cache = VectorCache(cache_entries) if cache_entries > 0 else None
     refresher = Refresher(bundle, store, cache, allowed=set(sizes)).start() if cache is not None else None
     service = RetrieverService(bundle, index, store, cache)

@@ -9,14 +9,12 @@ as the state, so the answer was computed with that event). Latency = visible - s
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +29,23 @@ def _parse_watermark(wm: str) -> dict[int, int]:
     return out
 
 
-def run_freshness_bench(rate: float = 5000.0, seconds: float = 10.0, users: int = 200) -> dict[str, Any]:
-    """Real processes: ``longretriever serve`` (worker + refresh + gRPC) and a load generator
-    are subprocesses, as producers and servers are in production; this process only produces
-    the probe events and calls Retrieve."""
-    from kafka import KafkaProducer
-
+@contextmanager
+def serving_env(users: int = 200, events_per_user: int = 100, serve_args: tuple[str, ...] = ()):
+    """A broker, a tiny trained bundle indexed in Milvus Lite, the history replayed, and a
+    ``longretriever serve`` subprocess caught up on it. Yields (env dict, client)."""
     from export.bundle import load_bundle
     from infra.kafka import broker
     from longretriever.datasets import load_dataset
     from retriever.client import RetrieverClient
     from retriever.milvus_index import MilvusIndex
-    from stream.codec import Event, encode_event, encode_key
     from stream.replay import ensure_topic, replay
     from stream.synth import write
 
-    tmp = Path(tempfile.mkdtemp(prefix="lr-fresh-"))
+    tmp = Path(tempfile.mkdtemp(prefix="lr-serving-"))
     info = broker.start(tmp / "kafka")
-    procs: list[subprocess.Popen] = []
+    proc = None
     try:
-        ev, it = write(tmp / "syn.csv", users, 100, items=5000, contexts=8, seed=3)
+        ev, it = write(tmp / "syn.csv", users, events_per_user, items=5000, contexts=8, seed=3)
         subprocess.run([sys.executable, "-m", "longretriever.cli", "train", "--events", str(ev), "--items",
                         str(it), "--out", str(tmp / "bundle"), "--epochs", "1", "--budget", "8",
                         "--k", "64", "--w", "16", "--no-progress"], check=True, capture_output=True)
@@ -61,24 +56,55 @@ def run_freshness_bench(rate: float = 5000.0, seconds: float = 10.0, users: int 
         ds = load_dataset(ev, it, "csv")
         ensure_topic(info.bootstrap, "user-events", 4)
         rep = replay(ds.events, info.bootstrap, "user-events", progress=False)
-        port = broker.free_port()
-        procs.append(subprocess.Popen(
+        port, metrics_port = broker.free_port(), broker.free_port()
+        proc = subprocess.Popen(
             [sys.executable, "-m", "longretriever.cli", "serve", "--bundle", str(tmp / "bundle"),
              "--milvus-uri", str(tmp / "milvus.db"), "--collection", "items", "--bootstrap", info.bootstrap,
              "--state-dir", str(tmp / "state"), "--port", str(port), "--host", "127.0.0.1",
-             "--group-id", "fresh"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+             "--group-id", "bench", "--metrics-port", str(metrics_port), *serve_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = RetrieverClient(f"127.0.0.1:{port}", timeout=10)
         _wait_caught_up(client, rep.messages, users)
-        procs.append(subprocess.Popen([sys.executable, "-m", "retriever.bench_freshness", info.bootstrap,
-                                       str(rate), str(seconds), str(users)], stdout=subprocess.PIPE, text=True))
-        producer = KafkaProducer(bootstrap_servers=info.bootstrap, acks=1, linger_ms=0)
+        env = {"bootstrap": info.bootstrap, "port": port, "pid": proc.pid, "item_ids": bundle.item_ids,
+               "users": users, "metrics_port": metrics_port}
+        try:
+            yield env, client
+        finally:
+            client.close()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        broker.stop(tmp / "kafka")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def start_load(bootstrap: str, rate: float, seconds: float, users: int) -> subprocess.Popen:
+    """The load generator as its own process (as real producers are)."""
+    return subprocess.Popen([sys.executable, "-m", "retriever.bench_freshness", bootstrap, str(rate),
+                             str(seconds), str(users)], stdout=subprocess.PIPE, text=True)
+
+
+def run_freshness_bench(rate: float = 5000.0, seconds: float = 10.0, users: int = 200) -> dict[str, Any]:
+    """``longretriever serve`` (worker + refresh + gRPC) and a load generator run as
+    subprocesses; this process only produces the probe events and calls Retrieve."""
+    from kafka import KafkaProducer
+
+    from stream.codec import Event, encode_event, encode_key
+
+    with serving_env(users) as (env, client):
+        load = start_load(env["bootstrap"], rate, seconds, users)
+        producer = KafkaProducer(bootstrap_servers=env["bootstrap"], acks=1, linger_ms=0)
         rng = np.random.default_rng(1)
+        item_ids = env["item_ids"]
         lat: list[float] = []
         rpc_ms: list[float] = []
         t_end = time.monotonic() + seconds
         while time.monotonic() < t_end:
             u = int(rng.integers(0, users))
-            e = Event(u, int(bundle.item_ids[int(rng.integers(0, bundle.item_ids.size))]), int(time.time() * 1000))
+            e = Event(u, int(item_ids[int(rng.integers(0, item_ids.size))]), int(time.time() * 1000))
             sent = time.perf_counter()
             md = producer.send("user-events", key=encode_key(u), value=encode_event(e)).get(10)
             while time.perf_counter() - sent < 10:
@@ -89,22 +115,11 @@ def run_freshness_bench(rate: float = 5000.0, seconds: float = 10.0, users: int 
                     lat.append((time.perf_counter() - sent) * 1000)
                     break
             time.sleep(0.02)
-        out, _ = procs[1].communicate(timeout=seconds + 60)
-        achieved = float(out.strip().splitlines()[-1]) if out.strip() else 0.0
+        out, _ = load.communicate(timeout=seconds + 60)
         producer.close()
-        client.close()
-        return {"events_per_s": round(achieved), "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99),
-                "samples": len(lat), "seconds": seconds, "retrieve_p50_ms": _pct(rpc_ms, 0.5)}
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        broker.stop(tmp / "kafka")
-        shutil.rmtree(tmp, ignore_errors=True)
+    achieved = float(out.strip().splitlines()[-1]) if out.strip() else 0.0
+    return {"events_per_s": round(achieved), "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99),
+            "samples": len(lat), "seconds": seconds, "retrieve_p50_ms": _pct(rpc_ms, 0.5)}
 
 
 def _pct(xs: list[float], q: float) -> float | None:

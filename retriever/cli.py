@@ -126,6 +126,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         out.write_text(json.dumps(r, indent=2))
         typer.echo(json.dumps(r, indent=2))
 
+    @bench_app.command("soak")
+    def bench_soak_cmd(out: Path = typer.Option(..., help="JSON output file"),
+                       minutes: float = typer.Option(10.0), rate: float = typer.Option(2000.0),
+                       qps: float = typer.Option(20.0)) -> None:
+        """Steady ingest + steady queries on a real serving process: RSS growth, p99 drift, errors."""
+        from retriever.bench_soak import run_soak
+
+        r = run_soak(minutes, rate, qps)
+        out.write_text(json.dumps(r, indent=2))
+        typer.echo(json.dumps(r, indent=2))
+
     @bench_app.command("milvus-probe")
     def bench_probe_cmd(out: Path = typer.Option(...), items: int = typer.Option(100_000),
                         dim: int = typer.Option(64), contexts: int = typer.Option(8),

@@ -13,13 +13,18 @@ the collection description, ``--index hnsw`` only against a Milvus server.
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import urlparse
 
 import numpy as np
 from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_attempt,
-                      wait_exponential)
+                      stop_before_delay, wait_exponential)
 
 from longretriever.errors import BundleError, ConfigError, LongRetrieverError, ServiceUnavailable
 from longretriever.multicontext import Candidate
@@ -29,6 +34,18 @@ log = logging.getLogger(__name__)
 
 
 def _is_transient(exc: BaseException) -> bool:
+    """A connection / availability failure (here or anywhere in the exception's cause chain)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if _is_transient_one(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _is_transient_one(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     try:
@@ -49,13 +66,47 @@ def _is_transient(exc: BaseException) -> bool:
 
     if isinstance(exc, MilvusException):
         text = str(exc).lower()
-        return any(s in text for s in ("unavailable", "fail connecting", "connection", "timeout",
-                                      "deadline", "not ready"))
+        return any(s in text for s in ("unavailable", "fail connecting", "failed to connect",
+                                      "connection", "timeout", "deadline", "not ready"))
     return False
 
 
+def _is_local_uri(uri: str) -> bool:
+    """A Milvus Lite database file (pymilvus starts an embedded server process for it)."""
+    return "://" not in uri and not uri.startswith("unix:")
+
+
+def _release_dead_lite_server(uri: str) -> None:
+    """If the embedded Milvus Lite server of ``uri`` has exited (killed, crashed), forget it so
+    the next ``MilvusClient(uri)`` starts a fresh one instead of dialling a dead socket."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance as mgr
+    except ImportError:  # pragma: no cover - milvus-lite not installed
+        return
+    key = str(Path(uri).absolute().resolve())
+    srv = getattr(mgr, "_servers", {}).get(key)
+    proc = getattr(srv, "_p", None)
+    if srv is not None and (proc is None or proc.poll() is not None):
+        log.warning("Milvus Lite server for %s exited (code %s); it will be restarted",
+                    key, None if proc is None else proc.returncode)
+        mgr.release_server(key)
+
+
+def _probe_tcp(uri: str, timeout: float) -> None:
+    """ConnectionRefusedError / OSError at once if nothing accepts TCP connections at ``uri``."""
+    u = urlparse(uri if "://" in uri else f"tcp://{uri}")
+    if u.hostname:  # the same default ports as pymilvus
+        port = u.port or (443 if u.scheme == "https" else 19530)
+        with socket.create_connection((u.hostname, port), timeout=min(timeout, 2.0)):
+            pass
+
+
 class MilvusIndex:
-    """Item vectors of one bundle in one Milvus collection."""
+    """Item vectors of one bundle in one Milvus collection.
+
+    Reconnects by itself: a connection failure drops the client (:meth:`_reset`) and the next
+    call creates a new one (bounded by the caller's timeout), reloading the opened collection;
+    an exited embedded Milvus Lite server is restarted then."""
 
     def __init__(self, uri: str = mr.DEFAULT_URI, collection: str = mr.DEFAULT_COLLECTION, *,
                  token: str | None = None, timeout: float = 10.0, max_workers: int = 8,
@@ -70,16 +121,31 @@ class MilvusIndex:
         self._pool = ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="milvus")
         self._index_type = "FLAT"
         self._sizes: dict[int, int] | None = None
+        self._lock = threading.Lock()  # guards (re)connecting
+        self._connect_failed_at = float("-inf")  # monotonic time of the last failed connect
+        self._opened = False  # open() succeeded: a new client must load the collection again
+        self._search_kw: dict[str, Any] = {}
 
     # ---- plumbing ---------------------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[[], Any], attempts: int | None = None) -> Any:
-        """Run ``fn`` with retries on transient errors; connection failures -> ServiceUnavailable."""
+    def _call(self, what: str, fn: Callable[[], Any], attempts: int | None = None,
+              timeout: float | None = None) -> Any:
+        """Run ``fn`` with retries on transient errors, within ``timeout`` seconds in total if
+        given; connection failures -> ServiceUnavailable. Every transient failure drops the
+        client, so the next attempt (or call) reconnects."""
+        stop = stop_after_attempt(attempts or self.attempts)
+        if timeout is not None:
+            stop = stop | stop_before_delay(timeout)
         try:
-            for attempt in Retrying(stop=stop_after_attempt(attempts or self.attempts),
-                                    wait=wait_exponential(multiplier=0.05, max=1.0),
+            for attempt in Retrying(stop=stop, wait=wait_exponential(multiplier=0.05, max=1.0),
                                     retry=retry_if_exception(_is_transient), reraise=True):
                 with attempt:
-                    return fn()
+                    used = self._client
+                    try:
+                        return fn()
+                    except Exception as exc:
+                        if _is_transient(exc):
+                            self._reset(used)
+                        raise
         except LongRetrieverError:
             raise
         except RetryError as exc:  # pragma: no cover - reraise=True makes this rare
@@ -90,27 +156,79 @@ class MilvusIndex:
                                          f"{type(exc).__name__}: {str(exc)[:200]}") from exc
             raise
 
+    def _reset(self, used: Any) -> None:
+        """Drop ``used`` if it is still the current client (another thread may have replaced it)."""
+        with self._lock:
+            if used is None or self._client is not used:
+                return
+            self._client = None
+        try:
+            used.close()  # removes pymilvus' shared connection for this URI, so a new one is made
+        except Exception:  # noqa: BLE001 - the connection is already broken
+            pass
+
     @property
     def client(self) -> Any:
-        if self._client is None:
+        if self._client is not None:
+            return self._client
+        return self._call("connect", lambda: self._connected(None))
+
+    def _connected(self, timeout: float | None) -> Any:
+        """The current client, (re)connecting first if needed within ``timeout`` seconds.
+        Threads that queued behind a failed reconnect fail at once instead of retrying it."""
+        c = self._client
+        if c is not None:
+            return c
+        t0 = time.monotonic()
+        wait = self.timeout if timeout is None else max(0.05, min(self.timeout, timeout))
+        if not self._lock.acquire(timeout=wait):
+            raise ServiceUnavailable(f"cannot connect to Milvus at {self.uri}: reconnect in progress")
+        try:
+            if self._client is not None:
+                return self._client
+            if self._connect_failed_at >= t0:  # failed while this thread waited for the lock
+                raise ServiceUnavailable(f"cannot connect to Milvus at {self.uri}: reconnect just failed")
+            wait = max(0.05, wait - (time.monotonic() - t0))
+
             def connect() -> Any:
                 if self._factory is not None:
                     return self._factory(self.uri)
                 from pymilvus import MilvusClient
 
-                kw: dict[str, Any] = {"timeout": self.timeout}
+                if _is_local_uri(self.uri):
+                    _release_dead_lite_server(self.uri)
+                else:  # fail fast when nothing listens instead of waiting out the timeout
+                    _probe_tcp(self.uri, wait)
+                # a private pymilvus connection alias: by default clients of one URI share a
+                # connection, and closing one (e.g. on reconnect) would break the others
+                kw: dict[str, Any] = {"timeout": wait, "alias": f"longretriever-{uuid.uuid4().hex}"}
                 if self.token:
                     kw["token"] = self.token
                 return MilvusClient(self.uri, **kw)
 
             try:
-                self._client = self._call("connect", connect)
-            except ServiceUnavailable:
-                raise
+                c = connect()
+                real = type(c).__module__.startswith("pymilvus")
+                if self._opened:  # a new server process may not have the collection loaded
+                    c.load_collection(self.collection, **({"timeout": wait} if real else {}))
             except Exception as exc:  # pymilvus raises assorted types when nothing listens
+                self._connect_failed_at = time.monotonic()
+                if isinstance(exc, LongRetrieverError):
+                    raise
+                try:
+                    if c is not None:
+                        c.close()
+                except Exception:  # noqa: BLE001
+                    pass
                 raise ServiceUnavailable(f"cannot connect to Milvus at {self.uri}: "
                                          f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-        return self._client
+            # pymilvus retries UNAVAILABLE up to 75 times (minutes) unless told otherwise; the
+            # retries here are bounded by the request deadline instead.
+            self._search_kw = {"retry_times": 0} if real else {}
+            self._client = c
+            return c
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -240,12 +358,22 @@ class MilvusIndex:
                                   f"{expected_items}: indexing did not finish; re-run `longretriever index`")
         self._index_type = self.index_type()
         self._sizes = dict(context_sizes) if context_sizes is not None else None
+        self._opened = True
 
     def _search_one(self, s: mr.ContextSearch, timeout: float | None) -> list[Candidate]:
         sp = mr.search_params(self._index_type, s.limit)
-        res = self._call("search", lambda: self.client.search(
-            self.collection, data=[s.vector.tolist()], anns_field=mr.VECTOR_FIELD, limit=s.limit,
-            filter=s.filter, search_params=sp, output_fields=[], timeout=timeout), attempts=2)
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.01, deadline - time.monotonic())
+
+        def search() -> Any:
+            c = self._connected(left())
+            return c.search(self.collection, data=[s.vector.tolist()], anns_field=mr.VECTOR_FIELD,
+                            limit=s.limit, filter=s.filter, search_params=sp, output_fields=[],
+                            timeout=left(), **self._search_kw)
+
+        res = self._call("search", search, attempts=2, timeout=timeout)
         return mr.parse_hits(res[0] if res else [], s.context)
 
     def search_contexts(self, vectors: Mapping[int, np.ndarray], topk: Mapping[int, int],

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Retriever"].full_name  # longretriever.v1.Retriever
 DEFAULT_MAX_CONTEXTS = 8
 FORWARDED_HEADER = "lr-forwarded"
-BACKEND_MARGIN_S = 0.25  # deadline share kept back from the backend (at most 10 % of it)
+BACKEND_MARGIN_S = 0.5  # deadline share kept back from the backend (at most 20 % of it)
 MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024  # requests are a few scalars; refuse anything larger
 MAX_SEND_MESSAGE_BYTES = 64 * 1024 * 1024  # a k=10000 answer or a 100k-event sequence
 
@@ -138,7 +138,7 @@ class RetrieverServicer(pb_grpc.RetrieverServicer):
         if "timeout" in kw:
             # the backend gets slightly less than the deadline, so a dependency failure it
             # detects at the end of its budget still reaches the client as UNAVAILABLE
-            kw["timeout"] = None if timeout is None else timeout - min(BACKEND_MARGIN_S, 0.1 * timeout)
+            kw["timeout"] = None if timeout is None else timeout - min(BACKEND_MARGIN_S, 0.2 * timeout)
         return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kw), timeout)
 
     async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:

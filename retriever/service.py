@@ -78,11 +78,13 @@ class RetrieverService:
         return self.names[c] if 0 <= c < len(self.names) else str(c)
 
     def context_id(self, name: str) -> int:
+        """A context name of the bundle, or its decimal id (ASCII digits, in range)."""
         if name in self.names:
             return self.names.index(name)
-        if name.isdigit():
+        # str.isdigit() also accepts e.g. "²", which int() refuses: check ASCII explicitly
+        if name.isascii() and name.isdigit() and len(name) <= 6 and int(name) < len(self.names):
             return int(name)
-        raise InputError(f"unknown context {name!r}")
+        raise InputError(f"unknown context {name[:100]!r}; known: {', '.join(self.names[:20])}")
 
     def watermark(self) -> str:
         try:

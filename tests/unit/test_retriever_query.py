@@ -221,7 +221,7 @@ def test_service_matches_reference_and_uses_cache():
     r2 = svc.retrieve(7, 10, 8, True)
     assert r2.candidates == r.candidates and b.encoded_rows == rows  # served from cache
 
-    # a new event: the refresher recomputes touched + cached contexts of the user in one batch
+    # a new event: the refresher recomputes every cached context of the user in one batch
     st.add(7, np.array([111]), np.array([8]))
     ref = Refresher(b, st, cache)
     n = ref.refresh({7: {int(b.item_contexts[11])}})
@@ -248,17 +248,22 @@ def test_refresher_background_thread():
     st = FakeState(b)
     st.add(1, np.array([100, 101]), np.array([1, 2]))
     cache = VectorCache()
+    cache.put(1, 1, b"stale", np.zeros(4, np.float32))  # a vector a query cached earlier
     ref = Refresher(b, st, cache).start()
     try:
         ref.on_applied({1: {1, 2}})
         import time
         for _ in range(100):
-            if len(cache) == 2:
+            if ref.refreshed_rows:
                 break
             time.sleep(0.01)
-        assert cache.contexts_of(1) == {1, 2}
+        # the stale cached vector is recomputed; context 2 was never queried: not computed
+        assert ref.refreshed_rows == 1 and cache.contexts_of(1) == {1}
+        assert cache.get(1, 1, b"stale") is None
     finally:
         ref.stop()
+    spec = Refresher(b, st, VectorCache(), speculative=True)
+    assert spec.refresh({1: {1, 2}}) == 2
 
 
 def test_service_equals_export_reference_random_histories():

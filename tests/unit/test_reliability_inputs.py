@@ -1,0 +1,513 @@
+"""Input safety without external services.
+
+- Bundle tampering is refused at load with a BundleError that names the file.
+- No module of the package deserialises untrusted code/objects: an AST walk (comments and
+  strings do not count) over longretriever/, stream/, export/, retriever/, infra/ finds no
+  pickle / marshal / shelve import, no eval / exec, no ``allow_pickle=True``, no
+  ``torch.load`` without ``weights_only=True``.
+- Every input path has a size limit: the msgpack payload / batch limits of stream/codec.py
+  (and their Settings bounds), the gRPC receive limit in the server options, k / max_contexts.
+- Request validation, context-name parsing and status mapping never raise anything but
+  InputError / never leak internals (hypothesis).
+- MilvusIndex reconnect logic with a fake client: a connection failure drops the client, the
+  next call reconnects (and reloads the collection), a failed reconnect makes queued callers
+  fail fast, retries stay within the caller's timeout.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from longretriever.errors import BundleError, InputError, ServiceUnavailable
+from retriever import milvus_requests as mr
+from retriever import query as q
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("longretriever", "stream", "export", "retriever", "infra")
+
+
+# ---- bundle tampering -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    from export.bundle import save_bundle
+    from export.train import TrainConfig, make_split, train_longretriever
+    from tests.unit.test_export_bundle import synthetic
+
+    split = make_split(synthetic(n_users=12, n_items=60))
+    cfg = TrainConfig(epochs=1, batch=32, dim=8, k=8, w=4, n_ctx_neg=4, heads=2, hidden=16, seed=1, budget=8)
+    res = train_longretriever(split, cfg, progress=False)
+    out = tmp_path_factory.mktemp("tamper") / "bundle"
+    save_bundle(out, res.model, split.vocab, split.item_contexts, split.table.names, split.train_freq,
+                {"k": cfg.k, "w": cfg.w}, {})
+    return out
+
+
+def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "b"
+    shutil.copytree(bundle_dir, dst)
+    return dst
+
+
+def _flip(path: Path, where: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    i = min(len(data) - 1, int(len(data) * where))
+    data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_untampered_bundle_loads(bundle_dir):
+    from export.bundle import load_bundle
+
+    assert load_bundle(bundle_dir, intra_op_threads=1).item_ids.size > 0
+
+
+@pytest.mark.parametrize("name,where", [("encoder.onnx", 0.5), ("encoder.onnx", 0.999),
+                                        ("item_embeddings.npy", 0.9), ("item_embeddings.npy", 0.01),
+                                        ("config.json", 0.5), ("item_ids.npy", 0.9),
+                                        ("contexts.json", 0.3), ("popularity.npy", 0.9)])
+def test_flipped_byte_is_refused_naming_the_file(bundle_dir, tmp_path, name, where):
+    from export.bundle import load_bundle
+
+    b = _copy(bundle_dir, tmp_path)
+    _flip(b / name, where)
+    with pytest.raises(BundleError) as ei:
+        load_bundle(b, intra_op_threads=1)
+    msg = str(ei.value)
+    assert name in msg and "sha256 mismatch" in msg and str(b) in msg
+
+
+@pytest.mark.parametrize("name", ["encoder.onnx", "item_ids.npy", "config.json", "metrics.json"])
+def test_deleted_file_is_refused_naming_the_file(bundle_dir, tmp_path, name):
+    from export.bundle import load_bundle
+
+    b = _copy(bundle_dir, tmp_path)
+    (b / name).unlink()
+    with pytest.raises(BundleError, match=rf"{name}.*missing"):
+        load_bundle(b, intra_op_threads=1)
+
+
+def test_file_dropped_from_manifest_or_manifest_missing_is_refused(bundle_dir, tmp_path):
+    from export.bundle import load_bundle
+
+    b = _copy(bundle_dir, tmp_path)
+    man = json.loads((b / "manifest.json").read_text())
+    del man["files"]["item_embeddings.npy"]
+    (b / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(BundleError, match="item_embeddings.npy"):
+        load_bundle(b, intra_op_threads=1)
+    (b / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="manifest"):
+        load_bundle(b, intra_op_threads=1)
+    (b / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="manifest.json missing"):
+        load_bundle(b, intra_op_threads=1)
+
+
+def test_swapped_file_with_valid_format_is_refused(bundle_dir, tmp_path):
+    """A well-formed replacement (another valid .npy) is caught by the digest, not the parser."""
+    from export.bundle import load_bundle
+
+    b = _copy(bundle_dir, tmp_path)
+    emb = np.load(b / "item_embeddings.npy", allow_pickle=False)
+    np.save(b / "item_embeddings.npy", emb[::-1].copy())
+    with pytest.raises(BundleError, match="item_embeddings.npy"):
+        load_bundle(b, intra_op_threads=1)
+
+
+@pytest.mark.xfail(strict=True, reason="export/bundle.verify_bundle only checks the files listed in "
+                                        "the manifest; files it does not list are ignored (reported, "
+                                        "export/ is owned elsewhere)")
+@pytest.mark.parametrize("name", ["extra.pkl", "encoder.int8.onnx"])
+def test_unexpected_file_is_refused(bundle_dir, tmp_path, name):
+    from export.bundle import load_bundle
+
+    b = _copy(bundle_dir, tmp_path)
+    (b / name).write_bytes(b"\x80\x04not in the manifest")
+    with pytest.raises(BundleError, match=name):
+        load_bundle(b, intra_op_threads=1)
+
+
+# ---- no unsafe deserialisation (AST) ----------------------------------------------------------
+BANNED_MODULES = {"pickle", "cPickle", "_pickle", "marshal", "shelve", "dill", "cloudpickle", "joblib"}
+BANNED_CALLS = {"eval", "exec"}
+
+
+def _dotted(node: ast.AST) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def _kw(call: ast.Call, name: str):
+    for k in call.keywords:
+        if k.arg == name:
+            return k.value
+    return None
+
+
+def unsafe_uses(source: str, filename: str = "<src>") -> list[str]:
+    """Findings ``file:line: what`` for one module's source."""
+    out = []
+    for node in ast.walk(ast.parse(source, filename)):
+        where = f"{filename}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, ast.Import):
+            out += [f"{where}: import {a.name}" for a in node.names if a.name.split(".")[0] in BANNED_MODULES]
+        elif isinstance(node, ast.ImportFrom):
+            if (node.module or "").split(".")[0] in BANNED_MODULES:
+                out.append(f"{where}: from {node.module} import")
+            if node.module == "torch" and any(a.name == "load" for a in node.names):
+                out.append(f"{where}: from torch import load (cannot check weights_only)")
+        elif isinstance(node, ast.Call):
+            name = _dotted(node.func)
+            last = name.rsplit(".", 1)[-1]
+            if name in BANNED_CALLS or name in {f"builtins.{c}" for c in BANNED_CALLS}:
+                out.append(f"{where}: {name}()")
+            ap = _kw(node, "allow_pickle")
+            if ap is not None and not (isinstance(ap, ast.Constant) and ap.value is False):
+                out.append(f"{where}: {name}(allow_pickle=...)")
+            if last == "read_pickle" or last == "unsafe_load":
+                out.append(f"{where}: {name}()")
+            wo = _kw(node, "weights_only")
+            if name.endswith("torch.load") or wo is not None:
+                if not (isinstance(wo, ast.Constant) and wo.value is True):
+                    out.append(f"{where}: {name}() without weights_only=True")
+            if name in ("yaml.load",) and _kw(node, "Loader") is None:
+                out.append(f"{where}: yaml.load() without Loader")
+    return out
+
+
+def test_scanner_finds_what_it_should_and_ignores_comments_and_strings():
+    bad = """
+import pickle
+from marshal import loads
+import numpy as np, torch
+x = eval("1")
+exec("y = 2")
+a = np.load("f.npy", allow_pickle=True)
+b = np.load("f.npy", allow_pickle=flag)
+m = torch.load("m.pt")
+n = torch.load("m.pt", weights_only=False)
+p = pd.read_pickle("x")
+"""
+    found = unsafe_uses(bad)
+    for what in ("import pickle", "from marshal", "eval()", "exec()", "np.load(allow_pickle",
+                 "torch.load() without", "read_pickle"):
+        assert any(what in f for f in found), (what, found)
+    assert len([f for f in found if "np.load" in f]) == 2
+    assert len([f for f in found if "torch.load" in f]) == 2
+    fine = '''
+# import pickle; eval(x); np.load(p, allow_pickle=True); torch.load(p)
+"""pickle.loads(data) and exec(code) in a docstring"""
+s = "eval(1) torch.load(x)"
+a = np.load("f.npy", allow_pickle=False)
+b = np.load("f.npy")
+m = torch.load("m.pt", weights_only=True, map_location="cpu")
+model.eval()
+json.loads("{}")
+'''
+    assert unsafe_uses(fine) == []
+
+
+def test_no_unsafe_deserialisation_in_the_package():
+    files = [p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))]
+    assert len(files) > 40, len(files)  # the walk really covers the packages
+    findings = []
+    for f in files:
+        findings += unsafe_uses(f.read_text(), str(f.relative_to(ROOT)))
+    assert findings == [], "\n".join(findings)
+
+
+# ---- size limits on every input path ----------------------------------------------------------
+def _n(decoded) -> int:
+    return int(decoded.users.size) if hasattr(decoded, "users") else len(decoded)
+
+
+def test_codec_payload_and_batch_limits():
+    from stream import codec
+
+    now = int(time.time() * 1000)
+    ev = {"user_id": 1, "item_id": 2, "ts": now}
+    big = msgpack.packb([ev] * 2, use_bin_type=True) + b"\x00" * codec.DEFAULT_MAX_BYTES
+    for decode in (codec.decode_message, codec.decode_columns):
+        out, rej = decode(big, b"1", now)
+        assert _n(out) == 0 and len(rej) == 1 and "exceeds" in rej[0].reason
+    too_many = msgpack.packb([ev] * (codec.DEFAULT_MAX_BATCH + 1), use_bin_type=True)
+    assert len(too_many) < codec.DEFAULT_MAX_BYTES
+    for decode in (codec.decode_message, codec.decode_columns):
+        out, rej = decode(too_many, b"1", now)
+        assert _n(out) == 0 and len(rej) == 1 and "not msgpack" in rej[0].reason
+    ok, rej = codec.decode_message(msgpack.packb([ev] * codec.DEFAULT_MAX_BATCH, use_bin_type=True), b"1", now)
+    assert len(ok) == codec.DEFAULT_MAX_BATCH and rej == []
+    # field-level limits: action length, map width, key length
+    long_action = msgpack.packb({**ev, "action": "a" * (codec.MAX_ACTION_LEN + 1)}, use_bin_type=True)
+    out, rej = codec.decode_message(long_action, b"1", now)
+    assert out == [] and "action" in rej[0].reason
+    wide = msgpack.packb({str(i): i for i in range(17)}, use_bin_type=True)
+    out, rej = codec.decode_message(wide, b"1", now)
+    assert out == [] and "not msgpack" in rej[0].reason
+    # a 5000-digit key is not parsed (int() of > 4300 digits raises in Python 3.11)
+    out, rej = codec.decode_message(msgpack.packb(ev), b"9" * 5000, now)
+    assert out == [] and rej
+
+
+def test_settings_bound_the_stream_limits():
+    from pydantic import ValidationError
+
+    from longretriever.settings import Settings
+
+    s = Settings()
+    assert s.max_message_bytes <= 16 * 1_048_576 and s.max_batch_events <= 100_000
+    for bad in ({"max_message_bytes": 1 << 30}, {"max_batch_events": 10**7}, {"max_sequence_len": 10**9},
+                {"max_message_bytes": 0}):
+        with pytest.raises(ValidationError):
+            Settings(**bad)
+
+
+def test_grpc_server_options_limit_message_sizes(monkeypatch):
+    from retriever import server as srv
+
+    seen = {}
+    real = grpc.aio.server
+
+    def spy(*a, **kw):
+        seen.update(dict(kw.get("options") or ()))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(srv.grpc.aio, "server", spy)
+
+    async def build():
+        server, port, _ = srv.build_server(object(), "127.0.0.1", 0)
+        await server.stop(None)
+
+    asyncio.run(build())
+    assert seen["grpc.max_receive_message_length"] == srv.MAX_RECEIVE_MESSAGE_BYTES
+    assert 0 < srv.MAX_RECEIVE_MESSAGE_BYTES <= 1 << 20  # requests are a few scalars
+    assert 0 < seen["grpc.max_send_message_length"] <= 64 << 20
+
+
+def test_request_bounds():
+    assert q.MAX_K == 10_000 and q.MAX_CONTEXTS == 64
+    q.validate_request(0, 1, 1)
+    q.validate_request(2**63 - 1, q.MAX_K, q.MAX_CONTEXTS)
+    for args in ((0, q.MAX_K + 1, 1), (0, 1, q.MAX_CONTEXTS + 1), (-1, 1, 1), (0, 0, 1), (0, 1, 0)):
+        with pytest.raises(InputError):
+            q.validate_request(*args)
+
+
+@settings(max_examples=500, deadline=None)
+@given(user=st.integers(-2**64, 2**64), k=st.integers(-2**40, 2**40), mc=st.integers(-2**40, 2**40))
+def test_validate_request_raises_only_input_error(user, k, mc):
+    ok = user >= 0 and 1 <= k <= q.MAX_K and 1 <= mc <= q.MAX_CONTEXTS
+    try:
+        q.validate_request(user, k, mc)
+        assert ok
+    except InputError:
+        assert not ok
+
+
+NAMES = ["unknown", "c00", "c01", "c02", "c03"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(name=st.one_of(st.text(max_size=30), st.sampled_from(
+    NAMES + ["0", "4", "5", "99", "\u00b2", "\u0663", "-1", "1" * 5000, " 1", "+1", ""])))
+def test_context_id_only_input_error(name):
+    from retriever.service import RetrieverService
+
+    fake = SimpleNamespace(names=NAMES)
+    try:
+        c = RetrieverService.context_id(fake, name)
+    except InputError as exc:
+        assert len(str(exc)) < 400
+        return
+    assert 0 <= c < len(NAMES)
+    assert name in NAMES or (name.isascii() and name.isdigit())
+
+
+@settings(max_examples=200, deadline=None)
+@given(msg=st.text(max_size=2000))
+def test_status_mapping_never_leaks_internal_text(msg):
+    from retriever.server import status_for
+
+    code, text = status_for(ZeroDivisionError("secret " + msg))
+    assert code == grpc.StatusCode.INTERNAL and "secret" not in text
+    for exc, want in ((InputError(msg), grpc.StatusCode.INVALID_ARGUMENT),
+                      (ServiceUnavailable(msg), grpc.StatusCode.UNAVAILABLE),
+                      (BundleError(msg), grpc.StatusCode.INVALID_ARGUMENT),
+                      (asyncio.TimeoutError(), grpc.StatusCode.DEADLINE_EXCEEDED)):
+        code, text = status_for(exc)
+        assert code == want and len(text) <= 500
+
+
+# ---- MilvusIndex reconnect (fake client) ------------------------------------------------------
+class FlakyClient:
+    """Fails searches while ``world.down``; counts loads."""
+
+    def __init__(self, world) -> None:
+        self.world = world
+        self.closed = False
+
+    def has_collection(self, name):
+        return True
+
+    def describe_collection(self, name):
+        return {"description": mr.description_for("v1"), "fields": []}
+
+    def load_collection(self, name):
+        self.world.loads += 1
+
+    def describe_index(self, name, field):
+        return {"index_type": "FLAT"}
+
+    def query(self, name, filter, output_fields):
+        return [{"count(*)": 10}]
+
+    def search(self, name, data, anns_field, limit, filter, search_params, output_fields, timeout):
+        if self.closed:
+            raise RuntimeError("search on a closed client")
+        if self.world.hang:
+            time.sleep(timeout or 5)
+            raise TimeoutError("deadline exceeded")
+        if self.world.down:
+            raise ConnectionError("connection refused")
+        if self.world.bad_query:
+            raise ValueError("bad filter")  # not transient: no reconnect
+        c = int(filter.split("==")[1])
+        return [[{"id": c * 100 + i, "distance": 1.0} for i in range(limit)]]
+
+    def close(self):
+        self.closed = True
+
+
+class World:
+    def __init__(self) -> None:
+        self.down = self.hang = self.bad_query = self.refuse_connect = False
+        self.loads = 0
+        self.clients = []
+        self.connect_delay = 0.0
+
+    def factory(self, uri):
+        time.sleep(self.connect_delay)
+        if self.refuse_connect:
+            raise ConnectionError("nothing listens")
+        c = FlakyClient(self)
+        self.clients.append(c)
+        return c
+
+
+def _index(world, **kw):
+    from retriever.milvus_index import MilvusIndex
+
+    ix = MilvusIndex("fake.db", "c1", client_factory=world.factory, **kw)
+    ix.open("v1", expected_items=10, context_sizes={1: 5, 2: 5})
+    return ix
+
+
+VEC = {1: np.ones(4, np.float32), 2: np.ones(4, np.float32)}
+
+
+def test_connection_failure_drops_client_and_next_call_reconnects():
+    w = World()
+    ix = _index(w)
+    assert len(ix.search_contexts(VEC, {1: 2, 2: 2})[1]) == 2
+    loads = w.loads
+    w.down, w.refuse_connect = True, True
+    with pytest.raises(ServiceUnavailable):
+        ix.search_contexts(VEC, {1: 2, 2: 2}, timeout=1.0)
+    assert ix._client is None and w.clients[0].closed
+    with pytest.raises(ServiceUnavailable):  # still down: the reconnect fails cleanly
+        ix.search_contexts(VEC, {1: 2}, timeout=1.0)
+    w.down, w.refuse_connect = False, False
+    assert len(ix.search_contexts(VEC, {1: 3})[1]) == 3  # recovered, same index object
+    assert len(w.clients) == 2 and w.loads == loads + 1  # the new client reloaded the collection
+
+
+def test_non_transient_error_keeps_the_client():
+    w = World()
+    ix = _index(w)
+    w.bad_query = True
+    with pytest.raises(ValueError):
+        ix.search_contexts(VEC, {1: 2})
+    assert ix._client is w.clients[0] and len(w.clients) == 1
+
+
+def test_hung_milvus_is_bounded_by_the_timeout():
+    w = World()
+    ix = _index(w)
+    w.hang = True
+    t0 = time.perf_counter()
+    with pytest.raises(ServiceUnavailable):
+        ix.search_contexts(VEC, {1: 2, 2: 2}, timeout=0.4)
+    took = time.perf_counter() - t0
+    assert took < 0.8, took  # no second attempt after the budget is spent
+
+
+def test_queued_callers_fail_fast_after_a_failed_reconnect():
+    w = World()
+    ix = _index(w, max_workers=8)
+    w.down = True
+    with pytest.raises(ServiceUnavailable):
+        ix.search_contexts(VEC, {1: 2}, timeout=1.0)
+    w.refuse_connect, w.connect_delay = True, 0.3
+    errors, took = [], []
+
+    def one():
+        t0 = time.perf_counter()
+        try:
+            ix.search_contexts(VEC, {1: 2}, timeout=2.0)
+        except ServiceUnavailable as exc:
+            errors.append(exc)
+        took.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 6
+    # one reconnect attempt at a time; the waiters see it fail instead of each waiting 0.3 s
+    # (serialised they would take about 6 x 2 x 0.3 s)
+    assert max(took) < 1.5, took
+
+
+def test_transient_detection_follows_the_cause_chain():
+    from retriever.milvus_index import _is_transient
+
+    try:
+        try:
+            raise ConnectionRefusedError("refused")
+        except ConnectionRefusedError as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as outer:
+        assert _is_transient(outer)
+    assert not _is_transient(ValueError("bad"))
+
+
+def test_refused_tcp_connect_fails_fast():
+    from retriever.milvus_index import MilvusIndex, _probe_tcp
+
+    with pytest.raises(OSError):
+        _probe_tcp("http://127.0.0.1:1", 0.5)
+    t0 = time.perf_counter()
+    with pytest.raises(ServiceUnavailable):
+        with MilvusIndex("http://127.0.0.1:1", "c1", timeout=5.0) as ix:
+            ix.search_contexts({1: np.ones(4, np.float32)}, {1: 2}, timeout=3.0)
+    assert time.perf_counter() - t0 < 1.0  # not the 3 s budget nor the 5 s connect timeout
