@@ -12,6 +12,7 @@ Layout::
     contexts.json         {"names": [...]}  (id = position; 0 = unknown/all)
     config.json           k, w, dim, tau, model/train settings
     metrics.json          whatever the trainer measured
+    model.pt              torch state dict of the same model (not needed for serving)
     manifest.json         {"version": ..., "created": ..., "files": {name: sha256}}
 """
 
@@ -30,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from export.features import INPUT_NAMES, ItemVocab, build_encoder_inputs
-from longretriever.errors import BundleError
+from longretriever.errors import BundleError, InputError
 
 FORMAT_VERSION = 1
 OUTPUT_NAME = "user_vector"
@@ -58,7 +59,7 @@ def export_onnx(model, path: Path, vocab: ItemVocab, k: int, w: int) -> None:
     dyn: dict[str, dict[int, str]] = {n: {0: "batch"} for n in INPUT_NAMES}
     for n in ("ctx_items", "ctx_age", "ctx_mask"):
         dyn[n][1] = "seq"
-    for n in ("recent_items", "recent_mask"):
+    for n in ("recent_items", "recent_age", "recent_mask"):
         dyn[n][1] = "recent"
     dyn[OUTPUT_NAME] = {0: "batch"}
     with torch.no_grad():
@@ -94,6 +95,7 @@ def save_bundle(out_dir: Path | str, model, vocab: ItemVocab, item_contexts: np.
         with torch.no_grad():
             emb = model.all_item_vectors().numpy().astype(np.float32)
         np.save(tmp / "item_embeddings.npy", emb)
+        torch.save(model.state_dict(), tmp / "model.pt")  # eager weights (benchmarks, fine-tuning)
         np.save(tmp / "item_ids.npy", vocab.item_ids.astype(np.int64))
         np.save(tmp / "item_contexts.npy", np.asarray(item_contexts, np.int32))
         np.save(tmp / "popularity.npy", np.asarray(popularity, np.float64))
@@ -154,7 +156,11 @@ class Bundle:
         """Raw-id rows (oldest first) -> float32 [B, d] L2-normalised user vectors."""
         if len(ctx_items) == 0:
             return np.zeros((0, self.dim), np.float32)
-        feeds = self.inputs(ctx_items, recent_items, contexts)
+        ctx = np.asarray(contexts, dtype=np.int64).reshape(-1)
+        if ctx.size and (ctx.min() < 0 or ctx.max() >= len(self.context_names)):
+            raise InputError(f"context id out of range 0..{len(self.context_names) - 1}: "
+                             f"{ctx[(ctx < 0) | (ctx >= len(self.context_names))][:5].tolist()}")
+        feeds = self.inputs(ctx_items, recent_items, ctx)
         return np.asarray(self.session.run([OUTPUT_NAME], feeds)[0], dtype=np.float32)
 
     def popular(self, context: int | None, n: int) -> np.ndarray:

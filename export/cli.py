@@ -1,9 +1,160 @@
-"""Subcommands of the `export` package."""
+"""Subcommands of the `export` package: ``train``, ``eval`` and ``bench encoder``."""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
 import typer
+
+from longretriever.errors import LongRetrieverError
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def bench_encoder(bundle_path: Path, out: Path, seq_len: int = 256, batches=(1, 8, 64),
+                  repeats: int = 30, threads: int = 2) -> dict:
+    """Median latency of one encoder call on random rows of ``seq_len`` searched items (W =
+    bundle w): eager torch (from the bundle's ``model.pt``) vs ORT fp32 vs ORT dynamic int8
+    (the bundle's encoder.int8.onnx, or a temporary quantisation next to ``out``)."""
+    import onnxruntime as ort
+    import torch
+
+    from export.bundle import OUTPUT_NAME, load_bundle, quantize_int8
+    from export.features import INPUT_NAMES
+    from export.model import LongRetrieverModel, ModelConfig
+
+    b = load_bundle(bundle_path, intra_op_threads=threads)
+    rng = np.random.default_rng(0)
+    int8 = b.path / "encoder.int8.onnx"
+    tmp_int8 = None
+    if not int8.is_file():
+        tmp_int8 = out.parent / (out.stem + ".int8.onnx")
+        quantize_int8(b.path / "encoder.onnx", tmp_int8)
+        int8 = tmp_int8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    s8 = ort.InferenceSession(str(int8), so, providers=["CPUExecutionProvider"])
+    model = None
+    state = b.path / "model.pt"
+    if state.is_file():
+        cfg = ModelConfig(**b.config["model"])
+        model = LongRetrieverModel(cfg, b.item_contexts)
+        model.load_state_dict(torch.load(state, weights_only=True))
+        model.eval()
+    torch.set_num_threads(threads)
+
+    def timeit(fn) -> float:
+        for _ in range(3):
+            fn()
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return float(np.median(ts) * 1000), float(np.min(ts) * 1000)
+
+    runs = []
+    for bs in batches:
+        rows = [b.item_ids[rng.integers(0, b.item_ids.size, seq_len)] for _ in range(bs)]
+        rec = [b.item_ids[rng.integers(0, b.item_ids.size, b.w)] for _ in range(bs)]
+        ctx = rng.integers(0, len(b.context_names), bs)
+        feeds = b.inputs(rows, rec, ctx)
+        fp32_ms, fp32_min = timeit(lambda: b.session.run([OUTPUT_NAME], feeds))
+        int8_ms, _ = timeit(lambda: s8.run([OUTPUT_NAME], feeds))
+        torch_ms = None
+        if model is not None:
+            targs = [torch.as_tensor(feeds[n]) for n in INPUT_NAMES]
+            with torch.no_grad():
+                torch_ms, _ = timeit(lambda: model(*targs))
+        feat_ms, _ = timeit(lambda: b.inputs(rows, rec, ctx))
+        runs.append({"batch": bs, "seq_len": seq_len, "torch_ms": torch_ms, "onnx_fp32_ms": fp32_ms,
+                     "onnx_int8_ms": int8_ms, "vectors_per_s": bs / fp32_ms * 1000,
+                     "vectors_per_s_best": bs / fp32_min * 1000, "features_ms": feat_ms})
+    if tmp_int8 is not None:
+        tmp_int8.unlink(missing_ok=True)
+    result = {"bundle": str(b.path), "version": b.version, "threads": threads, "repeats": repeats,
+              "statistic": "median ms per call (vectors_per_s from the fp32 median; _best from the min)",
+              "runs": runs}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    return result
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Add this package's commands to the root CLI."""
+
+    @app.command("train")
+    def train_cmd(events: Path = typer.Option(..., help="events CSV or MovieLens folder"),
+                  items: Optional[Path] = typer.Option(None, help="item_id,category CSV"),
+                  format: str = typer.Option("csv", "--format", help="csv | movielens"),
+                  out: Path = typer.Option(..., help="bundle directory to write"),
+                  epochs: int = 6, batch: int = 256, dim: int = 64, seed: int = 0,
+                  k: int = 256, w: int = 32, budget: int = 64,
+                  validate: bool = typer.Option(True, help="keep the best validation epoch"),
+                  quantize: Optional[str] = typer.Option(None, help="int8: also write encoder.int8.onnx"),
+                  progress: bool = True) -> None:
+        """Train LongRetriever and write a verified model bundle."""
+        from export.bundle import save_bundle
+        from export.evaluate import eval_longretriever, make_cases, mean_metrics, plan_cases
+        from export.train import TrainConfig, make_split, train_longretriever
+        from longretriever.datasets import load_dataset
+
+        try:
+            ds = load_dataset(events, items, format)  # type: ignore[arg-type]
+            cfg = TrainConfig(epochs=epochs, batch=batch, dim=dim, seed=seed, k=k, w=w, budget=budget)
+            split = make_split(ds)
+            val = make_cases(split, "val")
+            val_fn = None
+            if validate and val.users.size:
+                lp = plan_cases(split, val, k, w)
+                val_fn = lambda m: mean_metrics(eval_longretriever(m, split, val, lp))["recall@100"]  # noqa: E731
+            res = train_longretriever(split, cfg, val_fn, progress)
+            metrics = {"loss": res.losses, "val_recall@100": res.val_curve, "best_epoch": res.best_epoch,
+                       "train_seconds": res.seconds, "dataset": ds.name, "events": len(ds.events)}
+            path = save_bundle(out, res.model, split.vocab, split.item_contexts, split.table.names,
+                               split.train_freq, {"k": k, "w": w, "train": cfg.to_dict(),
+                                                  "context_digest": split.table.digest()},
+                               metrics, quantize)
+        except LongRetrieverError as exc:
+            _fail(exc)
+        typer.echo(json.dumps({"bundle": str(path), "loss": res.losses, "val_recall@100": res.val_curve}))
+
+    @app.command("eval")
+    def eval_cmd(events: Path = typer.Option(..., help="events CSV or MovieLens folder"),
+                 items: Optional[Path] = typer.Option(None),
+                 format: str = typer.Option("csv", "--format"),
+                 out: Path = typer.Option(..., help="report directory"),
+                 seed: int = 0, epochs: int = 6, seeds: int = 3, budget: int = 64,
+                 dim: int = 64, batch: int = 256, k: int = 256, w: int = 32,
+                 progress: bool = False) -> None:
+        """All models x seeds, leave-last-out full-corpus ranking -> report.json/.md + plots."""
+        from export.report import run_eval
+        from export.train import TrainConfig
+        from longretriever.datasets import load_dataset
+
+        try:
+            ds = load_dataset(events, items, format)  # type: ignore[arg-type]
+            t0 = time.perf_counter()
+            rep = run_eval(ds, out, TrainConfig(epochs=epochs, seed=seed, budget=budget, dim=dim,
+                                                batch=batch, k=k, w=w), seeds, progress)
+        except LongRetrieverError as exc:
+            _fail(exc)
+        typer.echo(json.dumps({"report": str(out / "report.json"), "seconds": round(time.perf_counter() - t0, 1),
+                               "models": rep["models"]}, indent=1))
+
+    @bench_app.command("encoder")
+    def bench_encoder_cmd(bundle: Path = typer.Option(...), out: Path = typer.Option(...),
+                          seq_len: int = 256, threads: int = 2, repeats: int = 30) -> None:
+        """Encoder latency at batch 1/8/64: eager torch vs ORT fp32 vs ORT int8 -> JSON."""
+        try:
+            res = bench_encoder(bundle, out, seq_len, (1, 8, 64), repeats, threads)
+        except LongRetrieverError as exc:
+            _fail(exc)
+        typer.echo(json.dumps(res["runs"], indent=1))

@@ -12,6 +12,7 @@ ctx_age         int64 [B, L]   recency bucket of each searched item: ``1 + floor
                                with age 0 for the newest, capped at ``AGE_BUCKETS - 1``; 0 = pad
 ctx_mask        float32 [B, L] 1.0 for real items, 0.0 for padding
 recent_items    int64 [B, R]   dense index + 1 of the recent cross-context window, oldest first
+recent_age      int64 [B, R]   recency bucket within the window (same rule as ctx_age)
 recent_mask     float32 [B, R] 1.0 / 0.0
 context         int64 [B]      context id the user vector is for (0 = unknown / all)
 ==============  =============  ===========================================================
@@ -28,7 +29,8 @@ from typing import Sequence
 import numpy as np
 
 AGE_BUCKETS = 16  # 1 + floor(log2(age + 1)) <= 15 for any age < 32767
-INPUT_NAMES = ("ctx_items", "ctx_age", "ctx_mask", "recent_items", "recent_mask", "context")
+INPUT_NAMES = ("ctx_items", "ctx_age", "ctx_mask", "recent_items", "recent_age", "recent_mask",
+               "context")
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,6 @@ def build_encoder_inputs(ctx_items: list[np.ndarray], recent_items: list[np.ndar
         raise ValueError(f"row count mismatch: {len(ctx_items)} ctx rows, "
                          f"{len(recent_items)} recent rows, {b} contexts")
     ci, ca, cm = _pack(vocab, ctx_items, k)
-    ri, _, rm = _pack(vocab, recent_items, w)
-    return {"ctx_items": ci, "ctx_age": ca, "ctx_mask": cm,
-            "recent_items": ri, "recent_mask": rm, "context": contexts.copy()}
+    ri, ra, rm = _pack(vocab, recent_items, w)
+    return {"ctx_items": ci, "ctx_age": ca, "ctx_mask": cm, "recent_items": ri,
+            "recent_age": ra, "recent_mask": rm, "context": contexts.copy()}

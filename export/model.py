@@ -4,7 +4,9 @@ Item tower: ``normalize(id_emb[i] + ctx_emb[context(i)])``.
 
 User tower (one vector per (user, context)), built for cost -- O(L * H * d) per vector:
 
-* ``c`` = user-side context embedding, ``r`` = masked mean of the recent cross-context window;
+* ``c`` = user-side context embedding, ``r`` = short-term summary of the recent
+  cross-context window (``recent_heads`` context-queried attention heads over item +
+  recency-bucket embeddings, plus the masked mean, projected to ``d``; W is small);
 * ``H`` queries ``q_h = MLP_q([c, r])`` live directly in item-embedding space, so target
   attention over the ``L <= K`` hard-searched items needs no key/value projection of the
   sequence: ``a_h = softmax_masked(E q_h / sqrt(d) + bias[age])``, ``p_h = a_h^T E``
@@ -39,6 +41,7 @@ class ModelConfig:
     num_contexts: int
     dim: int = 64
     heads: int = 4
+    recent_heads: int = 2
     hidden: int = 128
     tau: float = 0.07
     n_ctx_neg: int = 64
@@ -58,16 +61,21 @@ class LongRetrieverModel(nn.Module):
         self.item_ctx_emb = nn.Embedding(cfg.num_contexts, d)
         self.user_ctx_emb = nn.Embedding(cfg.num_contexts, d)
         self.age_bias = nn.Embedding(AGE_BUCKETS, 1)  # recency-bucket bias on attention scores
+        hr = cfg.recent_heads
+        self.rec_pos = nn.Embedding(AGE_BUCKETS, d, padding_idx=0)  # recency bucket, recent window
+        self.rec_query = nn.Linear(d, hr * d)
+        self.rec_proj = nn.Linear((hr + 1) * d, d)
         self.query = nn.Sequential(nn.Linear(2 * d, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, h * d))
         self.out = nn.Sequential(nn.Linear(h * d + 3 * d, cfg.hidden), nn.GELU(),
                                  nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, d))
         ic = torch.as_tensor(np.asarray(item_contexts, dtype=np.int64))
         self.register_buffer("item_ctx", torch.cat([torch.zeros(1, dtype=torch.long), ic]), persistent=True)
-        for emb in (self.item_emb, self.item_ctx_emb, self.user_ctx_emb):
+        for emb in (self.item_emb, self.item_ctx_emb, self.user_ctx_emb, self.rec_pos):
             nn.init.normal_(emb.weight, std=0.05)
         nn.init.zeros_(self.age_bias.weight)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()  # padding row stays zero (padding_idx: no grad)
+            self.rec_pos.weight[0].zero_()
 
     # ---- item tower -------------------------------------------------------------------
     def item_vectors(self, idx1: torch.Tensor) -> torch.Tensor:
@@ -80,14 +88,13 @@ class LongRetrieverModel(nn.Module):
 
     # ---- user tower -------------------------------------------------------------------
     def forward(self, ctx_items: torch.Tensor, ctx_age: torch.Tensor, ctx_mask: torch.Tensor,
-                recent_items: torch.Tensor, recent_mask: torch.Tensor,
+                recent_items: torch.Tensor, recent_age: torch.Tensor, recent_mask: torch.Tensor,
                 context: torch.Tensor) -> torch.Tensor:
         d, h = self.cfg.dim, self.cfg.heads
         b = context.shape[0]
         e = self.item_emb(ctx_items)  # B,L,d; padding rows are exactly zero
-        rm = recent_mask.unsqueeze(-1)
-        r = (self.item_emb(recent_items) * rm).sum(1) / rm.sum(1).clamp(min=1.0)
         c = self.user_ctx_emb(context)
+        r = self.recent(recent_items, recent_age, recent_mask, c)
         q = self.query(torch.cat([c, r], dim=-1)).reshape(b, h, d)
         scores = torch.matmul(q, e.transpose(1, 2)) * (1.0 / d ** 0.5)  # B,H,L
         mask = ctx_mask.unsqueeze(1)  # B,1,L
@@ -97,6 +104,21 @@ class LongRetrieverModel(nn.Module):
         pooled = torch.matmul(torch.cat([att, mean_w], dim=1), e).reshape(b, (h + 1) * d)
         u = self.out(torch.cat([pooled, c, r], dim=-1)) + c
         return F.normalize(u, dim=-1, eps=1e-6)
+
+    def recent(self, items: torch.Tensor, age: torch.Tensor, mask: torch.Tensor,
+               c: torch.Tensor) -> torch.Tensor:
+        """Short-term summary: context-queried attention over the recent cross-context window
+        (item + recency-bucket embeddings; padding rows are zero) plus its masked mean."""
+        d, hr = self.cfg.dim, self.cfg.recent_heads
+        b = c.shape[0]
+        er = self.item_emb(items) + self.rec_pos(age)  # B,R,d
+        m = mask.unsqueeze(1)  # B,1,R
+        qr = self.rec_query(c).reshape(b, hr, d)
+        sr = torch.matmul(qr, er.transpose(1, 2)) * (1.0 / d ** 0.5) + (m - 1.0) * MASK_NEG
+        ar = torch.softmax(sr, dim=-1) * m
+        mean_w = m / m.sum(-1, keepdim=True).clamp(min=1.0)
+        pooled = torch.matmul(torch.cat([ar, mean_w], dim=1), er).reshape(b, (hr + 1) * d)
+        return self.rec_proj(pooled)
 
     def encode_np(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         with torch.no_grad():

@@ -1,0 +1,179 @@
+"""Baselines for the evaluator: popularity, SASRec (single vector over the newest N events)
+and a ComiRec-SA style multi-interest model. They share the item tower form
+(``normalize(id_emb + ctx_emb)``), the sampled-softmax + logQ loss (in-batch negatives only)
+and :func:`export.train.fit` (same optimiser, epochs and validation model selection)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from export.train import FitResult, Split, TrainConfig, fit, sample_examples, seed_everything
+
+NEG = 1e4
+
+
+class ItemTower(nn.Module):
+    def __init__(self, num_items: int, num_contexts: int, dim: int, item_contexts: np.ndarray):
+        super().__init__()
+        self.emb = nn.Embedding(num_items + 1, dim, padding_idx=0)
+        self.ctx = nn.Embedding(num_contexts, dim)
+        nn.init.normal_(self.emb.weight, std=0.05)
+        nn.init.normal_(self.ctx.weight, std=0.05)
+        with torch.no_grad():
+            self.emb.weight[0].zero_()
+        ic = torch.as_tensor(np.asarray(item_contexts, np.int64))
+        self.register_buffer("item_ctx", torch.cat([torch.zeros(1, dtype=torch.long), ic]))
+        self.num_items = num_items
+
+    def forward(self, idx1: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.emb(idx1) + self.ctx(self.item_ctx[idx1]), dim=-1, eps=1e-6)
+
+    def all(self) -> torch.Tensor:
+        return self(torch.arange(1, self.num_items + 1))
+
+
+def inbatch_loss(user: torch.Tensor, pos: torch.Tensor, items: ItemTower, log_q: torch.Tensor,
+                 tau: float) -> torch.Tensor:
+    """Sampled softmax over in-batch positives with logQ correction (``pos`` dense ids)."""
+    b = pos.shape[0]
+    logits = user @ items(pos + 1).T / tau - (log_q[pos] + float(np.log(b))).unsqueeze(0)
+    dup = (pos.unsqueeze(0) == pos.unsqueeze(1)) & ~torch.eye(b, dtype=torch.bool)
+    return F.cross_entropy(logits.masked_fill(dup, -NEG), torch.arange(b))
+
+
+def left_pad(rows: list[np.ndarray], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense+1 ids, newest ``n`` per row, right-aligned (newest in the last column)."""
+    out = np.zeros((len(rows), n), np.int64)
+    for i, r in enumerate(rows):
+        r = r[-n:]
+        if r.size:
+            out[i, n - r.size:] = r + 1
+    x = torch.as_tensor(out)
+    return x, (x > 0).float()
+
+
+class SASRec(nn.Module):
+    """Causal self-attention over the newest ``n`` items; user vector = last position."""
+
+    def __init__(self, split: Split, cfg: TrainConfig, n: int, layers: int = 2, heads: int = 2):
+        super().__init__()
+        d = cfg.dim
+        self.n = n
+        self.items = ItemTower(len(split.vocab), split.table.num_contexts, d, split.item_contexts)
+        self.pos = nn.Embedding(n, d)
+        nn.init.normal_(self.pos.weight, std=0.02)
+        layer = nn.TransformerEncoderLayer(d, heads, 2 * d, cfg.dropout, batch_first=True,
+                                           norm_first=True, activation="gelu")
+        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.register_buffer("causal", torch.triu(torch.full((n, n), -NEG), 1))  # finite: no NaN
+
+    def seq_states(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # the inference fast path of nn.TransformerEncoder returns NaN for left-padded rows
+        # with a float padding mask; the regular path is exact and finite
+        torch.backends.mha.set_fastpath_enabled(False)
+        h = self.items.emb(x) + self.pos.weight.unsqueeze(0)
+        # left padding; finite masks so fully padded query rows stay finite
+        pad = (mask - 1.0) * NEG
+        h = self.enc(h, mask=self.causal, src_key_padding_mask=pad)
+        return F.normalize(self.norm(h), dim=-1, eps=1e-6)
+
+    def user_vectors(self, rows: list[np.ndarray]) -> torch.Tensor:
+        x, m = left_pad(rows, self.n)
+        return self.seq_states(x, m)[:, -1]
+
+
+class MultiInterest(nn.Module):
+    """ComiRec-SA: ``n_int`` self-attentive interest vectors over the newest ``n`` items."""
+
+    def __init__(self, split: Split, cfg: TrainConfig, n: int = 50, n_int: int = 4):
+        super().__init__()
+        d = cfg.dim
+        self.n, self.n_int = n, n_int
+        self.items = ItemTower(len(split.vocab), split.table.num_contexts, d, split.item_contexts)
+        self.pos = nn.Embedding(n, d)
+        nn.init.normal_(self.pos.weight, std=0.02)
+        self.att = nn.Sequential(nn.Linear(d, 2 * d), nn.Tanh(), nn.Linear(2 * d, n_int))
+        self.proj = nn.Linear(d, d)
+
+    def interests(self, rows: list[np.ndarray]) -> torch.Tensor:
+        x, m = left_pad(rows, self.n)
+        e = self.items.emb(x)
+        a = self.att(e + self.pos.weight.unsqueeze(0)).transpose(1, 2)  # B,K,n
+        a = torch.softmax(a + (m.unsqueeze(1) - 1.0) * NEG, dim=-1) * m.unsqueeze(1)
+        return F.normalize(self.proj(a @ e), dim=-1, eps=1e-6)  # B,K,d
+
+
+def _log_q(split: Split) -> torch.Tensor:
+    f = split.train_freq + 1.0
+    return torch.as_tensor(np.log(f / f.sum()), dtype=torch.float32)
+
+
+def train_sasrec(split: Split, cfg: TrainConfig, n: int, val_fn=None, progress=True,
+                 max_targets: int = 1024) -> FitResult:
+    """Each epoch covers every training target once: each user's training prefix is cut
+    into windows of ``n`` (newest first); the loss uses up to ``max_targets`` random
+    positions of the batch (in-batch negatives)."""
+    seed_everything(cfg.seed, cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    model = SASRec(split, cfg, n)
+    log_q = _log_q(split)
+    seqs = []
+    for u in split.users:
+        lo, hi = split.train_range(u)
+        d = split.vocab.dense(u.items[:hi])
+        for end in range(hi, lo, -n):
+            s = max(0, end - n - 1)
+            seqs.append(d[s:end])  # inputs d[s:end-1], targets d[s+1:end]
+    win_batch = max(2, cfg.batch // 8)
+
+    def batches(epoch: int):
+        perm = rng.permutation(len(seqs))
+        for s in range(0, perm.size, win_batch):
+            chunk = [seqs[i] for i in perm[s:s + win_batch]]
+
+            def closure(chunk=chunk):
+                x, m = left_pad([c[:-1] for c in chunk], n)
+                y, _ = left_pad([c[1:] for c in chunk], n)
+                h = model.seq_states(x, m)
+                valid = (y > 0).reshape(-1).nonzero().squeeze(1)
+                if valid.numel() > max_targets:
+                    valid = valid[torch.as_tensor(rng.choice(valid.numel(), max_targets, replace=False))]
+                user = h.reshape(-1, h.shape[-1])[valid]
+                return inbatch_loss(user, y.reshape(-1)[valid] - 1, model.items, log_q, cfg.tau)
+            yield closure
+
+    return fit(model, batches, cfg.epochs, cfg.lr, cfg.weight_decay, val_fn, f"sasrec{n}", progress)
+
+
+def train_multi_interest(split: Split, cfg: TrainConfig, n: int = 50, n_int: int = 4,
+                         val_fn=None, progress=True) -> FitResult:
+    """Same sampled (user, t) examples as LongRetriever; the interest closest to the target
+    is trained (ComiRec's hard selection)."""
+    seed_everything(cfg.seed, cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    model = MultiInterest(split, cfg, n, n_int)
+    log_q = _log_q(split)
+
+    def batches(epoch: int):
+        uidx, tpos = sample_examples(split, cfg.budget, rng)
+        for s in range(0, uidx.size, cfg.batch):
+            ub, tb = uidx[s:s + cfg.batch], tpos[s:s + cfg.batch]
+            if ub.size < 2:
+                continue
+
+            def closure(ub=ub, tb=tb):
+                rows = [split.vocab.dense(split.users[i].items[max(0, t - n):t]) for i, t in zip(ub, tb)]
+                pos = torch.as_tensor(split.vocab.dense(
+                    np.array([split.users[i].items[t] for i, t in zip(ub, tb)])))
+                ints = model.interests(rows)
+                with torch.no_grad():
+                    pick = (ints @ model.items(pos + 1).unsqueeze(-1)).squeeze(-1).argmax(1)
+                user = ints[torch.arange(ints.shape[0]), pick]
+                return inbatch_loss(user, pos, model.items, log_q, cfg.tau)
+            yield closure
+
+    return fit(model, batches, cfg.epochs, cfg.lr, cfg.weight_decay, val_fn, "multi_interest", progress)

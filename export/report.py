@@ -1,0 +1,159 @@
+"""Run the full evaluation (all models x seeds) and write report.json, report.md and plots.
+
+Every model gets the same budget: ``epochs`` passes of :func:`export.train.fit` (Adam, same
+lr, dim, batch size, temperature) and the epoch with the best validation recall@100 is kept.
+SASRec is trained with N=50 and N=200 and, per seed, the variant with the better validation
+recall@100 is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.baselines import train_multi_interest, train_sasrec
+from export.evaluate import (CUTOFFS, METRICS, eval_longretriever, eval_multi_interest,
+                             eval_popularity, eval_sasrec, make_cases, mean_metrics, plan_cases,
+                             quartiles, rank_metrics)
+from export.train import Split, TrainConfig, make_split, train_longretriever
+from longretriever.datasets import Dataset
+
+log = logging.getLogger(__name__)
+MODELS = ("popularity", "sasrec", "multi_interest", "longretriever")
+PROTOCOL = ("leave-last-out (last event = test, second-to-last = validation, rest = train); "
+            "full-corpus ranking over all {n} items, seen items excluded; epoch chosen on "
+            "validation recall@100; mean over seeds {seeds}")
+
+
+def run_seed(split: Split, cfg: TrainConfig, progress: bool = False) -> dict[str, Any]:
+    val, test = make_cases(split, "val"), make_cases(split, "test")
+    lp_val = plan_cases(split, val, cfg.k, cfg.w)
+    lp_test = plan_cases(split, test, cfg.k, cfg.w)
+    r100 = lambda rows: mean_metrics(rows)["recall@100"]  # noqa: E731
+    out: dict[str, Any] = {"models": {}, "quartiles": {}, "loss": {}, "val": {}, "seconds": {}, "notes": {}}
+
+    def record(name: str, rows, res=None, t0=None):
+        out["models"][name] = mean_metrics(rows)
+        out["quartiles"][name] = quartiles(split, test, rows)
+        if res is not None:
+            out["loss"][name] = res.losses
+            out["val"][name] = res.val_curve
+        out["seconds"][name] = time.perf_counter() - t0 if t0 else 0.0
+
+    t0 = time.perf_counter()
+    record("popularity", rank_metrics(eval_popularity(split, test)), t0=t0)
+
+    best = None
+    for n in (50, 200):
+        t0 = time.perf_counter()
+        res = train_sasrec(split, cfg, n, lambda m: r100(rank_metrics(eval_sasrec(m, split, val))), progress)
+        v = max(res.val_curve) if res.val_curve else 0.0
+        out["notes"][f"sasrec{n}_val_recall@100"] = v
+        if best is None or v > best[0]:
+            best = (v, n, res, t0)
+    _, n, res, t0 = best
+    out["notes"]["sasrec_n"] = n
+    record("sasrec", rank_metrics(eval_sasrec(res.model, split, test)), res, t0)
+
+    t0 = time.perf_counter()
+    res = train_multi_interest(split, cfg, 50, 4,
+                               lambda m: r100(rank_metrics(eval_multi_interest(m, split, val))), progress)
+    record("multi_interest", rank_metrics(eval_multi_interest(res.model, split, test)), res, t0)
+
+    t0 = time.perf_counter()
+    res = train_longretriever(split, cfg, lambda m: r100(eval_longretriever(m, split, val, lp_val)), progress)
+    record("longretriever", eval_longretriever(res.model, split, test, lp_test), res, t0)
+    out["lr_model"] = res.model
+    return out
+
+
+def run_eval(ds: Dataset, out_dir: Path | str, cfg: TrainConfig, seeds: int = 3,
+             progress: bool = True) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    split = make_split(ds)
+    runs = []
+    for s in range(seeds):
+        t0 = time.perf_counter()
+        r = run_seed(split, replace(cfg, seed=cfg.seed + s), progress)
+        r.pop("lr_model", None)
+        runs.append(r)
+        log.warning("seed %d done in %.0fs: %s", cfg.seed + s, time.perf_counter() - t0,
+                    {m: round(r["models"][m]["recall@100"], 4) for m in MODELS})
+    wall = time.perf_counter() - t_all
+    report = {
+        "dataset": ds.name,
+        "protocol": PROTOCOL.format(n=len(split.vocab), seeds=[cfg.seed + s for s in range(seeds)]),
+        "models": {m: {k: float(np.mean([r["models"][m][k] for r in runs])) for k in METRICS} for m in MODELS},
+        "by_length_quartile": {m: [{k: float(np.mean([r["quartiles"][m][q][k] for r in runs])) for k in METRICS}
+                                   for q in range(4)] for m in MODELS},
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    details = {"config": cfg.to_dict(), "wall_seconds": wall, "runs": runs, "users": len(split.users),
+               "items": len(split.vocab), "events": int(len(ds.events))}
+    (out_dir / "details.json").write_text(json.dumps(details, indent=1, default=float))
+    write_markdown(out_dir, report, runs, cfg, wall, details)
+    write_plots(out_dir, report, runs)
+    return report
+
+
+def _fmt(vals: list[float]) -> str:
+    return f"{np.mean(vals):.4f} ± {np.std(vals):.4f}"
+
+
+def write_markdown(out_dir: Path, report: dict, runs: list[dict], cfg: TrainConfig, wall: float,
+                   details: dict) -> None:
+    lines = [f"# Evaluation: {report['dataset']}", "", f"Protocol: {report['protocol']}.", "",
+             f"{details['users']} users, {details['items']} items, {details['events']} events; "
+             f"{len(runs)} seeds; wall time {wall:.0f} s.", "",
+             "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for m in MODELS:
+        lines.append(f"| {m} | " + " | ".join(_fmt([r["models"][m][k] for r in runs]) for k in METRICS) + " |")
+    lr, sr = report["models"]["longretriever"], report["models"]["sasrec"]
+    ratio = lr["recall@100"] / sr["recall@100"] if sr["recall@100"] > 0 else float("nan")
+    lines += ["", f"longretriever / sasrec recall@100 = {ratio:.3f}; hr@10 {lr['hr@10']:.4f} vs "
+              f"{sr['hr@10']:.4f}.", "", "## recall@100 by history-length quartile (shortest first)", "",
+              "| model | Q1 | Q2 | Q3 | Q4 |", "|---|---|---|---|---|"]
+    for m in MODELS:
+        lines.append(f"| {m} | " + " | ".join(f"{q['recall@100']:.4f}" for q in report["by_length_quartile"][m]) + " |")
+    lines += ["", "## Settings", "", "```json", json.dumps(cfg.to_dict(), indent=1), "```", "",
+              "SASRec N chosen per seed on validation: " +
+              ", ".join(str(r["notes"]["sasrec_n"]) for r in runs), "",
+              "Training seconds per model (mean): " +
+              ", ".join(f"{m} {np.mean([r['seconds'][m] for r in runs]):.0f}" for m in MODELS), ""]
+    (out_dir / "report.md").write_text("\n".join(lines))
+
+
+def write_plots(out_dir: Path, report: dict, runs: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [10, 50, 100, 200]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for m in MODELS:
+        mm = report["models"][m]
+        ax.plot(ks, [mm["hr@10"]] + [mm[f"recall@{k}"] for k in ks[1:]], marker="o", label=m)
+    ax.set_xlabel("K"), ax.set_ylabel("recall@K"), ax.set_xscale("log"), ax.legend(), ax.grid(alpha=.3)
+    fig.tight_layout(), fig.savefig(out_dir / "recall_at_k.png", dpi=110), plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    x = np.arange(4)
+    for i, m in enumerate(MODELS):
+        ax.bar(x + (i - 1.5) * 0.2, [q["recall@100"] for q in report["by_length_quartile"][m]], 0.2, label=m)
+    ax.set_xticks(x, ["Q1 short", "Q2", "Q3", "Q4 long"]), ax.set_ylabel("recall@100"), ax.legend(fontsize=7)
+    fig.tight_layout(), fig.savefig(out_dir / "by_length_quartile.png", dpi=110), plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for m in MODELS[1:]:
+        ax.plot(np.arange(1, len(runs[0]["loss"][m]) + 1), runs[0]["loss"][m], marker=".", label=m)
+    ax.set_xlabel("epoch"), ax.set_ylabel("train loss (seed 0)"), ax.legend(), ax.grid(alpha=.3)
+    fig.tight_layout(), fig.savefig(out_dir / "training_loss.png", dpi=110), plt.close(fig)

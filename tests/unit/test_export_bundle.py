@@ -1,0 +1,145 @@
+"""Tiny end-to-end: synthetic events -> train -> save_bundle -> load_bundle -> retrieve_offline."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from export.bundle import load_bundle, save_bundle
+from export.reference import retrieve_offline
+from export.train import TrainConfig, make_split, train_longretriever
+from longretriever.contexts import ContextTable
+from longretriever.datasets import Dataset, EventLog
+from longretriever.errors import BundleError, InputError
+from longretriever.multicontext import Candidate
+
+
+def synthetic(n_users=30, n_items=120, n_ctx=4, seed=0):
+    rng = np.random.default_rng(seed)
+    mapping = {1000 + i: f"c{i % n_ctx}" for i in range(n_items)}
+    rows = []
+    for u in range(n_users):
+        fav = rng.integers(0, n_ctx)
+        for j in range(int(rng.integers(4, 40))):
+            c = fav if rng.random() < 0.7 else rng.integers(0, n_ctx)
+            rows.append((u, 1000 + c + n_ctx * rng.integers(0, n_items // n_ctx), 100 + j * 7))
+    a = np.array(rows, np.int64)
+    ev = EventLog(a[:, 0], a[:, 1], a[:, 2] * 1000, None)
+    return Dataset("syn", ev, ContextTable.from_mapping(mapping), {})
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    split = make_split(synthetic())
+    cfg = TrainConfig(epochs=1, batch=32, dim=16, k=8, w=4, n_ctx_neg=8, heads=2, hidden=32, seed=1)
+    res = train_longretriever(split, cfg, progress=False)
+    out = tmp_path_factory.mktemp("b") / "bundle"
+    save_bundle(out, res.model, split.vocab, split.item_contexts, split.table.names, split.train_freq,
+                {"k": cfg.k, "w": cfg.w, "train": cfg.to_dict()}, {"loss": res.losses})
+    return out, split, res
+
+
+def test_bundle_files_and_manifest(bundle_dir):
+    out, split, res = bundle_dir
+    man = json.loads((out / "manifest.json").read_text())
+    for f in ("encoder.onnx", "item_embeddings.npy", "item_ids.npy", "item_contexts.npy",
+              "contexts.json", "popularity.npy", "config.json", "metrics.json"):
+        assert f in man["files"] and len(man["files"][f]) == 64
+    b = load_bundle(out, intra_op_threads=1)
+    assert b.version == man["version"]
+    assert b.item_ids.tolist() == split.vocab.item_ids.tolist()
+    assert b.item_embeddings.dtype == np.float32 and b.item_embeddings.shape == (len(split.vocab), 16)
+    assert b.context_names == split.table.names and b.config["k"] == 8 and b.config["w"] == 4
+    assert res.losses and all(np.isfinite(res.losses))
+
+
+def test_encode_matches_torch(bundle_dir):
+    out, split, res = bundle_dir
+    b = load_bundle(out, intra_op_threads=1)
+    u = split.users[0]
+    rows = [u.items[:5], u.items[:0], np.array([424242])]
+    rec = [u.items[-4:], u.items[:0], u.items[:2]]
+    got = b.encode(rows, rec, [1, 2, 0])
+    want = res.model.encode_np(b.inputs(rows, rec, [1, 2, 0]))
+    assert got.shape == (3, 16) and got.dtype == np.float32
+    assert np.abs(got - want).max() < 1e-4
+    with torch.no_grad():
+        assert np.abs(b.item_embeddings - res.model.all_item_vectors().numpy()).max() < 1e-6
+
+
+def test_tamper_and_missing_files_raise(bundle_dir, tmp_path):
+    import shutil
+
+    out, _, _ = bundle_dir
+    for victim in ("item_embeddings.npy", "encoder.onnx", "config.json"):
+        copy = tmp_path / victim
+        shutil.copytree(out, copy)
+        data = bytearray((copy / victim).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (copy / victim).write_bytes(bytes(data))
+        with pytest.raises(BundleError, match="sha256 mismatch"):
+            load_bundle(copy)
+    gone = tmp_path / "gone"
+    shutil.copytree(out, gone)
+    (gone / "popularity.npy").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(gone)
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "nope")
+
+
+def test_retrieve_offline_contract(bundle_dir):
+    out, split, _ = bundle_dir
+    b = load_bundle(out, intra_op_threads=1)
+    for u in split.users[:5]:
+        got = retrieve_offline(b, u.items, u.ts, u.contexts, 10)
+        assert all(isinstance(c, Candidate) for c in got)
+        ids = [c.item_id for c in got]
+        assert len(ids) == len(set(ids)) == min(10, len(b.item_ids) - len(set(u.items.tolist())))
+        assert not set(ids) & set(u.items.tolist())  # seen excluded
+        assert set(ids) <= set(b.item_ids.tolist())  # raw ids
+        assert [c.score for c in got] == sorted([c.score for c in got], reverse=True)
+        # shuffled input gives the same answer (canonical order is re-applied)
+        p = np.random.default_rng(0).permutation(len(u))
+        again = retrieve_offline(b, u.items[p], u.ts[p], u.contexts[p], 10)
+        assert [c.item_id for c in again] == ids
+        with_seen = retrieve_offline(b, u.items, u.ts, u.contexts, 10, exclude_seen=False)
+        assert len(with_seen) == 10
+    assert retrieve_offline(b, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 10) == []
+
+
+def test_popular(bundle_dir):
+    out, split, _ = bundle_dir
+    b = load_bundle(out)
+    top = b.popular(None, 3)
+    assert b.popularity[b.vocab.dense(top)].tolist() == sorted(b.popularity, reverse=True)[:3]
+    c1 = b.popular(1, 100)
+    assert (b.item_contexts[b.vocab.dense(c1)] == 1).all()
+    assert b.popular(99, 5).size == 0
+
+
+def test_quantized_bundle(bundle_dir, tmp_path):
+    out, split, res = bundle_dir
+    q = save_bundle(tmp_path / "q", res.model, split.vocab, split.item_contexts, split.table.names,
+                    split.train_freq, {"k": 8, "w": 4}, {}, quantize="int8")
+    b = load_bundle(q, int8=True)
+    v = b.encode([split.users[0].items[:6]], [split.users[0].items[:2]], [1])
+    assert np.isfinite(v).all() and v.shape == (1, 16)
+
+
+def test_encode_rejects_unknown_context(bundle_dir):
+    out, split, _ = bundle_dir
+    b = load_bundle(out)
+    with pytest.raises(InputError):
+        b.encode([split.users[0].items[:3]], [split.users[0].items[:1]], [len(b.context_names)])
+
+
+def test_training_is_deterministic():
+    split = make_split(synthetic(n_users=12, seed=5))
+    cfg = TrainConfig(epochs=1, batch=16, dim=8, k=8, w=4, n_ctx_neg=4, heads=2, hidden=16, seed=7)
+    a = train_longretriever(split, cfg, progress=False)
+    b = train_longretriever(split, cfg, progress=False)
+    assert a.step_losses == b.step_losses
+    for (_, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y)
