@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from export.quick_train import train_small
 
 
 def _parse_watermark(wm: str) -> dict[int, int]:
@@ -46,9 +47,7 @@ def serving_env(users: int = 200, events_per_user: int = 100, serve_args: tuple[
     proc = None
     try:
         ev, it = write(tmp / "syn.csv", users, events_per_user, items=5000, contexts=8, seed=3)
-        subprocess.run([sys.executable, "-m", "longretriever.cli", "train", "--events", str(ev), "--items",
-                        str(it), "--out", str(tmp / "bundle"), "--epochs", "1", "--budget", "8",
-                        "--k", "64", "--w", "16", "--no-progress"], check=True, capture_output=True)
+        train_small(ev, it, tmp / "bundle")
         bundle = load_bundle(tmp / "bundle")
         idx = MilvusIndex(str(tmp / "milvus.db"), "items")
         idx.build(bundle, "flat", progress=False)

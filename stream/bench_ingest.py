@@ -27,6 +27,7 @@ from stream.replay import ensure_topic, replay
 from stream.state import StateStore
 from stream.synth import write as write_synth
 from stream.worker import StreamWorker
+from export.quick_train import train_small
 
 
 async def _raw_consume(bootstrap: str, topic: str, total: int) -> float:
@@ -66,9 +67,7 @@ def _refresh_run(bootstrap: str, topic: str, total: int, ds, ev: Path, it: Path,
     from retriever.assemble import state_contexts
     from retriever.refresh import Refresher, VectorCache
 
-    subprocess.run([sys.executable, "-m", "longretriever.cli", "train", "--events", str(ev), "--items", str(it),
-                    "--out", str(tmp / "bundle"), "--epochs", "1", "--budget", "4", "--no-progress"],
-                   check=True, capture_output=True)
+    train_small(ev, it, tmp / "bundle", budget=4, k=256, w=32)
     bundle = load_bundle(tmp / "bundle", intra_op_threads=1)
     store = StateStore(tmp / "state-refresh", state_contexts(bundle, None))
     refresher = Refresher(bundle, store, VectorCache(1_000_000),

@@ -5,8 +5,6 @@ gRPC answer with the offline multi-context reference computed from the file."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -23,6 +21,7 @@ from stream.replay import ensure_topic, replay
 from stream.synth import write as write_synth
 from stream.worker import StreamWorker
 from tests.support import expected_sequences, settings_for, wait_for
+from export.quick_train import train_small
 
 pytestmark = pytest.mark.integration
 K = 50
@@ -32,9 +31,7 @@ K = 50
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("parity")
     ev, it = write_synth(d / "syn.csv", users=40, events_per_user=300, items=3000, contexts=8, seed=11)
-    subprocess.run([sys.executable, "-m", "longretriever.cli", "train", "--events", str(ev), "--items",
-                    str(it), "--out", str(d / "bundle"), "--epochs", "1", "--budget", "16", "--k", "64",
-                    "--w", "16", "--no-progress"], check=True, capture_output=True)
+    train_small(ev, it, d / "bundle", budget=16)
     uri = str(d / "milvus.db")
     from export.bundle import load_bundle
 

@@ -26,11 +26,8 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -54,6 +51,7 @@ from retriever.server import MAX_RECEIVE_MESSAGE_BYTES, SERVICE_NAME, build_serv
 from retriever.service import RetrieverService
 from stream.state import StateStore
 from tests.support import settings_for
+from export.quick_train import train_small
 
 pytestmark = pytest.mark.integration
 
@@ -74,9 +72,7 @@ def trained(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("relserve")
     ev, it = write_synth(d / "syn.csv", users=30, events_per_user=150, items=600, contexts=4, seed=5)
-    subprocess.run([sys.executable, "-m", "longretriever.cli", "train", "--events", str(ev), "--items",
-                    str(it), "--out", str(d / "bundle"), "--epochs", "1", "--budget", "16", "--k", "64",
-                    "--w", "16", "--no-progress"], check=True, capture_output=True)
+    train_small(ev, it, d / "bundle", budget=16)
     from export.bundle import load_bundle
 
     bundle = load_bundle(d / "bundle", intra_op_threads=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import msgpack
-import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from longretriever.contexts import ContextTable
-from longretriever.sequence import canonical_order, hard_search
+from longretriever.sequence import hard_search
 from stream.segments import decode_segment, encode_segment
 from stream.state import StateStore
 
