@@ -196,6 +196,14 @@ def verify_bundle(path: Path | str) -> dict[str, Any]:
     missing = [n for n in REQUIRED if n not in files]
     if missing:
         raise BundleError(f"{path}: manifest does not list required file(s) {', '.join(missing)}")
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+    if not str(manifest["version"]).endswith("-" + digest):
+        raise BundleError(f"{path}: manifest version {manifest['version']!r} does not match its file "
+                          f"list (expected suffix -{digest}); the manifest was edited")
+    unexpected = sorted(p.name for p in path.iterdir() if p.name != "manifest.json" and p.name not in files)
+    if unexpected:
+        raise BundleError(f"{path}: file(s) not in the manifest: {', '.join(unexpected)}; "
+                          "a bundle is exactly what its manifest lists")
     for name, want in sorted(files.items()):
         f = path / name
         if not f.is_file():

@@ -151,7 +151,13 @@ class MilvusIndex:
         except RetryError as exc:  # pragma: no cover - reraise=True makes this rare
             raise ServiceUnavailable(f"Milvus {what} failed at {self.uri}: {exc}") from exc
         except Exception as exc:
-            if _is_transient(exc):
+            from pymilvus.exceptions import MilvusException
+
+            if _is_transient(exc) or isinstance(exc, MilvusException):
+                # our requests are built from validated inputs: any other Milvus error is the
+                # server's (e.g. a Lite server killed mid-call) -> UNAVAILABLE, reconnect next time
+                if not _is_transient(exc):
+                    self._reset(self._client)
                 raise ServiceUnavailable(f"Milvus {what} failed at {self.uri}: "
                                          f"{type(exc).__name__}: {str(exc)[:200]}") from exc
             raise
