@@ -52,7 +52,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             store.close()
         typer.echo(json.dumps({"applied": st.applied, "duplicates": st.duplicates,
                                "dead_lettered": st.dead_lettered, "late": st.late,
-                               "messages": st.messages, "seconds": round(st.seconds, 3)}))
+                               "messages": st.messages, "seconds": round(st.seconds, 3),
+                               "events_per_s": round(st.ingest_eps())}))
 
     @app.command("sequence")
     def sequence_cmd(state_dir: Path = typer.Option(...), user: int = typer.Option(...),
@@ -110,7 +111,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @bench_app.command("ingest")
     def bench_ingest(out: Path = typer.Option(..., help="JSON output file"),
-                     users: int = typer.Option(100), events_per_user: int = typer.Option(3000),
+                     users: int = typer.Option(200), events_per_user: int = typer.Option(3000),
                      bootstrap: Optional[str] = typer.Option(None, help="Existing broker "
                                                              "(default: start a local one)"),
                      refresh: bool = typer.Option(True, help="Also measure the worker with the "

@@ -182,8 +182,8 @@ class Columns:
 
 
 _INT = frozenset({int})
-_OPT_STR = frozenset({str, type(None)})
-_OPT_NUM = frozenset({float, int, type(None)})
+_STR = frozenset({str})
+_NUM = frozenset({float, int})
 
 
 def decode_columns(value: bytes | None, key: bytes | None, now_ms: int,
@@ -217,7 +217,8 @@ def _fast_columns(obj: Any, key: bytes | None, now_ms: int) -> Columns | None:
     if not isinstance(obj, list) or not obj or key is None or not key.isdigit() or len(key) > 19:
         return None
     try:
-        if not set().union(*obj) <= _ALLOWED:
+        keys = set().union(*obj)
+        if not keys <= _ALLOWED:
             return None
         users = [m["user_id"] for m in obj]
         items = [m["item_id"] for m in obj]
@@ -226,14 +227,17 @@ def _fast_columns(obj: Any, key: bytes | None, now_ms: int) -> Columns | None:
         return None
     if set(map(type, users)) != _INT or set(map(type, items)) != _INT or set(map(type, ts)) != _INT:
         return None
-    actions = [m.get("action") for m in obj]
-    if not set(map(type, actions)) <= _OPT_STR or any(
-            a is not None and not 0 < len(a.encode()) <= MAX_ACTION_LEN for a in actions):
-        return None
-    weights = [m.get("weight") for m in obj]
-    if not set(map(type, weights)) <= _OPT_NUM or not all(
-            w is None or math.isfinite(w) for w in weights):
-        return None
+    if "action" in keys:
+        actions = [m["action"] for m in obj if "action" in m]
+        if set(map(type, actions)) != _STR:
+            return None
+        lens = list(map(len, map(str.encode, actions)))
+        if min(lens) == 0 or max(lens) > MAX_ACTION_LEN:
+            return None
+    if "weight" in keys:
+        weights = [m["weight"] for m in obj if "weight" in m]
+        if not set(map(type, weights)) <= _NUM or not all(map(math.isfinite, weights)):
+            return None
     try:
         u = np.array(users, np.int64)
         i = np.array(items, np.int64)

@@ -50,6 +50,14 @@ class WorkerStats:
     seconds: float = 0.0
     first_batch_at: float | None = None  # monotonic time of the first non-empty batch
     last_batch_at: float | None = None  # monotonic time the last batch was committed
+    assigned_at: float | None = None  # monotonic time partitions were first assigned
+
+    def ingest_eps(self) -> float:
+        """Events applied per second from the first assignment (group join excluded) to the
+        last commit: the rate a benchmark compares with a raw consumer."""
+        if self.assigned_at is None or self.last_batch_at is None or self.last_batch_at <= self.assigned_at:
+            return 0.0
+        return self.applied / (self.last_batch_at - self.assigned_at)
     assigned: set[int] = field(default_factory=set)
 
 
@@ -80,6 +88,8 @@ class _Rebalance(ConsumerRebalanceListener):
         # ``_caught_up`` (which looks at ``stats.assigned``) end an ``until_caught_up`` run
         # with a partition that was never consumed.
         self.w.stats.assigned.update(tp.partition for tp in assigned)
+        if self.w.stats.assigned_at is None:
+            self.w.stats.assigned_at = time.monotonic()
         metrics.ASSIGNED.set(len(self.w.stats.assigned))
         log.info("assigned %s", sorted(tp.partition for tp in assigned))
 
