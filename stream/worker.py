@@ -205,6 +205,10 @@ class StreamWorker:
         await self._dead_letter(rejected)  # before the state commit: nothing is lost on a crash
         self.store.commit(wb)
         self._account(res, len(rejected))
+        for p, off in offsets.items():
+            hw = self.consumer.highwater(TopicPartition(self.s.topic, p))
+            if hw is not None:
+                metrics.LAG.labels(str(p)).set(max(0, hw - off))
         await self._commit_kafka(offsets)
         if self.on_applied and res.touched:
             self.on_applied(res.touched)

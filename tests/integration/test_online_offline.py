@@ -76,6 +76,32 @@ def test_grpc_answers_equal_offline_reference_then_follow_new_events(trained, ka
         sv.close()
     assert mismatched == [], f"{len(mismatched)} of {len(truth)} users differ: {mismatched[:3]}"
     assert changed == 5
+    _scrape_metrics_endpoint(len(truth), len(ds.events))
+
+
+def _scrape_metrics_endpoint(queries: int, events: int) -> None:
+    """The Prometheus endpoint (what ``serve --metrics-port`` starts) exposes what ran above."""
+    import urllib.request
+
+    from prometheus_client import start_http_server
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from infra.kafka.broker import free_port
+
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1")
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        server.shutdown()
+        thread.join(5)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert samples[("longretriever_rpc_total", (("code", "OK"), ("method", "Retrieve")))] >= queries
+    assert samples[("longretriever_stream_events_total", (("outcome", "applied"),))] >= events
+    assert samples[("longretriever_query_stage_seconds_count", (("stage", "milvus"),))] >= queries
+    lags = [v for k, v in samples.items() if k[0] == "longretriever_stream_consumer_lag"]
+    assert lags and min(lags) >= 0
 
 
 def _compare_all(target, bundle, truth):
