@@ -213,3 +213,68 @@ def test_two_serving_workers_route_each_user_to_its_owner(trained, kafka_bootstr
         sv.close()
     assert 0 < len(owned_by_b) < len(truth)  # both processes own users: routing was exercised
     assert mismatched_a == [] and mismatched_b == []
+
+
+def test_endpoint_answers_from_local_state_while_the_broker_is_down(trained, tmp_path):
+    """Broker outage: Retrieve keeps answering from the last applied state (same answers,
+    same watermark) within the deadline; after the broker is back, new events flow again."""
+    from infra.kafka import broker
+
+    d, ev, it, uri = trained
+    ds = load_dataset(ev, it, "csv")
+    bdir = tmp_path / "kafka"
+    info = broker.start(bdir)
+    try:
+        ensure_topic(info.bootstrap, "user-events", 4)
+        replay(ds.events, info.bootstrap, "user-events", progress=False)
+        settings = settings_for(info.bootstrap, "user-events", tmp_path / "state", group="outage")
+        sv = open_serving(d / "bundle", uri, "items", settings, cache_entries=0)
+        users = sorted(set(ds.events.user_ids.tolist()))[:10]
+
+        async def scenario():
+            worker = StreamWorker(settings, sv.store)
+            task = asyncio.create_task(worker.run())
+            total = await asyncio.to_thread(_total_messages, info.bootstrap, "user-events")
+            await wait_for(lambda: sum(sv.store.watermark().values()) >= total, timeout=120)
+            server, port, _ = build_server(sv.service)
+            await server.start()
+            target = f"127.0.0.1:{port}"
+
+            def ask():
+                with RetrieverClient(target, timeout=3) as c:
+                    t0 = time.perf_counter()
+                    out = [c.retrieve(u, 20) for u in users]
+                    return out, time.perf_counter() - t0
+
+            try:
+                before, _ = await asyncio.to_thread(ask)
+                await asyncio.to_thread(broker.stop, bdir)
+                during, took = await asyncio.to_thread(ask)
+                await asyncio.to_thread(broker.start, bdir, info.port)
+                from kafka import KafkaProducer
+
+                def produce():
+                    p = KafkaProducer(bootstrap_servers=info.bootstrap, acks="all")
+                    p.send("user-events", key=encode_key(users[0]),
+                           value=encode_batch([Event(users[0], int(i), int(time.time() * 1000) + j)
+                                               for j, i in enumerate(sv.bundle.item_ids[:5])]))
+                    p.flush()
+                    p.close()
+                await asyncio.to_thread(produce)
+                await wait_for(lambda: sum(sv.store.watermark().values()) > total, timeout=120)
+            finally:
+                await server.stop(1)
+                worker.stop()
+                await task
+            return before, during, took
+
+        try:
+            before, during, took = asyncio.run(asyncio.wait_for(scenario(), 300))
+        finally:
+            sv.close()
+    finally:
+        broker.stop(bdir)
+    assert [r["candidates"] for r in during] == [r["candidates"] for r in before]
+    assert [r["watermark"] for r in during] == [r["watermark"] for r in before]
+    assert not any(r["fallback"] for r in during)
+    assert took < 3 * len(users)  # every call inside its 3 s deadline
