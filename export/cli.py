@@ -96,9 +96,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                   format: str = typer.Option("csv", "--format", help="csv | movielens"),
                   out: Path = typer.Option(..., help="bundle directory to write"),
                   epochs: int = 6, batch: int = 256, dim: int = 64, seed: int = 0,
-                  k: int = 256, w: int = 32, budget: int = 64,
+                  k: int = 256, w: int = 32, budget: int = 128,
                   validate: bool = typer.Option(True, help="keep the best validation epoch"),
                   quantize: Optional[str] = typer.Option(None, help="int8: also write encoder.int8.onnx"),
+                  contexts: Optional[int] = typer.Option(None, help="learn K contexts (k-means over a "
+                                                         "first pass's item embeddings) instead of "
+                                                         "the item table's categories"),
                   progress: bool = True) -> None:
         """Train LongRetriever and write a verified model bundle."""
         from export.bundle import save_bundle
@@ -109,6 +112,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         try:
             ds = load_dataset(events, items, format)  # type: ignore[arg-type]
             cfg = TrainConfig(epochs=epochs, batch=batch, dim=dim, seed=seed, k=k, w=w, budget=budget)
+            if contexts:
+                from export.learned_contexts import learn_contexts
+
+                ds = learn_contexts(ds, contexts, cfg, progress)
             split = make_split(ds)
             val = make_cases(split, "val")
             val_fn = None
@@ -131,8 +138,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                  items: Optional[Path] = typer.Option(None),
                  format: str = typer.Option("csv", "--format"),
                  out: Path = typer.Option(..., help="report directory"),
-                 seed: int = 0, epochs: int = 6, seeds: int = 3, budget: int = 64,
+                 seed: int = 0, epochs: int = 6, seeds: int = 3, budget: int = 128,
                  dim: int = 64, batch: int = 256, k: int = 256, w: int = 32,
+                 contexts: Optional[int] = typer.Option(None, help="learn K contexts instead of the "
+                                                        "item table's categories"),
                  progress: bool = False) -> None:
         """All models x seeds, leave-last-out full-corpus ranking -> report.json/.md + plots."""
         from export.report import run_eval
@@ -142,8 +151,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         try:
             ds = load_dataset(events, items, format)  # type: ignore[arg-type]
             t0 = time.perf_counter()
-            rep = run_eval(ds, out, TrainConfig(epochs=epochs, seed=seed, budget=budget, dim=dim,
-                                                batch=batch, k=k, w=w), seeds, progress)
+            cfg = TrainConfig(epochs=epochs, seed=seed, budget=budget, dim=dim, batch=batch, k=k, w=w)
+            if contexts:
+                from export.learned_contexts import learn_contexts
+
+                ds = learn_contexts(ds, contexts, cfg, progress)
+            rep = run_eval(ds, out, cfg, seeds, progress)
         except LongRetrieverError as exc:
             _fail(exc)
         typer.echo(json.dumps({"report": str(out / "report.json"), "seconds": round(time.perf_counter() - t0, 1),

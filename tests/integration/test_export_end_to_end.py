@@ -59,3 +59,12 @@ def test_int8_bundle_agrees_with_fp32(tiny):
     a, b = fp32.encode(ctx, rec, cs), int8.encode(ctx, rec, cs)
     cos = (a * b).sum(1)
     assert cos.min() > 0.99
+
+
+def test_learned_contexts_when_no_categories(tiny):
+    d, ev, _ = tiny
+    train_small(ev, None, d / "learned", budget=8, k=32, w=8, extra=("--contexts", "4"))
+    b = load_bundle(d / "learned", intra_op_threads=1)
+    assert list(b.context_names) == ["unknown", "k00", "k01", "k02", "k03"]
+    used = set(np.unique(b.item_contexts).tolist())
+    assert used <= {1, 2, 3, 4} and len(used) >= 2  # every item in exactly one learned context
