@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -29,6 +30,9 @@ from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_attem
 from longretriever.errors import BundleError, ConfigError, LongRetrieverError, ServiceUnavailable
 from longretriever.multicontext import Candidate
 from retriever import milvus_requests as mr
+
+# milvus-lite 2.5.1 imports pkg_resources (pinned setuptools<81 keeps it) and warns on import
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 log = logging.getLogger(__name__)
 
