@@ -20,7 +20,6 @@ import ast
 import asyncio
 import json
 import shutil
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,7 +32,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from longretriever.errors import BundleError, InputError, ServiceUnavailable
-from retriever import milvus_requests as mr
 from retriever import query as q
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -352,162 +350,6 @@ def test_status_mapping_never_leaks_internal_text(msg):
                       (asyncio.TimeoutError(), grpc.StatusCode.DEADLINE_EXCEEDED)):
         code, text = status_for(exc)
         assert code == want and len(text) <= 500
-
-
-# ---- MilvusIndex reconnect (fake client) ------------------------------------------------------
-class FlakyClient:
-    """Fails searches while ``world.down``; counts loads."""
-
-    def __init__(self, world) -> None:
-        self.world = world
-        self.closed = False
-
-    def has_collection(self, name):
-        return True
-
-    def describe_collection(self, name):
-        return {"description": mr.description_for("v1"), "fields": []}
-
-    def load_collection(self, name):
-        self.world.loads += 1
-
-    def describe_index(self, name, field):
-        return {"index_type": "FLAT"}
-
-    def query(self, name, filter, output_fields):
-        return [{"count(*)": 10}]
-
-    def search(self, name, data, anns_field, limit, filter, search_params, output_fields, timeout):
-        if self.closed:
-            raise RuntimeError("search on a closed client")
-        if self.world.hang:
-            time.sleep(timeout or 5)
-            raise TimeoutError("deadline exceeded")
-        if self.world.down:
-            raise ConnectionError("connection refused")
-        if self.world.bad_query:
-            raise ValueError("bad filter")  # not transient: no reconnect
-        c = int(filter.split("==")[1])
-        return [[{"id": c * 100 + i, "distance": 1.0} for i in range(limit)]]
-
-    def close(self):
-        self.closed = True
-
-
-class World:
-    def __init__(self) -> None:
-        self.down = self.hang = self.bad_query = self.refuse_connect = False
-        self.loads = 0
-        self.clients = []
-        self.connect_delay = 0.0
-
-    def factory(self, uri):
-        time.sleep(self.connect_delay)
-        if self.refuse_connect:
-            raise ConnectionError("nothing listens")
-        c = FlakyClient(self)
-        self.clients.append(c)
-        return c
-
-
-def _index(world, **kw):
-    from retriever.milvus_index import MilvusIndex
-
-    ix = MilvusIndex("fake.db", "c1", client_factory=world.factory, **kw)
-    ix.open("v1", expected_items=10, context_sizes={1: 5, 2: 5})
-    return ix
-
-
-VEC = {1: np.ones(4, np.float32), 2: np.ones(4, np.float32)}
-
-
-def test_connection_failure_drops_client_and_next_call_reconnects():
-    w = World()
-    ix = _index(w)
-    assert len(ix.search_contexts(VEC, {1: 2, 2: 2})[1]) == 2
-    loads = w.loads
-    w.down, w.refuse_connect = True, True
-    with pytest.raises(ServiceUnavailable):
-        ix.search_contexts(VEC, {1: 2, 2: 2}, timeout=1.0)
-    assert ix._client is None and w.clients[0].closed
-    with pytest.raises(ServiceUnavailable):  # still down: the reconnect fails cleanly
-        ix.search_contexts(VEC, {1: 2}, timeout=1.0)
-    w.down, w.refuse_connect = False, False
-    assert len(ix.search_contexts(VEC, {1: 3})[1]) == 3  # recovered, same index object
-    assert len(w.clients) == 2 and w.loads == loads + 1  # the new client reloaded the collection
-
-
-def test_non_transient_error_keeps_the_client():
-    w = World()
-    ix = _index(w)
-    w.bad_query = True
-    with pytest.raises(ValueError):
-        ix.search_contexts(VEC, {1: 2})
-    assert ix._client is w.clients[0] and len(w.clients) == 1
-
-
-def test_hung_milvus_is_bounded_by_the_timeout():
-    w = World()
-    ix = _index(w)
-    w.hang = True
-    t0 = time.perf_counter()
-    with pytest.raises(ServiceUnavailable):
-        ix.search_contexts(VEC, {1: 2, 2: 2}, timeout=0.4)
-    took = time.perf_counter() - t0
-    assert took < 0.8, took  # no second attempt after the budget is spent
-
-
-def test_queued_callers_fail_fast_after_a_failed_reconnect():
-    w = World()
-    ix = _index(w, max_workers=8)
-    w.down = True
-    with pytest.raises(ServiceUnavailable):
-        ix.search_contexts(VEC, {1: 2}, timeout=1.0)
-    w.refuse_connect, w.connect_delay = True, 0.3
-    errors, took = [], []
-
-    def one():
-        t0 = time.perf_counter()
-        try:
-            ix.search_contexts(VEC, {1: 2}, timeout=2.0)
-        except ServiceUnavailable as exc:
-            errors.append(exc)
-        took.append(time.perf_counter() - t0)
-
-    threads = [threading.Thread(target=one) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(errors) == 6
-    # one reconnect attempt at a time; the waiters see it fail instead of each waiting 0.3 s
-    # (serialised they would take about 6 x 2 x 0.3 s)
-    assert max(took) < 1.5, took
-
-
-def test_transient_detection_follows_the_cause_chain():
-    from retriever.milvus_index import _is_transient
-
-    try:
-        try:
-            raise ConnectionRefusedError("refused")
-        except ConnectionRefusedError as inner:
-            raise RuntimeError("wrapped") from inner
-    except RuntimeError as outer:
-        assert _is_transient(outer)
-    assert not _is_transient(ValueError("bad"))
-
-
-def test_refused_tcp_connect_fails_fast():
-    from retriever.milvus_index import MilvusIndex, _probe_tcp
-
-    with pytest.raises(OSError):
-        _probe_tcp("http://127.0.0.1:1", 0.5)
-    t0 = time.perf_counter()
-    with pytest.raises(ServiceUnavailable):
-        with MilvusIndex("http://127.0.0.1:1", "c1", timeout=5.0) as ix:
-            ix.search_contexts({1: np.ones(4, np.float32)}, {1: 2}, timeout=3.0)
-    assert time.perf_counter() - t0 < 1.0  # not the 3 s budget nor the 5 s connect timeout
 
 
 def test_edited_manifest_version_is_refused(bundle_dir, tmp_path):
