@@ -3,7 +3,7 @@
 Split (leave-last-out): a user's events in canonical order ``(ts, item_id)``; the last event
 is the test target, the second-to-last the validation target, the rest are training
 targets (positions ``1..n-3``; position 0 has no history). Users with fewer than 3 events
-only train. Each epoch samples up to ``budget`` training positions per user.
+only train. Each epoch samples up to ``budget`` training positions per user (0 = all).
 
 A training example ``(user, t)``: the positive is ``items[t]`` in context ``c``; the encoder
 sees the newest ``k`` events of ``c`` before ``t`` (hard search) and the newest ``w`` events
@@ -88,7 +88,7 @@ class TrainConfig:
     w: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.0
-    budget: int = 200  # training positions per user per epoch
+    budget: int = 128  # training positions per user per epoch (0 = all; see docs/model.md)
     heads: int = 4
     hidden: int = 128
     tau: float = 0.07
@@ -109,14 +109,15 @@ def seed_everything(seed: int, threads: int = 2) -> torch.Generator:
 
 
 def sample_examples(split: Split, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(user index, target position) pairs for one epoch, shuffled."""
+    """(user index, target position) pairs for one epoch, shuffled; up to ``budget`` positions
+    per user (``budget <= 0``: every training position)."""
     us, ts = [], []
     for i, u in enumerate(split.users):
         lo, hi = split.train_range(u)
         if hi <= lo:
             continue
         pos = np.arange(lo, hi)
-        if pos.size > budget:
+        if 0 < budget < pos.size:
             pos = np.sort(rng.choice(pos, budget, replace=False))
         us.append(np.full(pos.size, i))
         ts.append(pos)

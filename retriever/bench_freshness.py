@@ -116,10 +116,12 @@ def run_freshness_bench(rate: float = 5000.0, seconds: float = 10.0, users: int 
             time.sleep(0.02)
         out, _ = load.communicate(timeout=seconds + 60)
         producer.close()
+        from retriever.bench_soak import _scrape_stages
+        stages = _scrape_stages(env["metrics_port"])
     achieved = float(out.strip().splitlines()[-1]) if out.strip() else 0.0
     return {"events_per_s": round(achieved), "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99),
             "samples": len(lat), "seconds": seconds, "retrieve_p50_ms": _pct(rpc_ms, 0.5),
-            "latencies_ms": [round(x, 1) for x in lat]}
+            "latencies_ms": [round(x, 1) for x in lat], "server_stage_mean_ms": stages}
 
 
 def _pct(xs: list[float], q: float) -> float | None:

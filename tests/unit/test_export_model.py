@@ -96,3 +96,19 @@ def test_torch_onnxruntime_parity_all_lengths(tmp_path, k):
     single = batch(rng, [0], k)  # batch 1, fully padded
     worst = max(worst, float(np.abs(sess.run([OUTPUT_NAME], single)[0] - m.encode_np(single)).max()))
     assert worst < 1e-4
+
+
+def test_sample_examples_budget_zero_means_all_positions():
+    from export.train import Split, sample_examples
+
+    class Stub:
+        users = [np.zeros(n) for n in (2, 5, 40)]  # training positions [1, n-2) for n >= 3
+        train_range = Split.train_range
+
+    rng = np.random.default_rng(0)
+    u, t = sample_examples(Stub(), 0, rng)
+    assert u.size == (1 + 2 + 37)  # n=2 trains on [1, 2); n=5 on [1, 3); n=40 on [1, 38)
+    assert sorted(zip(u.tolist(), t.tolist())) == sorted(
+        [(0, 1)] + [(1, p) for p in (1, 2)] + [(2, p) for p in range(1, 38)])
+    u8, _ = sample_examples(Stub(), 8, np.random.default_rng(0))
+    assert np.bincount(u8, minlength=3).tolist() == [1, 2, 8]
