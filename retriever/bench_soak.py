@@ -72,7 +72,10 @@ def _scrape_stages(port: int | None) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
+    lag = 0.0
     for fam in text_string_to_metric_families(text):
+        if fam.name == "longretriever_stream_consumer_lag":
+            lag += sum(smp.value for smp in fam.samples)
         if fam.name != "longretriever_query_stage_seconds":
             continue
         for smp in fam.samples:
@@ -80,4 +83,6 @@ def _scrape_stages(port: int | None) -> dict[str, float]:
                 sums[smp.labels["stage"]] = smp.value
             elif smp.name.endswith("_count"):
                 counts[smp.labels["stage"]] = smp.value
-    return {k: round(1000 * sums[k] / counts[k], 2) for k in sums if counts.get(k)}
+    out = {k: round(1000 * sums[k] / counts[k], 2) for k in sums if counts.get(k)}
+    out["consumer_lag_messages"] = lag
+    return out

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import msgpack
-import numpy as np
 
 INT64_MAX = 2**63 - 1
 MIN_TS_MS = 631_152_000_000  # 1990-01-01T00:00:00Z
@@ -175,10 +174,10 @@ class Columns:
     """Valid events of one message in columnar form; ``index`` is each event's position in
     the micro-batch (0 for a single-event message)."""
 
-    users: "np.ndarray"
-    items: "np.ndarray"
-    ts: "np.ndarray"
-    index: "np.ndarray"
+    users: list[int]
+    items: list[int]
+    ts: list[int]
+    index: list[int]
 
 
 _INT = frozenset({int})
@@ -204,14 +203,12 @@ def decode_columns(value: bytes | None, key: bytes | None, now_ms: int,
     events, rejected = decode_message(value, key, now_ms, max_bytes, max_batch)
     bad = {r.index for r in rejected}
     idx = [i for i in range(len(events) + len(rejected)) if i not in bad][:len(events)]
-    return Columns(np.array([e.user_id for e in events], np.int64),
-                   np.array([e.item_id for e in events], np.int64),
-                   np.array([e.ts for e in events], np.int64),
-                   np.array(idx, np.int64)), rejected
+    return Columns([e.user_id for e in events], [e.item_id for e in events], [e.ts for e in events],
+                   idx), rejected
 
 
 def _fast_columns(obj: Any, key: bytes | None, now_ms: int) -> Columns | None:
-    """Vectorised validation of a list of event maps; None means "use the slow path"."""
+    """Validation of a list of event maps with C-level builtins; None means "use the slow path"."""
     if isinstance(obj, dict):
         obj = [obj]
     if not isinstance(obj, list) or not obj or key is None or not key.isdigit() or len(key) > 19:
@@ -238,13 +235,9 @@ def _fast_columns(obj: Any, key: bytes | None, now_ms: int) -> Columns | None:
         weights = [m["weight"] for m in obj if "weight" in m]
         if not set(map(type, weights)) <= _NUM or not all(map(math.isfinite, weights)):
             return None
-    try:
-        u = np.array(users, np.int64)
-        i = np.array(items, np.int64)
-        t = np.array(ts, np.int64)
-    except OverflowError:
+    # builtins only (C loops, no per-message numpy overhead: single-event messages are common)
+    if (users.count(int(key)) != len(users) or max(users) > INT64_MAX
+            or min(items) < 0 or max(items) > INT64_MAX
+            or min(ts) < MIN_TS_MS or max(ts) > now_ms + FUTURE_SLACK_MS):
         return None
-    if ((u != int(key)).any() or (i < 0).any() or (t < MIN_TS_MS).any()
-            or (t > now_ms + FUTURE_SLACK_MS).any()):
-        return None
-    return Columns(u, i, t, np.arange(u.size, dtype=np.int64))
+    return Columns(users, items, ts, list(range(len(users))))

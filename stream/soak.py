@@ -79,7 +79,7 @@ def prefix_events(records: list, watermark: dict[int, int] | None, now_ms: int) 
         if watermark is not None and r.offset >= watermark.get(r.partition, 0):
             continue
         cols, _ = decode_columns(r.value, r.key, now_ms)
-        for u, i, t in zip(cols.users.tolist(), cols.items.tolist(), cols.ts.tolist()):
+        for u, i, t in zip(cols.users, cols.items, cols.ts):
             users.setdefault(u, set()).add((t, i))
     return users
 

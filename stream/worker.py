@@ -28,7 +28,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from longretriever.errors import ServiceUnavailable
 from longretriever.settings import Settings
 from stream import metrics
-from stream.codec import Columns, Rejection, decode_columns
+from stream.codec import Rejection, decode_columns
 from stream.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -167,43 +167,19 @@ class StreamWorker:
         return all((self.store.next_offset(p) or 0) >= targets.get(p, 0) for p in self.stats.assigned)
 
     async def _process(self, data: dict[TopicPartition, list]) -> None:
+        """Decode + stage in a worker thread (the event loop stays free for gRPC and
+        heartbeats), dead-letter, then commit state and offsets atomically."""
         t0 = time.perf_counter()
-        now_ms = int(time.time() * 1000)
-        cols: list[Columns] = []
-        sources: list = []  # the message of each entry of ``cols``
-        rejected: list[tuple] = []
-        offsets: dict[int, int] = {}
-        for tp, msgs in data.items():
-            start = self.store.next_offset(tp.partition) or 0
-            for msg in msgs:
-                if msg.offset < start:
-                    continue  # re-delivered: already in the state
-                c, bad = decode_columns(msg.value, msg.key, now_ms, self.s.max_message_bytes,
-                                        self.s.max_batch_events)
-                if c.users.size:
-                    cols.append(c)
-                    sources.append(msg)
-                rejected.extend((msg, r) for r in bad)
-                offsets[tp.partition] = msg.offset + 1
-            self.stats.messages += len(msgs)
+        staged = await asyncio.to_thread(self._decode_and_stage, data, int(time.time() * 1000))
+        self.stats.messages += sum(len(m) for m in data.values())
         metrics.MESSAGES.inc(sum(len(m) for m in data.values()))
-        if not offsets:
+        if staged is None:
             return
+        wb, res, rejected, offsets = staged
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = time.monotonic()
-        cat = (lambda f: np.concatenate([f(c) for c in cols])) if cols else (lambda f: np.zeros(0, np.int64))
-        wb, res = self.store.prepare(cat(lambda c: c.users), cat(lambda c: c.items),
-                                     cat(lambda c: c.ts), offsets)
-        if res.late:
-            owner = np.repeat(np.arange(len(cols)), [c.users.size for c in cols])
-            pos = cat(lambda c: c.index)
-            for i in res.late:
-                msg = sources[owner[i]]
-                rejected.append((msg, Rejection(
-                    f"late event: older than the user's newest event minus "
-                    f"{self.s.late_tolerance_ms} ms", _element(msg.value, int(pos[i])), int(pos[i]))))
         await self._dead_letter(rejected)  # before the state commit: nothing is lost on a crash
-        self.store.commit(wb)
+        await asyncio.to_thread(self.store.commit, wb)
         self._account(res, len(rejected))
         for p, off in offsets.items():
             hw = self.consumer.highwater(TopicPartition(self.s.topic, p))
@@ -214,6 +190,38 @@ class StreamWorker:
             self.on_applied(res.touched)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
         self.stats.last_batch_at = time.monotonic()
+
+    def _decode_and_stage(self, data: dict[TopicPartition, list], now_ms: int):
+        users: list[int] = []
+        items: list[int] = []
+        ts: list[int] = []
+        origin: list[tuple] = []  # (message, position in its micro-batch) per valid event
+        rejected: list[tuple] = []
+        offsets: dict[int, int] = {}
+        for tp, msgs in data.items():
+            start = self.store.next_offset(tp.partition) or 0
+            for msg in msgs:
+                if msg.offset < start:
+                    continue  # re-delivered: already in the state
+                c, bad = decode_columns(msg.value, msg.key, now_ms, self.s.max_message_bytes,
+                                        self.s.max_batch_events)
+                if c.users:
+                    users += c.users
+                    items += c.items
+                    ts += c.ts
+                    origin += [(msg, i) for i in c.index]
+                rejected.extend((msg, r) for r in bad)
+                offsets[tp.partition] = msg.offset + 1
+        if not offsets:
+            return None
+        wb, res = self.store.prepare(np.array(users, np.int64), np.array(items, np.int64),
+                                     np.array(ts, np.int64), offsets)
+        for i in res.late:
+            msg, pos = origin[i]
+            rejected.append((msg, Rejection(
+                f"late event: older than the user's newest event minus "
+                f"{self.s.late_tolerance_ms} ms", _element(msg.value, pos), pos)))
+        return wb, res, rejected, offsets
 
     def _account(self, res, n_rejected: int) -> None:
         st = self.stats

@@ -24,7 +24,7 @@ def test_micro_batch_roundtrip_keeps_order():
     evs, bad = decode_message(encode_batch(batch), b"7", NOW)
     assert evs == batch and bad == []
     cols, bad = decode_columns(encode_batch(batch), b"7", NOW)
-    assert cols.items.tolist() == list(range(5)) and cols.index.tolist() == list(range(5))
+    assert list(cols.items) == list(range(5)) and list(cols.index) == list(range(5))
 
 
 @pytest.mark.parametrize("value,reason", [
@@ -81,9 +81,9 @@ def assert_columns_agree(value, key):
     """The vectorised decoder accepts exactly what the per-event decoder accepts."""
     evs, bad = decode_message(value, key, NOW)
     cols, bad2 = decode_columns(value, key, NOW)
-    assert cols.users.tolist() == [e.user_id for e in evs]
-    assert cols.items.tolist() == [e.item_id for e in evs]
-    assert cols.ts.tolist() == [e.ts for e in evs]
+    assert list(cols.users) == [e.user_id for e in evs]
+    assert list(cols.items) == [e.item_id for e in evs]
+    assert list(cols.ts) == [e.ts for e in evs]
     assert [(b.reason, b.index) for b in bad2] == [(b.reason, b.index) for b in bad]
 
 

@@ -232,7 +232,7 @@ def test_no_unsafe_deserialisation_in_the_package():
 
 # ---- size limits on every input path ----------------------------------------------------------
 def _n(decoded) -> int:
-    return int(decoded.users.size) if hasattr(decoded, "users") else len(decoded)
+    return len(decoded.users) if hasattr(decoded, "users") else len(decoded)
 
 
 def test_codec_payload_and_batch_limits():
