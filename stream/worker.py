@@ -218,9 +218,10 @@ class StreamWorker:
                                      np.array(ts, np.int64), offsets)
         for i in res.late:
             msg, pos = origin[i]
+            raw, index = _element(msg.value, pos)
             rejected.append((msg, Rejection(
                 f"late event: older than the user's newest event minus "
-                f"{self.s.late_tolerance_ms} ms", _element(msg.value, pos), pos)))
+                f"{self.s.late_tolerance_ms} ms", raw, index)))
         return wb, res, rejected, offsets
 
     def _account(self, res, n_rejected: int) -> None:
@@ -260,10 +261,13 @@ class StreamWorker:
             log.debug("informational offset commit skipped: %s", exc)
 
 
-def _element(value: bytes, index: int) -> bytes:
-    """The bytes of one event of a (valid) message: the message itself or one array element."""
+def _element(value: bytes, index: int) -> tuple[bytes, int | None]:
+    """One event of a (valid) message: (bytes, position) of an array element, or the whole
+    message and None for a single-event message (as for malformed whole messages)."""
     obj = msgpack.unpackb(value, strict_map_key=False)
-    return msgpack.packb(obj[index], use_bin_type=True) if isinstance(obj, list) else value
+    if isinstance(obj, list):
+        return msgpack.packb(obj[index], use_bin_type=True), index
+    return value, None
 
 
 def run_worker(settings: Settings, store: StateStore, until_caught_up: bool = False,

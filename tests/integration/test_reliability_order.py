@@ -94,9 +94,9 @@ def test_late_events_go_to_dlq_with_reason(kafka_bootstrap, topic_name, tmp_path
         h = dict(r.headers)
         assert h["lr.reason"].startswith(b"late event")
         got[int(h["lr.source.offset"])] = (h.get("lr.batch.index"), msgpack.unpackb(r.value))
-    # a late single-event message is dead-lettered with lr.batch.index 0 (a malformed one has
-    # none): the late path always knows the element position
-    assert got == {2: (b"0", Event(2, 3, newest - TOL - 1).to_map()),
+    # a late single-event message carries no lr.batch.index (like a malformed whole message);
+    # a late element of a micro-batch carries its position
+    assert got == {2: (None, Event(2, 3, newest - TOL - 1).to_map()),
                    3: (b"1", Event(2, 5, newest + 10 - TOL - 1).to_map())}
     # the decision is a function of the log: a fresh replay makes the same one
     again = _store(tmp_path / "again")
