@@ -48,7 +48,6 @@ class WorkerStats:
     evicted: int = 0
     batches: int = 0
     seconds: float = 0.0
-    first_batch_at: float | None = None  # monotonic time of the first non-empty batch
     last_batch_at: float | None = None  # monotonic time the last batch was committed
     assigned_at: float | None = None  # monotonic time partitions were first assigned
 
@@ -176,8 +175,6 @@ class StreamWorker:
         if staged is None:
             return
         wb, res, rejected, offsets = staged
-        if self.stats.first_batch_at is None:
-            self.stats.first_batch_at = time.monotonic()
         await self._dead_letter(rejected)  # before the state commit: nothing is lost on a crash
         await asyncio.to_thread(self.store.commit, wb)
         self._account(res, len(rejected))
