@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.train import FitResult, Split, TrainConfig, fit, sample_examples, seed_everything
+from export.train import (FitResult, Split, TrainConfig, example_batches, fit, item_log_q,
+                          seed_everything)
 
 NEG = 1e4
 
@@ -107,11 +108,6 @@ class MultiInterest(nn.Module):
         return F.normalize(self.proj(a @ e), dim=-1, eps=1e-6)  # B,K,d
 
 
-def _log_q(split: Split) -> torch.Tensor:
-    f = split.train_freq + 1.0
-    return torch.as_tensor(np.log(f / f.sum()), dtype=torch.float32)
-
-
 def train_sasrec(split: Split, cfg: TrainConfig, n: int, val_fn=None, progress=True,
                  max_targets: int = 1024) -> FitResult:
     """Each epoch covers every training target once: each user's training prefix is cut
@@ -120,7 +116,7 @@ def train_sasrec(split: Split, cfg: TrainConfig, n: int, val_fn=None, progress=T
     seed_everything(cfg.seed, cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     model = SASRec(split, cfg, n)
-    log_q = _log_q(split)
+    log_q = item_log_q(split)
     seqs = []
     for u in split.users:
         lo, hi = split.train_range(u)
@@ -156,15 +152,10 @@ def train_multi_interest(split: Split, cfg: TrainConfig, n: int = 50, n_int: int
     seed_everything(cfg.seed, cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     model = MultiInterest(split, cfg, n, n_int)
-    log_q = _log_q(split)
+    log_q = item_log_q(split)
 
     def batches(epoch: int):
-        uidx, tpos = sample_examples(split, cfg.budget, rng)
-        for s in range(0, uidx.size, cfg.batch):
-            ub, tb = uidx[s:s + cfg.batch], tpos[s:s + cfg.batch]
-            if ub.size < 2:
-                continue
-
+        for ub, tb in example_batches(split, cfg, rng):
             def closure(ub=ub, tb=tb):
                 rows = [split.vocab.dense(split.users[i].items[max(0, t - n):t]) for i, t in zip(ub, tb)]
                 pos = torch.as_tensor(split.vocab.dense(

@@ -181,9 +181,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: manifest.json missing; not a bundle")
     try:
         manifest = json.loads(mpath.read_text())
-        files = manifest["files"]
+        manifest["files"].items()  # both keys must exist, files must be a mapping
         str(manifest["version"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BundleError(f"{mpath}: unreadable manifest ({exc})") from exc
     return manifest
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from export.baselines import train_multi_interest, train_sasrec
-from export.evaluate import (CUTOFFS, METRICS, eval_longretriever, eval_multi_interest,
+from export.evaluate import (METRICS, eval_longretriever, eval_multi_interest,
                              eval_popularity, eval_sasrec, make_cases, mean_metrics, plan_cases,
                              quartiles, rank_metrics)
 from export.train import Split, TrainConfig, make_split, train_longretriever

@@ -203,6 +203,22 @@ def fit(model: torch.nn.Module, batches: Callable[[int], Iterator[Callable[[], t
     return FitResult(model, losses, steps, curve, best_epoch, time.perf_counter() - t0)
 
 
+def item_log_q(split: Split) -> torch.Tensor:
+    """log of each item's (add-one smoothed) training frequency: the logQ correction."""
+    f = split.train_freq + 1.0
+    return torch.as_tensor(np.log(f / f.sum()), dtype=torch.float32)
+
+
+def example_batches(split: Split, cfg: TrainConfig,
+                    rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of sampled (user index, target position) mini-batches of >= 2 rows."""
+    uidx, tpos = sample_examples(split, cfg.budget, rng)
+    for s in range(0, uidx.size, cfg.batch):
+        ub, tb = uidx[s:s + cfg.batch], tpos[s:s + cfg.batch]
+        if ub.size >= 2:
+            yield ub, tb
+
+
 def build_model(split: Split, cfg: TrainConfig) -> LongRetrieverModel:
     mcfg = ModelConfig(num_items=len(split.vocab), num_contexts=split.table.num_contexts,
                        dim=cfg.dim, heads=cfg.heads, hidden=cfg.hidden, tau=cfg.tau,
@@ -218,18 +234,12 @@ def train_longretriever(split: Split, cfg: TrainConfig,
     gen = seed_everything(cfg.seed, cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     model = build_model(split, cfg)
-    log_q = torch.as_tensor(np.log((split.train_freq + 1.0) / (split.train_freq + 1.0).sum()),
-                            dtype=torch.float32)
+    log_q = item_log_q(split)
     sampler = ContextNegativeSampler(split.item_contexts, split.train_freq,
                                      split.table.num_contexts, model.cfg.ctx_neg_alpha)
 
     def batches(epoch: int):
-        uidx, tpos = sample_examples(split, cfg.budget, rng)
-        for s in range(0, uidx.size, cfg.batch):
-            ub, tb = uidx[s:s + cfg.batch], tpos[s:s + cfg.batch]
-            if ub.size < 2:
-                continue
-
+        for ub, tb in example_batches(split, cfg, rng):
             def closure(ub=ub, tb=tb):
                 inputs, pos, pctx = batch_inputs(split, ub, tb, cfg.k, cfg.w)
                 user = model(*to_torch(inputs))

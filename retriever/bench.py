@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from retriever.milvus_probe import NumpyFloor, _pct
+from retriever.milvus_probe import NumpyFloor, percentile
 
 
 class SyntheticBundle:
@@ -223,8 +223,8 @@ def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queri
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     return {"items": items, "contexts": contexts, "k": k,
-            "grpc_p50_ms": round(_pct(grpc_ms, .5), 2), "grpc_p99_ms": round(_pct(grpc_ms, .99), 2),
-            "milvus_p50_ms": round(_pct(seq_milvus, .5), 2), "milvus_p99_ms": round(_pct(seq_milvus, .99), 2),
-            "floor_p50_ms": round(_pct(floor_ms, .5), 2), "floor_p99_ms": round(_pct(floor_ms, .99), 2),
+            "grpc_p50_ms": percentile(grpc_ms, .5), "grpc_p99_ms": percentile(grpc_ms, .99),
+            "milvus_p50_ms": percentile(seq_milvus, .5), "milvus_p99_ms": percentile(seq_milvus, .99),
+            "floor_p50_ms": percentile(floor_ms, .5), "floor_p99_ms": percentile(floor_ms, .99),
             "qps": round(qps, 1), "concurrency": concurrency, "queries": queries, "index": built["index"],
             "build_s": round(build_s, 1)}

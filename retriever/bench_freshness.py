@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from export.quick_train import train_small
+from retriever.milvus_probe import percentile
 
 
 def _parse_watermark(wm: str) -> dict[int, int]:
@@ -119,16 +120,9 @@ def run_freshness_bench(rate: float = 5000.0, seconds: float = 10.0, users: int 
         from retriever.bench_soak import _scrape_stages
         stages = _scrape_stages(env["metrics_port"])
     achieved = float(out.strip().splitlines()[-1]) if out.strip() else 0.0
-    return {"events_per_s": round(achieved), "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99),
-            "samples": len(lat), "seconds": seconds, "retrieve_p50_ms": _pct(rpc_ms, 0.5),
+    return {"events_per_s": round(achieved), "p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99),
+            "samples": len(lat), "seconds": seconds, "retrieve_p50_ms": percentile(rpc_ms, 0.5),
             "latencies_ms": [round(x, 1) for x in lat], "server_stage_mean_ms": stages}
-
-
-def _pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1)
 
 
 def _wait_caught_up(client, messages: int, users: int, timeout: float = 120) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import psutil
 
-from retriever.bench_freshness import _pct, serving_env, start_load
+from retriever.bench_freshness import serving_env, start_load
+from retriever.milvus_probe import percentile
 
 
 def run_soak(minutes: float = 10.0, rate: float = 2000.0, qps: float = 20.0, users: int = 200,
@@ -42,7 +43,7 @@ def run_soak(minutes: float = 10.0, rate: float = 2000.0, qps: float = 20.0, use
             if ahead > 0:
                 time.sleep(ahead)
             if time.monotonic() - win_start >= 60 or time.monotonic() - t0 >= seconds:
-                windows.append({"minute": len(windows) + 1, "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99),
+                windows.append({"minute": len(windows) + 1, "p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99),
                                 "queries": len(lat), "rss_mb": round(proc.memory_info().rss / 2**20, 1)})
                 win_start, lat = time.monotonic(), []
         out, _ = load.communicate(timeout=120)

@@ -32,11 +32,12 @@ import numpy as np
 
 
 
-def _pct(xs: list[float], q: float) -> float:
+def percentile(xs: list[float], q: float, ndigits: int = 2) -> float | None:
+    """Nearest-rank percentile of ``xs`` (None when empty), rounded; shared by every bench."""
     if not xs:
-        return float("nan")
+        return None
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return round(s[min(len(s) - 1, int(round(q * (len(s) - 1))))], ndigits)
 
 
 def synthetic(n: int, dim: int, m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -120,7 +121,7 @@ def run_probe(items: int = 100_000, dim: int = 64, contexts: int = 8, topk: int 
     floor_ms = _time_queries(lambda i: [floor.search(c, qv[i, c - 1], topk) for c in ctx_ids], queries)
     results: list[dict[str, Any]] = [{
         "layout": "numpy", "index": "exact", "ok": True, "build_s": 0.0,
-        "seq_p50_ms": _pct(floor_ms, .5), "seq_p99_ms": _pct(floor_ms, .99), "recall": 1.0}]
+        "seq_p50_ms": percentile(floor_ms, .5), "seq_p99_ms": percentile(floor_ms, .99), "recall": 1.0}]
 
     tmpdir = None
     if uri is None:
@@ -207,8 +208,8 @@ def run_probe(items: int = 100_000, dim: int = 64, contexts: int = 8, topk: int 
                         for c in ctx_ids:
                             got = one(c, qv[i, c - 1])
                             hits += np.intersect1d(got, exact[(i, c)]).size
-                    rec.update(ok=True, seq_p50_ms=_pct(seq, .5), seq_p99_ms=_pct(seq, .99),
-                               thr_p50_ms=_pct(thr, .5), thr_p99_ms=_pct(thr, .99),
+                    rec.update(ok=True, seq_p50_ms=percentile(seq, .5), seq_p99_ms=percentile(seq, .99),
+                               thr_p50_ms=percentile(thr, .5), thr_p99_ms=percentile(thr, .99),
                                recall=hits / ((queries + 1) * contexts * topk))
                 except Exception as exc:  # noqa: BLE001 - record and move on
                     rec["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:240]

@@ -104,6 +104,7 @@ class Refresher:
         self._pending: dict[int, set[int]] = {}
         self._cv = threading.Condition()
         self._stop = False
+        self._busy = False
         self._thread: threading.Thread | None = None
         self.refreshed_rows = 0
 
@@ -112,7 +113,7 @@ class Refresher:
         with self._cv:
             for u, cs in touched.items():
                 self._pending.setdefault(int(u), set()).update(int(c) for c in cs)
-            self._cv.notify()
+            self._cv.notify_all()
 
     def start(self) -> "Refresher":
         if self._thread is None:
@@ -123,7 +124,7 @@ class Refresher:
     def stop(self, timeout: float = 5.0) -> None:
         with self._cv:
             self._stop = True
-            self._cv.notify()
+            self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -144,10 +145,20 @@ class Refresher:
             last = time.monotonic()
             with self._cv:
                 work, self._pending = self._pending, {}
+                self._busy = True
             try:
                 self.refresh(work)
             except Exception:  # noqa: BLE001 - a failed refresh only costs cache misses
                 log.exception("vector refresh failed for %d users", len(work))
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def drain(self, timeout: float = 60.0) -> bool:
+        """Wait until every reported change has been refreshed; False on timeout."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._pending and not self._busy, timeout)
 
     def refresh(self, touched: Mapping[int, Iterable[int]]) -> int:
         """Recompute the vectors of the touched (user, context) pairs plus every cached context

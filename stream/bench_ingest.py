@@ -81,9 +81,7 @@ def _refresh_run(bootstrap: str, topic: str, total: int, ds, ev: Path, it: Path,
     w = StreamWorker(s, store, on_applied=refresher.on_applied)
     asyncio.run(w.run(max_events=total, max_seconds=600))
     eps = w.stats.ingest_eps()
-    t0 = time.perf_counter()
-    while refresher._pending and time.perf_counter() - t0 < 120:  # let the last refresh finish
-        time.sleep(0.05)
+    refresher.drain(120)  # let the last refresh finish
     refresher.stop()
     rows = refresher.refreshed_rows
     store.close()

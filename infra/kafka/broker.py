@@ -144,19 +144,18 @@ def start(data_dir: Path, port: int | None = None, timeout: float = 60.0) -> Bro
 def _wait_ready(info: BrokerInfo, proc: subprocess.Popen, timeout: float) -> None:
     import logging
 
-    from kafka import KafkaAdminClient  # local import: heavy
-
     quiet = logging.getLogger("kafka")  # "connection refused" is expected while it boots
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
-        _poll_ready(info, proc, timeout, KafkaAdminClient)
+        _poll_ready(info, proc, timeout)
     finally:
         quiet.setLevel(level)
 
 
-def _poll_ready(info: BrokerInfo, proc: subprocess.Popen, timeout: float, admin_cls) -> None:
-    KafkaAdminClient = admin_cls
+def _poll_ready(info: BrokerInfo, proc: subprocess.Popen, timeout: float) -> None:
+    from kafka import KafkaAdminClient  # local import: heavy
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -185,10 +184,12 @@ def stop(data_dir: Path, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
+            if os.waitpid(info.pid, os.WNOHANG)[0] == info.pid:
+                break  # our own child: exited and reaped
+        except ChildProcessError:
+            pass  # started by another process: only its disappearance tells
+        try:
             os.kill(info.pid, 0)
-            waited = os.waitpid(info.pid, os.WNOHANG) if _is_child(info.pid) else (0, 0)
-            if waited[0] == info.pid:
-                break
         except OSError:
             break
         time.sleep(0.2)
@@ -196,13 +197,6 @@ def stop(data_dir: Path, timeout: float = 30.0) -> bool:
         os.killpg(info.pid, signal.SIGKILL)
     (Path(data_dir) / STATE_FILE).unlink(missing_ok=True)
     return True
-
-
-def _is_child(pid: int) -> bool:
-    try:
-        return os.getppid() != pid and Path(f"/proc/{pid}/stat").read_text().split()[3] == str(os.getpid())
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience for shell scripts
