@@ -10,7 +10,8 @@ Layout::
     item_contexts.npy     int32 [N]
     popularity.npy        float64 [N] training-target counts
     contexts.json         {"names": [...]}  (id = position; 0 = unknown/all)
-    config.json           k, w, dim, tau, model/train settings
+    context_predictor.json  optional learned next-context predictor (multinomial logistic)
+    config.json           k, w, dim, tau, context_choice ("frequency" | "learned"), model/train settings
     metrics.json          whatever the trainer measured
     model.pt              torch state dict of the same model (not needed for serving)
     manifest.json         {"version": ..., "created": ..., "files": {name: sha256}}
@@ -31,7 +32,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from export.features import INPUT_NAMES, ItemVocab, build_encoder_inputs
+from longretriever.context_predictor import ContextPredictor
 from longretriever.errors import BundleError, InputError
+from longretriever.multicontext import CONTEXT_CHOICES
 
 FORMAT_VERSION = 1
 OUTPUT_NAME = "user_vector"
@@ -76,9 +79,12 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 def save_bundle(out_dir: Path | str, model, vocab: ItemVocab, item_contexts: np.ndarray,
                 context_names: Sequence[str], popularity: np.ndarray, config: dict[str, Any],
-                metrics: dict[str, Any] | None = None, quantize: str | None = None) -> Path:
+                metrics: dict[str, Any] | None = None, quantize: str | None = None,
+                predictor: ContextPredictor | None = None) -> Path:
     """Write a complete bundle to ``out_dir`` (replaced atomically if it exists) and return
-    it. ``config`` must hold ``k`` and ``w``; ``dim``/``tau`` are filled from the model."""
+    it. ``config`` must hold ``k`` and ``w``; ``dim``/``tau`` are filled from the model;
+    ``config["context_choice"]`` (default "frequency") is the choice serving applies, and
+    "learned" needs ``predictor``."""
     import torch
 
     out_dir = Path(out_dir)
@@ -86,6 +92,13 @@ def save_bundle(out_dir: Path | str, model, vocab: ItemVocab, item_contexts: np.
         raise BundleError(f"unsupported quantisation {quantize!r}; use int8")
     if "k" not in config or "w" not in config:
         raise BundleError("bundle config needs k and w")
+    config = {"context_choice": "frequency", **config}
+    if config["context_choice"] not in CONTEXT_CHOICES:
+        raise BundleError(f"context_choice must be one of {CONTEXT_CHOICES}, got {config['context_choice']!r}")
+    if config["context_choice"] == "learned" and predictor is None:
+        raise BundleError("context_choice 'learned' needs a context predictor")
+    if predictor is not None and predictor.num_contexts != len(context_names):
+        raise BundleError(f"context predictor has {predictor.num_contexts} contexts, bundle {len(context_names)}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -100,6 +113,8 @@ def save_bundle(out_dir: Path | str, model, vocab: ItemVocab, item_contexts: np.
         np.save(tmp / "item_contexts.npy", np.asarray(item_contexts, np.int32))
         np.save(tmp / "popularity.npy", np.asarray(popularity, np.float64))
         (tmp / "contexts.json").write_text(json.dumps({"names": list(context_names)}, indent=1))
+        if predictor is not None:
+            (tmp / "context_predictor.json").write_text(predictor.to_json())
         cfg = {"format_version": FORMAT_VERSION, "dim": int(emb.shape[1]),
                "tau": float(model.cfg.tau), "model": model.cfg.to_dict(),
                "input_names": list(INPUT_NAMES), "output_name": OUTPUT_NAME, **config}
@@ -134,6 +149,25 @@ class Bundle:
     session: Any  # onnxruntime.InferenceSession
     vocab: ItemVocab = field(repr=False)
     context_items: dict[int, np.ndarray] = field(repr=False)  # context -> dense indices
+    predictor: ContextPredictor | None = field(default=None, repr=False)
+
+    @property
+    def context_choice(self) -> str:
+        """The context choice this bundle was trained and evaluated with."""
+        return str(self.config.get("context_choice", "frequency"))
+
+    def context_scorer(self, choice: str | None = None) -> ContextPredictor | None:
+        """The scorer for ``choice`` (None = the bundle's own): None means recency-weighted
+        frequency; "learned" is the bundle's predictor."""
+        choice = choice or self.context_choice
+        if choice not in CONTEXT_CHOICES:
+            raise InputError(f"context choice must be one of {CONTEXT_CHOICES}, got {choice!r}")
+        if choice == "frequency":
+            return None
+        if self.predictor is None:
+            raise BundleError(f"{self.path}: context choice 'learned' but the bundle has no "
+                              "context_predictor.json (retrain with this version)")
+        return self.predictor
 
     @property
     def k(self) -> int:
@@ -243,8 +277,18 @@ def load_bundle(path: Path | str, intra_op_threads: int = 2, int8: bool = False)
         sess = ort.InferenceSession(str(path / enc), so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise BundleError(f"{path}: cannot load {enc}: {exc}") from exc
+    predictor = None
+    if "context_predictor.json" in manifest["files"]:
+        predictor = ContextPredictor.from_json((path / "context_predictor.json").read_text())
+        if predictor.num_contexts != len(names):
+            raise BundleError(f"{path}: context predictor has {predictor.num_contexts} contexts, "
+                              f"contexts.json {len(names)}")
+    if config.get("context_choice", "frequency") not in CONTEXT_CHOICES:
+        raise BundleError(f"{path}: unknown context_choice {config.get('context_choice')!r}")
     order = np.argsort(item_ctx, kind="stable")
     bounds = np.flatnonzero(np.diff(item_ctx[order])) + 1
     ctx_items = {int(item_ctx[ch[0]]): ch for ch in np.split(order, bounds) if ch.size}
-    return Bundle(path, str(manifest["version"]), item_ids.astype(np.int64), item_ctx, emb, pop,
-                  names, config, metrics, sess, ItemVocab(item_ids.astype(np.int64)), ctx_items)
+    b = Bundle(path, str(manifest["version"]), item_ids.astype(np.int64), item_ctx, emb, pop,
+               names, config, metrics, sess, ItemVocab(item_ids.astype(np.int64)), ctx_items, predictor)
+    b.context_scorer()  # a "learned" bundle without its predictor is refused at load
+    return b

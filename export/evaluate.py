@@ -139,14 +139,16 @@ class LRPlans:
 
 
 def plan_cases(split: Split, cases: Cases, k: int, w: int, max_contexts: int = 8,
-               chunk: int = 256) -> LRPlans:
+               chunk: int = 256, scorer=None) -> LRPlans:
+    """Reference plans (``plan_user``) for every case; ``scorer`` = the learned context choice
+    (None = recency-weighted frequency)."""
     allowed = set(np.unique(split.item_contexts).tolist())
     plans, owner, rows, recs, ctxs = [], [], [], [], []
     for j in range(cases.users.size):
         u = split.users[cases.users[j]]
         e = cases.ends[j]
         p = plan_user(u.items[:e], u.contexts[:e], k, w, allowed, max_contexts,
-                      split.vocab.dense, split.item_contexts)
+                      split.vocab.dense, split.item_contexts, scorer)
         plans.append(p)
         for r, c in zip(p.ctx_rows, p.contexts):
             owner.append(j)

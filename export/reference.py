@@ -3,8 +3,9 @@ what :func:`retrieve_offline` returns for the same history and bundle.
 
 For one user history (raw ids, canonical ``(ts, item_id)`` order, with a context per event):
 
-1. **Context choice** -- ``context_weights`` over the contexts of the newest
-   ``DEFAULT_WINDOW`` events, then ``choose_contexts(weights, max_contexts, allowed)`` where
+1. **Context choice** -- ``choice_weights`` over the contexts of the newest
+   ``DEFAULT_WINDOW`` events (recency-weighted frequency, or the bundle's learned next-context
+   predictor when its ``context_choice`` is ``learned``), then ``choose_contexts(weights, max_contexts, allowed)`` where
    ``allowed`` = contexts that have items in the bundle.
 2. **Quotas** -- ``allocate_quotas(chosen, k)``.
 3. **Encoder inputs** -- per chosen context ``c``: the newest ``K`` events of ``c`` in the
@@ -27,8 +28,8 @@ from typing import Mapping
 
 import numpy as np
 
-from longretriever.multicontext import (DEFAULT_WINDOW, Candidate, allocate_quotas, choose_contexts,
-                                        context_weights, merge)
+from longretriever.multicontext import (Candidate, ContextScorer, allocate_quotas, choice_weights,
+                                        choose_contexts, merge)
 from longretriever.sequence import canonical_order, context_positions, hard_search_positions, recent_window
 
 
@@ -46,12 +47,14 @@ class UserPlan:
 
 
 def plan_user(items: np.ndarray, contexts: np.ndarray, k: int, w: int, allowed: set[int],
-              max_contexts: int, vocab_dense, item_contexts: np.ndarray) -> UserPlan:
+              max_contexts: int, vocab_dense, item_contexts: np.ndarray,
+              scorer: ContextScorer | None = None) -> UserPlan:
     """Steps 1 and 3 (inputs only) for a history already in canonical order.
-    ``vocab_dense``: raw ids -> dense indices (-1 unknown); ``item_contexts``: per dense index."""
+    ``vocab_dense``: raw ids -> dense indices (-1 unknown); ``item_contexts``: per dense index;
+    ``scorer``: the learned context choice (None = recency-weighted frequency)."""
     items = np.asarray(items, dtype=np.int64)
     contexts = np.asarray(contexts, dtype=np.int64)
-    weights = context_weights(contexts[-DEFAULT_WINDOW:])
+    weights = choice_weights(contexts, scorer)
     chosen = choose_contexts(weights, max_contexts, allowed)
     by_ctx = context_positions(contexts) if chosen else {}
     empty = np.zeros(0, np.int64)
@@ -108,8 +111,10 @@ def merge_user(plan: UserPlan, ranked: Mapping[int, list[Candidate]], k: int,
 
 
 def retrieve_offline(bundle, items: np.ndarray, ts: np.ndarray, contexts: np.ndarray, k: int,
-                     max_contexts: int = 8, exclude_seen: bool = True) -> list[Candidate]:
-    """Reference multi-context retrieval for one user (see module docstring)."""
+                     max_contexts: int = 8, exclude_seen: bool = True,
+                     context_choice: str | None = None) -> list[Candidate]:
+    """Reference multi-context retrieval for one user (see module docstring).
+    ``context_choice``: "frequency" | "learned" | None (the bundle's own choice)."""
     items = np.asarray(items, dtype=np.int64)
     ts = np.asarray(ts, dtype=np.int64)
     contexts = np.asarray(contexts, dtype=np.int64)
@@ -120,7 +125,7 @@ def retrieve_offline(bundle, items: np.ndarray, ts: np.ndarray, contexts: np.nda
     if items.size == 0 or k <= 0:
         return []
     plan = plan_user(items, contexts, bundle.k, bundle.w, set(bundle.context_items), max_contexts,
-                     bundle.vocab.dense, bundle.item_contexts)
+                     bundle.vocab.dense, bundle.item_contexts, bundle.context_scorer(context_choice))
     if not plan.chosen:
         return []
     vecs = bundle.encode(plan.ctx_rows, [plan.recent] * len(plan.chosen), plan.contexts)

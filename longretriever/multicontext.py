@@ -8,7 +8,7 @@ gives the same answer in both.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -34,6 +34,25 @@ def context_weights(recent_contexts: np.ndarray, tau: float = DEFAULT_TAU) -> di
     sums = np.bincount(ctx, weights=w)
     nz = np.flatnonzero(sums)
     return {int(c): float(sums[c]) for c in nz}
+
+
+class ContextScorer(Protocol):
+    """A learned context choice (e.g. :class:`longretriever.context_predictor.ContextPredictor`)."""
+
+    def weights(self, recent_contexts: np.ndarray) -> dict[int, float]: ...
+
+
+CONTEXT_CHOICES = ("frequency", "learned")
+
+
+def choice_weights(recent_contexts: np.ndarray, scorer: ContextScorer | None = None,
+                   window: int = DEFAULT_WINDOW) -> dict[int, float]:
+    """Context weights from the newest ``window`` contexts of a history (oldest first): the
+    recency-weighted frequency when ``scorer`` is None, else the scorer's weights. The one
+    entry point for both context choices, offline and online."""
+    rc = np.asarray(recent_contexts, dtype=np.int64)
+    rc = rc[-window:] if window > 0 else rc[:0]
+    return scorer.weights(rc) if scorer is not None else context_weights(rc)
 
 
 def choose_contexts(weights: Mapping[int, float], max_contexts: int,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     late_tolerance_ms: int = Field(7 * 24 * 3600 * 1000, ge=0)
     fetch_max_records: int = Field(20_000, ge=1)
     fetch_timeout_ms: int = Field(200, ge=1)
+
+    # serving: how contexts are chosen; "bundle" = the choice the bundle was trained/evaluated with
+    context_choice: Literal["bundle", "frequency", "learned"] = "bundle"
 
     # Kafka security passthrough (PLAINTEXT by default)
     security_protocol: str = "PLAINTEXT"

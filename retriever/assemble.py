@@ -62,6 +62,7 @@ def open_serving(bundle_path: Path, milvus_uri: str, collection: str, settings: 
                        late_tolerance_ms=settings.late_tolerance_ms)
     index = MilvusIndex(milvus_uri, collection)
     sizes = context_sizes(bundle.item_contexts)
+    bundle.context_scorer(None if settings.context_choice == "bundle" else settings.context_choice)
     try:
         index.open(bundle.version, len(bundle.item_ids), sizes)  # BundleError on version mismatch
     except BaseException:
@@ -70,5 +71,6 @@ def open_serving(bundle_path: Path, milvus_uri: str, collection: str, settings: 
         raise
     cache = VectorCache(cache_entries) if cache_entries > 0 else None
     refresher = Refresher(bundle, store, cache, allowed=set(sizes)).start() if cache is not None else None
-    service = RetrieverService(bundle, index, store, cache)
+    choice = None if settings.context_choice == "bundle" else settings.context_choice
+    service = RetrieverService(bundle, index, store, cache, context_choice=choice)
     return Serving(bundle, store, index, service, refresher)

@@ -81,7 +81,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                   tls_key: Optional[Path] = typer.Option(None, help="PEM private key for --tls-cert"),
                   advertise: Optional[str] = typer.Option(None, help="HOST:PORT other serving "
                                                           "processes use to forward requests here "
-                                                          "(default 127.0.0.1:PORT)")) -> None:
+                                                          "(default 127.0.0.1:PORT)"),
+                  context_choice: Optional[str] = typer.Option(
+                      None, help="bundle | frequency | learned: how a user's contexts are chosen "
+                      "(default: settings, else the bundle's own choice)")) -> None:
         """Stream worker (Kafka -> RocksDB state) + gRPC endpoint in one process."""
         import asyncio
 
@@ -91,11 +94,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             start_http_server(metrics_port)
         if (tls_cert is None) != (tls_key is None):
             _fail(ConfigError("--tls-cert and --tls-key go together"))
+        if context_choice not in (None, "bundle", "frequency", "learned"):
+            _fail(ConfigError(f"--context-choice must be bundle, frequency or learned, got {context_choice!r}"))
         tls = (tls_cert.read_bytes(), tls_key.read_bytes()) if tls_cert and tls_key else None
         try:
             asyncio.run(_serve(bundle, milvus_uri, collection, bootstrap, state_dir, port, host, items,
                                cache_entries, not no_worker, topic, group_id,
-                               advertise or f"127.0.0.1:{port}", tls))
+                               advertise or f"127.0.0.1:{port}", tls, context_choice))
         except LongRetrieverError as exc:
             _fail(exc)
 
@@ -156,7 +161,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap: str, state_dir: Path,
                  port: int, host: str, items: Path | None, cache_entries: int, with_worker: bool,
                  topic: str = "user-events", group_id: str = "longretriever-stream",
-                 advertise: str = "127.0.0.1:50051", tls: tuple[bytes, bytes] | None = None) -> None:
+                 advertise: str = "127.0.0.1:50051", tls: tuple[bytes, bytes] | None = None,
+                 context_choice: str | None = None) -> None:
     import asyncio
     import logging
 
@@ -166,7 +172,7 @@ async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap:
 
     log = logging.getLogger("retriever.serve")
     settings = load_settings(bootstrap=bootstrap, state_dir=state_dir, items_path=items, topic=topic,
-                             dlq_topic=topic + ".dlq", group_id=group_id)
+                             dlq_topic=topic + ".dlq", group_id=group_id, context_choice=context_choice)
     sv = open_serving(bundle_path, milvus_uri, collection, settings, cache_entries)
     stop = asyncio.Event()
     router = None

@@ -3,7 +3,8 @@
 Same semantics as the offline reference (``export.reference.retrieve_offline``), built only from
 ``longretriever.multicontext`` and ``longretriever.sequence``:
 
-1. ``context_weights`` over the contexts of the newest ``DEFAULT_WINDOW`` events;
+1. ``choice_weights`` over the contexts of the newest ``DEFAULT_WINDOW`` events (frequency, or
+   the bundle's learned next-context predictor);
 2. ``choose_contexts`` (only contexts that have items in the index), ``allocate_quotas``;
 3. per chosen context ``c``: encoder row = (newest ``K`` events of ``c`` -- the hard search --,
    newest ``W`` events overall, ``c``); search top-(quota + #distinct seen items whose bundle
@@ -25,8 +26,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from longretriever.errors import InputError
-from longretriever.multicontext import (DEFAULT_WINDOW, Candidate, allocate_quotas, choose_contexts,
-                                        context_weights, merge)
+from longretriever.multicontext import (DEFAULT_WINDOW, Candidate, ContextScorer, allocate_quotas,
+                                        choice_weights, choose_contexts, merge)
 from longretriever.sequence import canonical_order, context_positions, hard_search_positions
 
 MAX_K = 10_000
@@ -76,11 +77,11 @@ class QueryPlan:
 
 def select_contexts(recent_contexts: np.ndarray, k: int, max_contexts: int,
                     allowed: set[int] | None = None,
-                    window: int = DEFAULT_WINDOW) -> list[tuple[int, float, int]]:
-    """(context, weight, quota) for the chosen contexts, heaviest first."""
-    rc = np.asarray(recent_contexts)
-    rc = rc[-window:] if window > 0 else rc[:0]
-    chosen = choose_contexts(context_weights(rc), max_contexts, allowed)
+                    window: int = DEFAULT_WINDOW,
+                    scorer: ContextScorer | None = None) -> list[tuple[int, float, int]]:
+    """(context, weight, quota) for the chosen contexts, heaviest first (``scorer``: the
+    learned context choice; None = recency-weighted frequency)."""
+    chosen = choose_contexts(choice_weights(recent_contexts, scorer, window), max_contexts, allowed)
     quotas = allocate_quotas(chosen, k)
     return [(c, w, quotas[c]) for c, w in chosen]
 
@@ -130,7 +131,8 @@ def build_plan(k: int, selected: Sequence[tuple[int, float, int]], recent_items:
 def plan_from_sequence(items: np.ndarray, ts: np.ndarray, contexts: np.ndarray, k: int,
                        hard_k: int, w: int, max_contexts: int = 8, exclude_seen: bool = True,
                        context_sizes: Mapping[int, int] | None = None,
-                       item_context: Callable[[np.ndarray], np.ndarray] | None = None) -> QueryPlan | None:
+                       item_context: Callable[[np.ndarray], np.ndarray] | None = None,
+                       scorer: ContextScorer | None = None) -> QueryPlan | None:
     """Plan from a whole in-memory sequence (any order); None when there is nothing to plan
     from (empty sequence or no context with items) -- the caller then falls back."""
     items = np.asarray(items, np.int64)
@@ -141,7 +143,7 @@ def plan_from_sequence(items: np.ndarray, ts: np.ndarray, contexts: np.ndarray, 
     order = canonical_order(ts, items)
     items, contexts = items[order], contexts[order]
     allowed = {c for c, n in context_sizes.items() if n > 0} if context_sizes is not None else None
-    selected = select_contexts(contexts, k, max_contexts, allowed)
+    selected = select_contexts(contexts, k, max_contexts, allowed, scorer=scorer)
     if not selected:
         return None
     pos = context_positions(contexts)

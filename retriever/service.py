@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from longretriever.errors import InputError
+from longretriever.errors import BundleError, InputError
 from longretriever.multicontext import DEFAULT_WINDOW, Candidate
 from retriever import metrics
 from retriever import query as q
@@ -57,12 +57,19 @@ def format_watermark(wm: dict[int, int] | None) -> str:
 
 class RetrieverService:
     def __init__(self, bundle: Any, index: SearchBackend, state: Any,
-                 cache: VectorCache | None = None, window: int = DEFAULT_WINDOW) -> None:
+                 cache: VectorCache | None = None, window: int = DEFAULT_WINDOW,
+                 context_choice: str | None = None) -> None:
         self.bundle = bundle
         self.index = index
         self.state = state
         self.cache = cache
         self.window = window
+        # the learned context choice (None = frequency); same scorer as export.reference
+        scorer = getattr(bundle, "context_scorer", None)
+        self.scorer = scorer(context_choice) if scorer is not None else None
+        if self.scorer is not None and self.scorer.window > window:
+            raise BundleError(f"context predictor reads {self.scorer.window} events, the service "
+                              f"window is {window}")
         self.hard_k = int(bundle.config["k"])
         self.w = int(bundle.config["w"])
         self.item_context = q.ItemContexts(bundle.item_ids, bundle.item_contexts)
@@ -103,7 +110,8 @@ class RetrieverService:
             seq = self.state.recent(user_id, self.window)
             selected = []
             if seq is not None and len(seq) > 0:
-                selected = q.select_contexts(seq.contexts, k, max_contexts, self.allowed, self.window)
+                selected = q.select_contexts(seq.contexts, k, max_contexts, self.allowed, self.window,
+                                            self.scorer)
             if not selected:
                 cands = q.fallback_candidates(self.bundle.popular, self.sizes, k, max_contexts)
                 timings["total"] = (time.perf_counter() - t0) * 1000

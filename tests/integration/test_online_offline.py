@@ -1,6 +1,8 @@
 """Online == offline: train a bundle, replay the events through real Kafka into the serving
 process (stream worker + Milvus Lite FLAT + onnxruntime + gRPC), and compare every user's
-gRPC answer with the offline multi-context reference computed from the file."""
+gRPC answer with the offline multi-context reference computed from the file. The bundle uses
+the learned next-context predictor; the frequency choice is compared too, on the same state and
+Milvus collection."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ K = 50
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("parity")
     ev, it = write_synth(d / "syn.csv", users=40, events_per_user=300, items=3000, contexts=8, seed=11)
-    train_small(ev, it, d / "bundle", budget=16)
+    train_small(ev, it, d / "bundle", budget=16, extra=("--context-choice", "learned"))
     uri = str(d / "milvus.db")
     from export.bundle import load_bundle
 
@@ -61,6 +63,7 @@ def test_grpc_answers_equal_offline_reference_then_follow_new_events(trained, ka
         try:
             target = f"127.0.0.1:{port}"
             mismatched = await asyncio.to_thread(_compare_all, target, sv.bundle, truth)
+            freq = await asyncio.to_thread(_compare_frequency_choice, sv, truth)
             # fresh events for a few users must change their answers
             changed = await asyncio.to_thread(_follow_new_events, target, kafka_bootstrap, topic_name,
                                               sv, truth)
@@ -68,13 +71,16 @@ def test_grpc_answers_equal_offline_reference_then_follow_new_events(trained, ka
             await server.stop(1)
             worker.stop()
             await task
-        return mismatched, changed
+        return mismatched, changed, freq
 
     try:
-        mismatched, changed = asyncio.run(asyncio.wait_for(scenario(), 300))
+        mismatched, changed, (freq_mismatched, choices_differ) = asyncio.run(asyncio.wait_for(scenario(), 300))
     finally:
         sv.close()
+    assert sv.bundle.context_choice == "learned"
     assert mismatched == [], f"{len(mismatched)} of {len(truth)} users differ: {mismatched[:3]}"
+    assert freq_mismatched == [], f"frequency choice: {len(freq_mismatched)} users differ"
+    assert choices_differ > 0  # the learned choice is not the frequency choice in disguise
     assert changed == 5
     _scrape_metrics_endpoint(len(truth), len(ds.events))
 
@@ -114,6 +120,23 @@ def _compare_all(target, bundle, truth):
             if [c["item_id"] for c in online["candidates"]] != [c.item_id for c in ref]:
                 mismatched.append(user)
     return mismatched
+
+
+def _compare_frequency_choice(sv, truth):
+    """The same state and collection served with ``context_choice="frequency"`` equals the
+    frequency reference; returns (mismatched users, users whose answer differs by choice)."""
+    from retriever.service import RetrieverService
+
+    service = RetrieverService(sv.bundle, sv.index, sv.store, context_choice="frequency")
+    mismatched, differ = [], 0
+    for user, (items, ts, ctxs) in truth.items():
+        online = [c.item_id for c in service.retrieve(user, K, 8, True).candidates]
+        ref = retrieve_offline(sv.bundle, items, ts, ctxs, K, 8, True, context_choice="frequency")
+        learned = retrieve_offline(sv.bundle, items, ts, ctxs, K, 8, True)
+        if online != [c.item_id for c in ref]:
+            mismatched.append(user)
+        differ += [c.item_id for c in learned] != online
+    return mismatched, differ
 
 
 def _follow_new_events(target, bootstrap, topic, sv, truth):

@@ -143,3 +143,40 @@ def test_training_is_deterministic():
     assert a.step_losses == b.step_losses
     for (_, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert torch.equal(x, y)
+
+
+def test_learned_context_choice_travels_in_the_bundle(bundle_dir, tmp_path):
+    from longretriever.context_predictor import ContextPredictor, num_features
+
+    out, split, res = bundle_dir
+    c = len(split.table.names)
+    # a predictor that always puts context 2 first: with one context per query, every
+    # learned-choice candidate comes from context 2, whatever the user's own habits
+    bias = np.zeros(c)
+    bias[2] = 50.0
+    pred = ContextPredictor(np.zeros((num_features(c), c)), bias)
+    args = (res.model, split.vocab, split.item_contexts, split.table.names, split.train_freq)
+    with pytest.raises(BundleError, match="needs a context predictor"):
+        save_bundle(tmp_path / "x", *args, {"k": 8, "w": 4, "context_choice": "learned"})
+    lb = save_bundle(tmp_path / "l", *args, {"k": 8, "w": 4, "context_choice": "learned"}, {},
+                     predictor=pred)
+    b = load_bundle(lb, intra_op_threads=1)
+    assert b.context_choice == "learned" and "context_predictor.json" in json.loads(
+        (lb / "manifest.json").read_text())["files"]
+    assert b.predictor.bias.tolist() == bias.tolist()
+    differs = 0
+    for u in split.users[:10]:
+        default = retrieve_offline(b, u.items, u.ts, u.contexts, 10, max_contexts=1)
+        assert default == retrieve_offline(b, u.items, u.ts, u.contexts, 10, max_contexts=1,
+                                           context_choice="learned")
+        assert {cd.context for cd in default} == {2}
+        freq = retrieve_offline(b, u.items, u.ts, u.contexts, 10, max_contexts=1, context_choice="frequency")
+        differs += [cd.item_id for cd in freq] != [cd.item_id for cd in default]
+    assert differs > 0
+    # a bundle without a predictor refuses the learned choice; an unknown choice is an input error
+    plain = load_bundle(out, intra_op_threads=1)
+    assert plain.context_choice == "frequency" and plain.context_scorer() is None
+    with pytest.raises(BundleError, match="no context_predictor.json"):
+        plain.context_scorer("learned")
+    with pytest.raises(InputError, match="context choice"):
+        b.context_scorer("magic")

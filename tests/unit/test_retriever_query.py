@@ -129,6 +129,12 @@ class FakeBundle:
     def popular(self, context, n):
         return self.item_ids[self.item_contexts == context][:n]
 
+    predictor = None
+    context_choice = "frequency"
+
+    def context_scorer(self, choice=None):
+        return self.predictor if (choice or self.context_choice) == "learned" else None
+
 
 class FakeState:
     def __init__(self, bundle):
@@ -266,7 +272,8 @@ def test_refresher_background_thread():
     assert spec.refresh({1: {1, 2}}) == 2
 
 
-def test_service_equals_export_reference_random_histories():
+@pytest.mark.parametrize("choice", ["frequency", "learned"])
+def test_service_equals_export_reference_random_histories(choice):
     ref = pytest.importorskip("export.reference")
     from export.features import ItemVocab
 
@@ -275,9 +282,14 @@ def test_service_equals_export_reference_random_histories():
     b.k, b.w = 3, 4
     b.vocab = ItemVocab.from_ids(b.item_ids)
     b.context_items = {c: np.flatnonzero(b.item_contexts == c) for c in (1, 2, 3)}
+    from longretriever.context_predictor import ContextPredictor, num_features
+
+    rng_p = np.random.default_rng(5)
+    b.predictor = ContextPredictor(rng_p.standard_normal((num_features(4), 4)), rng_p.standard_normal(4))
     st = FakeState(b)
-    svc = RetrieverService(b, ExactIndex(b), st, VectorCache())
+    svc = RetrieverService(b, ExactIndex(b), st, VectorCache(), context_choice=choice)
     rng = np.random.default_rng(11)
+    n_differ = 0
     for user in range(12):
         n = int(rng.integers(1, 40))
         items = rng.choice(b.item_ids, size=n)  # repeats allowed
@@ -285,6 +297,11 @@ def test_service_equals_export_reference_random_histories():
         st.add(user, items, ts)
         cx = b.item_contexts[np.searchsorted(b.item_ids, items)]
         for k, mc, ex in [(5, 8, True), (17, 2, True), (9, 1, False)]:
-            want = ref.retrieve_offline(b, items, ts, cx, k, max_contexts=mc, exclude_seen=ex)
+            want = ref.retrieve_offline(b, items, ts, cx, k, max_contexts=mc, exclude_seen=ex,
+                                        context_choice=choice)
+            other = ref.retrieve_offline(b, items, ts, cx, k, max_contexts=mc, exclude_seen=ex,
+                                         context_choice="learned" if choice == "frequency" else "frequency")
+            n_differ += [c.item_id for c in other] != [c.item_id for c in want]
             got = svc.retrieve(user, k, mc, ex)
             assert [c.item_id for c in got.candidates] == [c.item_id for c in want], (user, k, mc, ex)
+    assert n_differ > 0  # the two choices really are different plans
