@@ -25,7 +25,7 @@ def _train(cfg, ds: Dataset, console: Console):
     epochs = "1" if cfg.small else "3"
     console.print(f"training LongRetriever ({epochs} epoch(s)) -> {out}")
     subprocess.run([sys.executable, "-m", "longretriever.cli", "train", *src, "--out", str(out),
-                    "--epochs", epochs, *(["--budget", "16"] if cfg.small else [])], check=True)
+                    "--epochs", epochs, "--budget", "16" if cfg.small else "128"], check=True)
     return out
 
 
