@@ -96,19 +96,25 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                   format: str = typer.Option("csv", "--format", help="csv | movielens"),
                   out: Path = typer.Option(..., help="bundle directory to write"),
                   epochs: int = 6, batch: int = 256, dim: int = 64, seed: int = 0,
-                  k: int = 256, w: int = 32, budget: int = 128,
+                  k: int = 256, w: int = 32, budget: int = 0,
                   validate: bool = typer.Option(True, help="keep the best validation epoch"),
                   quantize: Optional[str] = typer.Option(None, help="int8: also write encoder.int8.onnx"),
                   contexts: Optional[int] = typer.Option(None, help="learn K contexts (k-means over a "
                                                          "first pass's item embeddings) instead of "
                                                          "the item table's categories"),
+                  context_choice: str = typer.Option("auto", help="how serving picks a user's contexts: "
+                                                     "frequency | learned (next-context predictor) | "
+                                                     "auto (the better on validation recall@100)"),
                   progress: bool = True) -> None:
         """Train LongRetriever and write a verified model bundle."""
         from export.bundle import save_bundle
+        from export.context_predictor_train import compare_choices, pick_choice, train_context_predictor
         from export.evaluate import eval_longretriever, make_cases, mean_metrics, plan_cases
         from export.train import TrainConfig, make_split, train_longretriever
         from longretriever.datasets import load_dataset
 
+        if context_choice not in ("auto", "frequency", "learned"):
+            _fail(ValueError(f"--context-choice must be auto, frequency or learned, got {context_choice!r}"))
         try:
             ds = load_dataset(events, items, format)  # type: ignore[arg-type]
             cfg = TrainConfig(epochs=epochs, batch=batch, dim=dim, seed=seed, k=k, w=w, budget=budget)
@@ -123,22 +129,34 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 lp = plan_cases(split, val, k, w)
                 val_fn = lambda m: mean_metrics(eval_longretriever(m, split, val, lp))["recall@100"]  # noqa: E731
             res = train_longretriever(split, cfg, val_fn, progress)
+            predictor, pmetrics = train_context_predictor(split)
+            choice = "frequency" if context_choice == "auto" else context_choice
+            by_choice = {}
+            if val.users.size:
+                by_choice = compare_choices(res.model, split, val, k, w, predictor)
+                if context_choice == "auto":
+                    choice = pick_choice(by_choice)
             metrics = {"loss": res.losses, "val_recall@100": res.val_curve, "best_epoch": res.best_epoch,
-                       "train_seconds": res.seconds, "dataset": ds.name, "events": len(ds.events)}
+                       "train_seconds": res.seconds, "dataset": ds.name, "events": len(ds.events),
+                       "context_predictor": pmetrics, "val_by_context_choice": by_choice}
             path = save_bundle(out, res.model, split.vocab, split.item_contexts, split.table.names,
                                split.train_freq, {"k": k, "w": w, "train": cfg.to_dict(),
-                                                  "context_digest": split.table.digest()},
-                               metrics, quantize)
+                                                  "context_digest": split.table.digest(),
+                                                  "context_choice": choice},
+                               metrics, quantize, predictor)
         except LongRetrieverError as exc:
             _fail(exc)
-        typer.echo(json.dumps({"bundle": str(path), "loss": res.losses, "val_recall@100": res.val_curve}))
+        typer.echo(json.dumps({"bundle": str(path), "loss": res.losses, "val_recall@100": res.val_curve,
+                               "context_choice": choice,
+                               "val_recall@100_by_choice": {c: m["recall@100"] for c, m in by_choice.items()}}))
 
     @app.command("eval")
     def eval_cmd(events: Path = typer.Option(..., help="events CSV or MovieLens folder"),
                  items: Optional[Path] = typer.Option(None),
                  format: str = typer.Option("csv", "--format"),
                  out: Path = typer.Option(..., help="report directory"),
-                 seed: int = 0, epochs: int = 6, seeds: int = 3, budget: int = 128,
+                 seed: int = 0, epochs: int = 6, seeds: int = 3, budget: int = 0,
+                 jobs: int = typer.Option(2, help="seeds trained in parallel processes (1 torch thread each)"),
                  dim: int = 64, batch: int = 256, k: int = 256, w: int = 32,
                  contexts: Optional[int] = typer.Option(None, help="learn K contexts instead of the "
                                                         "item table's categories"),
@@ -156,11 +174,31 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 from export.learned_contexts import learn_contexts
 
                 ds = learn_contexts(ds, contexts, cfg, progress)
-            rep = run_eval(ds, out, cfg, seeds, progress)
+            rep = run_eval(ds, out, cfg, seeds, progress, jobs)
         except LongRetrieverError as exc:
             _fail(exc)
         typer.echo(json.dumps({"report": str(out / "report.json"), "seconds": round(time.perf_counter() - t0, 1),
                                "models": rep["models"]}, indent=1))
+
+    @app.command("ablate")
+    def ablate_cmd(events: Path = typer.Option(..., help="events CSV or MovieLens folder"),
+                   items: Optional[Path] = typer.Option(None),
+                   format: str = typer.Option("csv", "--format"),
+                   out: Path = typer.Option(..., help="directory for ablation.json / ablation.md"),
+                   seed: int = 0, seeds: int = 1, epochs: int = 6, budget: int = 0,
+                   jobs: int = typer.Option(2, help="variants trained in parallel processes")) -> None:
+        """Retrain LongRetriever without each part (hard search, recent window, in-context
+        negatives) and serve the full model differently (learned choice, fewer contexts)."""
+        from export.ablation import run_ablation
+        from export.train import TrainConfig
+        from longretriever.datasets import load_dataset
+
+        try:
+            ds = load_dataset(events, items, format)  # type: ignore[arg-type]
+            res = run_ablation(ds, out, TrainConfig(epochs=epochs, seed=seed, budget=budget), seeds, jobs)
+        except LongRetrieverError as exc:
+            _fail(exc)
+        typer.echo(json.dumps(res["summary"], indent=1))
 
     @bench_app.command("encoder")
     def bench_encoder_cmd(bundle: Path = typer.Option(...), out: Path = typer.Option(...),
