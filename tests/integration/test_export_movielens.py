@@ -58,3 +58,28 @@ def test_one_epoch_train_export_retrieve(split, tmp_path):
         assert len(got) == 10
         tgt = u.items[e]
         assert rows[j]["hr@10"] == float(tgt in [c.item_id for c in got])
+
+
+def test_int8_recall_within_one_percent_of_fp32_on_validation(split, tmp_path):
+    """The dynamic-int8 encoder's validation recall@100 (through retrieve_offline, i.e. the
+    ONNX sessions serving uses) is within 1% relative of the fp32 encoder's."""
+    from export.bundle import load_bundle, save_bundle
+    from export.evaluate import make_cases
+    from export.reference import retrieve_offline
+    from export.train import TrainConfig, train_longretriever
+
+    cfg = TrainConfig(epochs=1, budget=32)
+    res = train_longretriever(split, cfg, progress=False)
+    out = save_bundle(tmp_path / "b", res.model, split.vocab, split.item_contexts, split.table.names,
+                      split.train_freq, {"k": cfg.k, "w": cfg.w}, quantize="int8")
+    fp32, int8 = load_bundle(out, intra_op_threads=1), load_bundle(out, intra_op_threads=1, int8=True)
+    val = make_cases(split, "val")
+    hits = {"fp32": 0, "int8": 0}
+    for j in range(val.users.size):
+        u = split.users[val.users[j]]
+        e = val.ends[j]
+        for name, b in (("fp32", fp32), ("int8", int8)):
+            got = retrieve_offline(b, u.items[:e], u.ts[:e], u.contexts[:e], 100)
+            hits[name] += int(u.items[e] in {c.item_id for c in got})
+    assert hits["fp32"] > 30, hits  # a trained model, not noise
+    assert abs(hits["int8"] - hits["fp32"]) <= 0.01 * hits["fp32"], hits
