@@ -10,7 +10,11 @@ trained model is also scored with the learned context choice and with fewer cont
 * ``W=0`` -- no recent cross-context window;
 * ``no in-context negatives`` -- in-batch negatives only;
 * ``W=64`` -- a longer recent window (sensitivity, not a removal);
-* ``learned choice`` / ``M=1`` / ``M=4`` -- the full model served differently.
+* ``learned choice`` / ``M=1`` / ``M=4`` -- the full model served differently;
+* ``sasrec (N=50, reference)`` -- the single-vector baseline, trained in the same run.
+
+``exclude_seen=False`` scores every item, seen ones included (a repeat-consumption protocol:
+the target may be an item the user already had), for every row alike.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from typing import Any
 import numpy as np
 
 from export.context_predictor_train import train_context_predictor
-from export.evaluate import eval_longretriever, make_cases, mean_metrics, plan_cases
+from export.baselines import train_sasrec
+from export.evaluate import (eval_longretriever, eval_sasrec, make_cases, mean_metrics, plan_cases,
+                             quartiles, rank_metrics)
 from export.parallel import parallel_map
 from export.train import Split, TrainConfig, make_split, train_longretriever
 from longretriever.datasets import Dataset
@@ -38,35 +44,54 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "W=64 (longer recent window)": {"w": 64},
 }
 SERVING = {"learned choice": ("learned", 8), "M=1": ("frequency", 1), "M=4": ("frequency", 4)}
-SHOWN = ("hr@10", "recall@50", "recall@100", "recall@200")
+SHOWN = ("hr@10", "recall@50", "recall@100", "recall@200", "recall@100 Q4")
+SASREC = "sasrec (N=50, reference)"
+
+
+def _scored(split, cases, rows) -> dict[str, float]:
+    m = mean_metrics(rows)
+    m["recall@100 Q4"] = quartiles(split, cases, rows)[3]["recall@100"]
+    return m
 
 
 def _job(args) -> dict[str, Any]:
-    split, cfg, name, predictor = args
+    split, cfg, name, predictor, exclude_seen = args
     import torch
 
     torch.set_num_threads(max(1, cfg.threads))
     val, test = make_cases(split, "val"), make_cases(split, "test")
-    lp_val = plan_cases(split, val, cfg.k, cfg.w)
     t0 = time.perf_counter()
-    res = train_longretriever(split, cfg, lambda m: mean_metrics(eval_longretriever(m, split, val, lp_val))["recall@100"],
-                              progress=False)
-    out = {"variant": name, "seed": cfg.seed, "config": cfg.to_dict(), "model": res.model.cfg.to_dict(),
-           "seconds": time.perf_counter() - t0, "val_curve": res.val_curve,
-           "test": {name: mean_metrics(eval_longretriever(res.model, split, test, plan_cases(split, test, cfg.k, cfg.w)))}}
+    out: dict[str, Any] = {"variant": name, "seed": cfg.seed, "config": cfg.to_dict()}
+    if name == SASREC:
+        res = train_sasrec(split, cfg, 50, lambda m: mean_metrics(rank_metrics(
+            eval_sasrec(m, split, val, exclude_seen)))["recall@100"], progress=False)
+        out.update(seconds=time.perf_counter() - t0, val_curve=res.val_curve,
+                   test={name: _scored(split, test, rank_metrics(eval_sasrec(res.model, split, test, exclude_seen)))})
+        return out
+    lp_val = plan_cases(split, val, cfg.k, cfg.w)
+    res = train_longretriever(split, cfg, lambda m: mean_metrics(
+        eval_longretriever(m, split, val, lp_val, exclude_seen=exclude_seen))["recall@100"], progress=False)
+    lp_test = plan_cases(split, test, cfg.k, cfg.w)
+    out.update(model=res.model.cfg.to_dict(), seconds=time.perf_counter() - t0, val_curve=res.val_curve,
+               test={name: _scored(split, test, eval_longretriever(res.model, split, test, lp_test,
+                                                                   exclude_seen=exclude_seen))})
     if name == "full":
         for sname, (choice, m) in SERVING.items():
             lp = plan_cases(split, test, cfg.k, cfg.w, m, scorer=predictor if choice == "learned" else None)
-            out["test"][sname] = mean_metrics(eval_longretriever(res.model, split, test, lp))
+            out["test"][sname] = _scored(split, test, eval_longretriever(res.model, split, test, lp,
+                                                                         exclude_seen=exclude_seen))
     return out
 
 
 def run_ablation(ds: Dataset, out_dir: Path, cfg: TrainConfig, seeds: int = 1, jobs: int = 2,
-                 variants: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    variants = VARIANTS if variants is None else variants
+                 variants: dict[str, dict[str, Any]] | None = None, exclude_seen: bool = True,
+                 reference: bool = True) -> dict[str, Any]:
+    variants = dict(VARIANTS if variants is None else variants)
+    if reference:
+        variants[SASREC] = {}
     split: Split = make_split(ds)
     predictor, _ = train_context_predictor(split)
-    args = [(split, replace(cfg, seed=cfg.seed + s, **kw), name, predictor)
+    args = [(split, replace(cfg, seed=cfg.seed + s, **kw), name, predictor, exclude_seen)
             for name, kw in variants.items() for s in range(seeds)]
     t0 = time.perf_counter()
     runs = parallel_map(_job, args, jobs)
@@ -80,13 +105,16 @@ def run_ablation(ds: Dataset, out_dir: Path, cfg: TrainConfig, seeds: int = 1, j
         if curves and name in summary:
             summary[name]["val_recall@100"] = float(np.mean(curves))
     result = {"dataset": ds.name, "seeds": [cfg.seed + s for s in range(seeds)], "config": cfg.to_dict(),
+              "exclude_seen": exclude_seen,
               "wall_seconds": time.perf_counter() - t0, "summary": summary, "runs": runs}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ablation.json").write_text(json.dumps(result, indent=1, default=float))
     full = summary.get("full")
+    seen = "seen items excluded" if exclude_seen else "seen items included (repeat consumption)"
     lines = [f"# Ablation: {ds.name}", "", f"Seeds {result['seeds']}; test targets, leave-last-out, "
-             "full-corpus ranking, seen items excluded; each variant retrained (epoch chosen on "
-             "validation recall@100); serving variants reuse the full model.", "",
+             f"full-corpus ranking, {seen}; each variant retrained (epoch chosen on validation "
+             "recall@100); serving variants reuse the full model. Q4 = the quarter of users with "
+             "the longest histories.", "",
              "| variant | val recall@100 | " + " | ".join(SHOWN) + " | recall@100 vs full |",
              "|---" * (len(SHOWN) + 3) + "|"]
     for name, m in summary.items():

@@ -186,7 +186,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                    format: str = typer.Option("csv", "--format"),
                    out: Path = typer.Option(..., help="directory for ablation.json / ablation.md"),
                    seed: int = 0, seeds: int = 1, epochs: int = 6, budget: int = 0,
-                   jobs: int = typer.Option(2, help="variants trained in parallel processes")) -> None:
+                   jobs: int = typer.Option(2, help="variants trained in parallel processes"),
+                   include_seen: bool = typer.Option(False, help="score seen items too (repeat-"
+                                                     "consumption protocol), for every row")) -> None:
         """Retrain LongRetriever without each part (hard search, recent window, in-context
         negatives) and serve the full model differently (learned choice, fewer contexts)."""
         from export.ablation import run_ablation
@@ -195,7 +197,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         try:
             ds = load_dataset(events, items, format)  # type: ignore[arg-type]
-            res = run_ablation(ds, out, TrainConfig(epochs=epochs, seed=seed, budget=budget), seeds, jobs)
+            res = run_ablation(ds, out, TrainConfig(epochs=epochs, seed=seed, budget=budget), seeds, jobs,
+                               exclude_seen=not include_seen)
         except LongRetrieverError as exc:
             _fail(exc)
         typer.echo(json.dumps(res["summary"], indent=1))

@@ -74,16 +74,18 @@ def _seen_dense(split: Split, cases: Cases, j: int) -> np.ndarray:
     return d[d >= 0]
 
 
-def ranks_from_scores(split: Split, cases: Cases, scores_fn, chunk: int = 256) -> np.ndarray:
+def ranks_from_scores(split: Split, cases: Cases, scores_fn, chunk: int = 256,
+                      exclude_seen: bool = True) -> np.ndarray:
     """``scores_fn(case indices) -> [n, N]`` full-corpus scores; returns 0-based target ranks
-    (strictly-better count among unseen items, ties broken by smaller dense id)."""
+    (strictly-better count among unseen items -- all items when ``exclude_seen`` is False --,
+    ties broken by smaller dense id)."""
     ranks = np.full(cases.users.size, MISS, np.int64)
     for s in range(0, cases.users.size, chunk):
         idx = np.arange(s, min(s + chunk, cases.users.size))
         sc = np.asarray(scores_fn(idx), dtype=np.float64)
         for r, j in enumerate(idx):
             t = cases.targets[j]
-            seen = _seen_dense(split, cases, j)
+            seen = _seen_dense(split, cases, j) if exclude_seen else np.zeros(0, np.int64)
             if t < 0 or np.isin(t, seen):
                 continue
             row = np.nan_to_num(sc[r], nan=-np.inf)  # a NaN score never helps a model
@@ -110,13 +112,13 @@ def eval_popularity(split: Split, cases: Cases) -> np.ndarray:
 
 
 @torch.no_grad()
-def eval_sasrec(model, split: Split, cases: Cases) -> np.ndarray:
+def eval_sasrec(model, split: Split, cases: Cases, exclude_seen: bool = True) -> np.ndarray:
     model.eval()
     emb = model.items.all().numpy()
 
     def scores(idx):
         return model.user_vectors(history_rows(split, cases, idx, model.n)).numpy() @ emb.T
-    return ranks_from_scores(split, cases, scores)
+    return ranks_from_scores(split, cases, scores, exclude_seen=exclude_seen)
 
 
 @torch.no_grad()
