@@ -8,7 +8,7 @@ from longretriever.docgen import render
 def _stable(text: str) -> list[str]:
     """Drop the lines that show the demo's default data path, which depends on where the
     repository is checked out (``../shared`` next to it)."""
-    return [line for line in text.splitlines() if "/shared/data/" not in line]
+    return [line for line in text.rstrip("\n").splitlines() if "/shared/data/" not in line]
 
 
 def test_cli_reference_matches_help():
