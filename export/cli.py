@@ -11,6 +11,7 @@ import numpy as np
 import typer
 
 from longretriever.errors import LongRetrieverError
+from longretriever.multicontext import CONTEXT_CHOICES
 
 
 def _fail(exc: Exception) -> None:
@@ -113,7 +114,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from export.train import TrainConfig, make_split, train_longretriever
         from longretriever.datasets import load_dataset
 
-        if context_choice not in ("auto", "frequency", "learned"):
+        if context_choice not in ("auto", *CONTEXT_CHOICES):
             _fail(ValueError(f"--context-choice must be auto, frequency or learned, got {context_choice!r}"))
         try:
             ds = load_dataset(events, items, format)  # type: ignore[arg-type]

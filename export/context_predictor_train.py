@@ -16,7 +16,7 @@ import torch
 
 from export.train import Split
 from longretriever.context_predictor import DEFAULT_TAUS, ContextPredictor, predictor_features
-from longretriever.multicontext import DEFAULT_WINDOW, choose_contexts, context_weights
+from longretriever.multicontext import DEFAULT_WINDOW, choice_weights, choose_contexts
 
 L2_GRID = (1e-3, 1e-2)
 
@@ -75,19 +75,20 @@ def _fit(x: torch.Tensor, y: torch.Tensor, c: int, l2: float, iters: int) -> tor
 
 
 def log_loss(p: ContextPredictor, ex: ContextExamples) -> float:
+    """Mean cross-entropy of ``p`` on ``ex`` (the training loss, without the penalty)."""
     if ex.y.size == 0:
         return float("nan")
-    logits = ex.x @ p.weight + p.bias
-    z = logits - logits.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(z).sum(axis=1))
-    return float(np.mean(lse - z[np.arange(ex.y.size), ex.y]))
+    logits = torch.as_tensor(ex.x @ p.weight + p.bias)
+    return float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(ex.y)))
 
 
-def coverage(weights_fn, ex: ContextExamples, m: int) -> float:
-    """Share of examples whose true next context is among the ``m`` chosen contexts."""
+def coverage(scorer: ContextPredictor | None, ex: ContextExamples, m: int) -> float:
+    """Share of examples whose true next context is among the ``m`` contexts chosen by
+    ``choice_weights`` (``scorer`` None = recency-weighted frequency)."""
     if ex.y.size == 0:
         return float("nan")
-    hit = [y in {c for c, _ in choose_contexts(weights_fn(h), m)} for h, y in zip(ex.histories, ex.y.tolist())]
+    hit = [y in {c for c, _ in choose_contexts(choice_weights(h, scorer), m)}
+           for h, y in zip(ex.histories, ex.y.tolist())]
     return float(np.mean(hit))
 
 
@@ -110,10 +111,9 @@ def train_context_predictor(split: Split, taus=DEFAULT_TAUS, window: int = DEFAU
         if best is None or ll < best[0]:
             best = (ll, l2, p)
     ll, l2, pred = best
-    freq = lambda h: context_weights(np.asarray(h)[-window:])  # noqa: E731
     metrics = {"examples": int(tr.y.size), "l2": l2, "val_log_loss": ll,
-               "val_top1": coverage(pred.weights, va, 1), "val_top8": coverage(pred.weights, va, 8),
-               "val_top1_frequency": coverage(freq, va, 1), "val_top8_frequency": coverage(freq, va, 8)}
+               "val_top1": coverage(pred, va, 1), "val_top8": coverage(pred, va, 8),
+               "val_top1_frequency": coverage(None, va, 1), "val_top8_frequency": coverage(None, va, 8)}
     return pred, metrics
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from export.baselines import train_multi_interest, train_sasrec
-from export.context_predictor_train import pick_choice, train_context_predictor
+from export.context_predictor_train import compare_choices, pick_choice, train_context_predictor
 from export.parallel import parallel_map
 from export.evaluate import (METRICS, eval_longretriever, eval_multi_interest,
                              eval_popularity, eval_sasrec, make_cases, mean_metrics, plan_cases,
@@ -76,10 +76,8 @@ def run_seed(split: Split, cfg: TrainConfig, progress: bool = False, predictor=N
     rows = {"frequency": eval_longretriever(res.model, split, test, lp_test)}
     choice = "frequency"
     if predictor is not None:
-        lv = plan_cases(split, val, cfg.k, cfg.w, scorer=predictor)
+        val_by = compare_choices(res.model, split, val, cfg.k, cfg.w, predictor)
         lt = plan_cases(split, test, cfg.k, cfg.w, scorer=predictor)
-        val_by = {"frequency": mean_metrics(eval_longretriever(res.model, split, val, lp_val)),
-                  "learned": mean_metrics(eval_longretriever(res.model, split, val, lv))}
         rows["learned"] = eval_longretriever(res.model, split, test, lt)
         choice = pick_choice(val_by)
         out["notes"]["context_choice_val"] = {c: m["recall@100"] for c, m in val_by.items()}

@@ -37,7 +37,6 @@ class UserSeq:
     ts: np.ndarray  # ms
     contexts: np.ndarray  # int32 context per event
     pos_by_ctx: dict[int, np.ndarray]
-    ctx_rank: np.ndarray  # per event: how many earlier events share its context
 
     def __len__(self) -> int:
         return int(self.items.size)
@@ -69,11 +68,7 @@ def make_split(ds: Dataset) -> Split:
         order = canonical_order(ts, items)
         items, ts = items[order], ts[order]
         ctx = ds.contexts.context_of(items)
-        by_ctx = context_positions(ctx)
-        rank = np.zeros(items.size, np.int64)
-        for p in by_ctx.values():
-            rank[p] = np.arange(p.size)
-        u = UserSeq(uid, items, ts, ctx, by_ctx, rank)
+        u = UserSeq(uid, items, ts, ctx, context_positions(ctx))
         users.append(u)
     split = Split(ds.name, ds.contexts, vocab, item_ctx, users, freq)
     for u in users:
@@ -246,7 +241,9 @@ def example_batches(split: Split, cfg: TrainConfig, rng: np.random.Generator,
 def context_lengths(split: Split, k: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """Hard-search length of each example: min(k, earlier events in the target's context)."""
     def fn(uidx: np.ndarray, tpos: np.ndarray) -> np.ndarray:
-        return np.array([min(k, int(split.users[i].ctx_rank[t])) for i, t in zip(uidx.tolist(), tpos.tolist())])
+        def earlier(u: UserSeq, t: int) -> int:
+            return int(np.searchsorted(u.pos_by_ctx[int(u.contexts[t])], t))
+        return np.array([min(k, earlier(split.users[i], t)) for i, t in zip(uidx.tolist(), tpos.tolist())])
     return fn
 
 

@@ -57,12 +57,13 @@ def open_serving(bundle_path: Path, milvus_uri: str, collection: str, settings: 
     from stream.state import StateStore
 
     bundle = load_bundle(bundle_path, intra_op_threads=intra_op_threads)
+    choice = None if settings.context_choice == "bundle" else settings.context_choice
+    bundle.context_scorer(choice)  # refuse an unusable choice before opening state or Milvus
     store = StateStore(settings.state_dir, state_contexts(bundle, settings.items_path),
                        max_len=settings.max_sequence_len, segment_events=settings.segment_events,
                        late_tolerance_ms=settings.late_tolerance_ms)
     index = MilvusIndex(milvus_uri, collection)
     sizes = context_sizes(bundle.item_contexts)
-    bundle.context_scorer(None if settings.context_choice == "bundle" else settings.context_choice)
     try:
         index.open(bundle.version, len(bundle.item_ids), sizes)  # BundleError on version mismatch
     except BaseException:
@@ -71,6 +72,5 @@ def open_serving(bundle_path: Path, milvus_uri: str, collection: str, settings: 
         raise
     cache = VectorCache(cache_entries) if cache_entries > 0 else None
     refresher = Refresher(bundle, store, cache, allowed=set(sizes)).start() if cache is not None else None
-    choice = None if settings.context_choice == "bundle" else settings.context_choice
     service = RetrieverService(bundle, index, store, cache, context_choice=choice)
     return Serving(bundle, store, index, service, refresher)

@@ -49,6 +49,10 @@ class SyntheticBundle:
             out[r] = v / max(float(np.linalg.norm(v)), 1e-12)
         return out
 
+    def context_scorer(self, choice=None):
+        """Recency-weighted frequency only (no learned predictor)."""
+        return None
+
     def popular(self, context, n):
         idx = np.arange(self.item_ids.size) if context is None else np.flatnonzero(self.item_contexts == context)
         order = np.lexsort((self.item_ids[idx], -self.popularity[idx]))[:n]

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from longretriever.errors import ConfigError
+from longretriever.multicontext import CONTEXT_CHOICES
 from retriever.milvus_requests import DEFAULT_COLLECTION, DEFAULT_URI
 
 
@@ -94,7 +95,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             start_http_server(metrics_port)
         if (tls_cert is None) != (tls_key is None):
             _fail(ConfigError("--tls-cert and --tls-key go together"))
-        if context_choice not in (None, "bundle", "frequency", "learned"):
+        if context_choice not in (None, "bundle", *CONTEXT_CHOICES):
             _fail(ConfigError(f"--context-choice must be bundle, frequency or learned, got {context_choice!r}"))
         tls = (tls_cert.read_bytes(), tls_key.read_bytes()) if tls_cert and tls_key else None
         try:

@@ -65,8 +65,7 @@ class RetrieverService:
         self.cache = cache
         self.window = window
         # the learned context choice (None = frequency); same scorer as export.reference
-        scorer = getattr(bundle, "context_scorer", None)
-        self.scorer = scorer(context_choice) if scorer is not None else None
+        self.scorer = bundle.context_scorer(context_choice)
         if self.scorer is not None and self.scorer.window > window:
             raise BundleError(f"context predictor reads {self.scorer.window} events, the service "
                               f"window is {window}")

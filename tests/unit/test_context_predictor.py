@@ -101,7 +101,7 @@ def test_training_learns_planted_transitions_that_frequency_misses():
     assert m["examples"] > 1000 and m["val_top1"] > 0.95, m
     assert m["val_top1_frequency"] < 0.05, m  # the next context is the least recent one
     test = context_examples(split, "test")
-    assert coverage(pred.weights, test, 1) > 0.95
+    assert coverage(pred, test, 1) > 0.95
     # deterministic: same data, same weights
     again, _ = train_context_predictor(split)
     assert np.array_equal(again.weight, pred.weight)
