@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from export.context_predictor_train import train_context_predictor
-from export.baselines import train_sasrec
-from export.evaluate import (eval_longretriever, eval_sasrec, make_cases, mean_metrics, plan_cases,
+from longretriever.export.context_predictor_train import train_context_predictor
+from longretriever.export.baselines import train_sasrec
+from longretriever.export.evaluate import (eval_longretriever, eval_sasrec, make_cases, mean_metrics, plan_cases,
                              quartiles, rank_metrics)
-from export.parallel import parallel_map
-from export.train import Split, TrainConfig, make_split, train_longretriever
-from longretriever.datasets import Dataset
+from longretriever.export.parallel import parallel_map
+from longretriever.export.train import Split, TrainConfig, make_split, train_longretriever
+from longretriever.data.events import Dataset
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},

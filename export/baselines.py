@@ -1,7 +1,7 @@
 """Baselines for the evaluator: popularity, SASRec (single vector over the newest N events)
 and a ComiRec-SA style multi-interest model. They share the item tower form
 (``normalize(id_emb + ctx_emb)``), the sampled-softmax + logQ loss (in-batch negatives only)
-and :func:`export.train.fit` (same optimiser, epochs and validation model selection)."""
+and :func:`longretriever.export.train.fit` (same optimiser, epochs and validation model selection)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.train import (FitResult, Split, TrainConfig, example_batches, fit, item_log_q,
+from longretriever.export.train import (FitResult, Split, TrainConfig, example_batches, fit, item_log_q,
                           seed_everything)
 
 NEG = 1e4

@@ -3,7 +3,7 @@ metadata serving needs, plus a manifest of sha256 digests that :func:`load_bundl
 
 Layout::
 
-    encoder.onnx          user tower (inputs: export.features.INPUT_NAMES, output user_vector)
+    encoder.onnx          user tower (inputs: longretriever.core.features.INPUT_NAMES, output user_vector)
     encoder.int8.onnx     optional, dynamic int8 quantisation of the same graph
     item_embeddings.npy   float32 [N, d], item tower output (L2-normalised)
     item_ids.npy          int64 [N] raw ids, sorted ascending (row i <-> dense index i)
@@ -31,10 +31,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from export.features import INPUT_NAMES, ItemVocab, build_encoder_inputs
-from longretriever.context_predictor import ContextPredictor
-from longretriever.errors import BundleError, InputError
-from longretriever.multicontext import CONTEXT_CHOICES
+from longretriever.core.features import INPUT_NAMES, ItemVocab, build_encoder_inputs
+from longretriever.core.context_predictor import ContextPredictor
+from longretriever.core.errors import BundleError, InputError
+from longretriever.core.multicontext import CONTEXT_CHOICES
 
 FORMAT_VERSION = 1
 OUTPUT_NAME = "user_vector"

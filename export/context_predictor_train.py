@@ -1,4 +1,4 @@
-"""Training of the learned next-context predictor (:mod:`longretriever.context_predictor`).
+"""Training of the learned next-context predictor (:mod:`longretriever.core.context_predictor`).
 
 Examples are the same leave-last-out training positions as the encoder's: for target position
 ``t`` of a user, the features of the contexts of events ``< t`` (the newest ``window``) and the
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from export.train import Split
-from longretriever.context_predictor import DEFAULT_TAUS, ContextPredictor, predictor_features
-from longretriever.multicontext import DEFAULT_WINDOW, choice_weights, choose_contexts
+from longretriever.export.train import Split
+from longretriever.core.context_predictor import DEFAULT_TAUS, ContextPredictor, predictor_features
+from longretriever.core.multicontext import DEFAULT_WINDOW, choice_weights, choose_contexts
 
 L2_GRID = (1e-3, 1e-2)
 
@@ -120,7 +120,7 @@ def train_context_predictor(split: Split, taus=DEFAULT_TAUS, window: int = DEFAU
 def compare_choices(model, split: Split, cases, k: int, w: int, predictor: ContextPredictor,
                     max_contexts: int = 8) -> dict[str, dict[str, float]]:
     """Metrics of the trained model on ``cases`` under each context choice."""
-    from export.evaluate import eval_longretriever, mean_metrics, plan_cases
+    from longretriever.export.evaluate import eval_longretriever, mean_metrics, plan_cases
 
     out = {}
     for name, scorer in (("frequency", None), ("learned", predictor)):

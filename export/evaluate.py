@@ -8,7 +8,7 @@ a miss for every model. Metrics per case, then averaged over users:
 * ``hr@10``   -- target in the top 10;  ``ndcg@10`` -- ``1 / log2(rank + 2)`` if rank < 10
 * ``recall@K`` -- target in the top K (one target per user, so recall = hit rate)
 
-LongRetriever is scored through the reference logic (:mod:`export.reference`): its list of
+LongRetriever is scored through the reference logic (:mod:`longretriever.export.reference`): its list of
 length K is ``merge_user(plan, ranked, K)``, computed separately for every K.
 """
 
@@ -20,9 +20,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from export.features import INPUT_NAMES, build_encoder_inputs
-from export.reference import UserPlan, list_lengths, merge_user, plan_user, rank_context
-from export.train import Split
+from longretriever.core.features import INPUT_NAMES, build_encoder_inputs
+from longretriever.export.reference import UserPlan, list_lengths, merge_user, plan_user, rank_context
+from longretriever.export.train import Split
 
 METRICS = ("hr@10", "ndcg@10", "recall@50", "recall@100", "recall@200")
 CUTOFFS = (10, 50, 100, 200)

@@ -13,9 +13,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from longretriever.contexts import ContextTable
-from longretriever.datasets import Dataset
-from longretriever.errors import ConfigError
+from longretriever.core.contexts import ContextTable
+from longretriever.data.events import Dataset
+from longretriever.core.errors import ConfigError
 
 
 def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 30) -> np.ndarray:
@@ -50,7 +50,7 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 30) -> np.ndarray:
 
 def learn_contexts(ds: Dataset, k: int, cfg, progress: bool = False) -> Dataset:
     """The dataset with its context table replaced by ``k`` learned contexts."""
-    from export.train import make_split, train_longretriever
+    from longretriever.export.train import make_split, train_longretriever
 
     flat = replace(ds, contexts=ContextTable.single())
     split = make_split(flat)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.features import AGE_BUCKETS, INPUT_NAMES
+from longretriever.core.features import AGE_BUCKETS, INPUT_NAMES
 
 MASK_NEG = 1e4
 

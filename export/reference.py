@@ -28,9 +28,9 @@ from typing import Mapping
 
 import numpy as np
 
-from longretriever.multicontext import (Candidate, ContextScorer, allocate_quotas, choice_weights,
+from longretriever.core.multicontext import (Candidate, ContextScorer, allocate_quotas, choice_weights,
                                         choose_contexts, merge)
-from longretriever.sequence import canonical_order, context_positions, hard_search_positions, recent_window
+from longretriever.core.sequence import canonical_order, context_positions, hard_search_positions, recent_window
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Run the full evaluation (all models x seeds) and write report.json, report.md and plots.
 
-Every model gets the same budget: ``epochs`` passes of :func:`export.train.fit` (Adam, same
+Every model gets the same budget: ``epochs`` passes of :func:`longretriever.export.train.fit` (Adam, same
 lr, dim, batch size, temperature) and the epoch with the best validation recall@100 is kept.
 SASRec is trained with N=50 and N=200 and, per seed, the variant with the better validation
 recall@100 is reported. LongRetriever is scored under both context choices (recency-weighted
@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from export.baselines import train_multi_interest, train_sasrec
-from export.context_predictor_train import compare_choices, pick_choice, train_context_predictor
-from export.parallel import parallel_map
-from export.evaluate import (METRICS, eval_longretriever, eval_multi_interest,
+from longretriever.export.baselines import train_multi_interest, train_sasrec
+from longretriever.export.context_predictor_train import compare_choices, pick_choice, train_context_predictor
+from longretriever.export.parallel import parallel_map
+from longretriever.export.evaluate import (METRICS, eval_longretriever, eval_multi_interest,
                              eval_popularity, eval_sasrec, make_cases, mean_metrics, plan_cases,
                              quartiles, rank_metrics)
-from export.train import Split, TrainConfig, make_split, train_longretriever
-from longretriever.datasets import Dataset
+from longretriever.export.train import Split, TrainConfig, make_split, train_longretriever
+from longretriever.data.events import Dataset
 
 log = logging.getLogger(__name__)
 MODELS = ("popularity", "sasrec", "multi_interest", "longretriever")

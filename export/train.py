@@ -7,7 +7,7 @@ only train. Each epoch samples up to ``budget`` training positions per user (0 =
 
 A training example ``(user, t)``: the positive is ``items[t]`` in context ``c``; the encoder
 sees the newest ``k`` events of ``c`` before ``t`` (hard search) and the newest ``w`` events
-before ``t`` (recent window), featurised by :func:`export.features.build_encoder_inputs`.
+before ``t`` (recent window), featurised by :func:`longretriever.core.features.build_encoder_inputs`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from export.features import INPUT_NAMES, ItemVocab, build_encoder_inputs
-from export.model import ContextNegativeSampler, LongRetrieverModel, ModelConfig, sampled_softmax_loss
-from longretriever.contexts import ContextTable
-from longretriever.datasets import Dataset
-from longretriever.sequence import canonical_order, context_positions, hard_search_positions, recent_window
+from longretriever.core.features import INPUT_NAMES, ItemVocab, build_encoder_inputs
+from longretriever.export.model import ContextNegativeSampler, LongRetrieverModel, ModelConfig, sampled_softmax_loss
+from longretriever.core.contexts import ContextTable
+from longretriever.data.events import Dataset
+from longretriever.core.sequence import canonical_order, context_positions, hard_search_positions, recent_window
 
 log = logging.getLogger(__name__)
 

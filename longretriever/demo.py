@@ -15,8 +15,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from longretriever.datasets import Dataset, load_dataset
-from longretriever.settings import Settings
+from longretriever.data.events import Dataset, load_dataset
+from longretriever.core.settings import Settings
 
 console = Console()
 
@@ -34,7 +34,7 @@ def _dataset(cfg: DemoConfig) -> Dataset:
     if cfg.data is not None and not cfg.synthetic:
         fmt = "movielens" if (cfg.data / "ratings.csv").exists() else "csv"
         return load_dataset(cfg.data, None, fmt)  # type: ignore[arg-type]
-    from stream.synth import write
+    from longretriever.data.synth import write
 
     users, per_user = (30, 400) if cfg.small else (200, 5000)
     ev, it = write(cfg.out / "synthetic.csv", users, per_user, items=20_000, contexts=12, seed=7)
@@ -42,10 +42,10 @@ def _dataset(cfg: DemoConfig) -> Dataset:
 
 
 def run_demo(cfg: DemoConfig) -> None:
-    from infra.kafka import broker
-    from stream.replay import ensure_topic, replay
-    from stream.state import StateStore
-    from stream.worker import run_worker
+    from longretriever.infra.kafka import broker
+    from longretriever.stream.replay import ensure_topic, replay
+    from longretriever.stream.state import StateStore
+    from longretriever.stream.worker import run_worker
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()

@@ -12,8 +12,8 @@ from collections import defaultdict
 from rich.console import Console
 from rich.table import Table
 
-from longretriever.datasets import Dataset
-from longretriever.settings import Settings
+from longretriever.data.events import Dataset
+from longretriever.core.settings import Settings
 
 
 def _train(cfg, ds: Dataset, console: Console):
@@ -30,9 +30,9 @@ def _train(cfg, ds: Dataset, console: Console):
 
 
 def run_serving_demo(cfg, ds: Dataset, settings: Settings, store, console: Console) -> None:
-    from export.bundle import load_bundle
-    from retriever.assemble import open_serving
-    from retriever.milvus_index import MilvusIndex
+    from longretriever.export.bundle import load_bundle
+    from longretriever.retriever.assemble import open_serving
+    from longretriever.retriever.milvus_index import MilvusIndex
 
     bundle_dir = _train(cfg, ds, console)
     uri = str(cfg.out / "milvus.db")
@@ -49,9 +49,9 @@ def run_serving_demo(cfg, ds: Dataset, settings: Settings, store, console: Conso
 
 
 async def _serve_and_query(sv, settings: Settings, ds: Dataset, cfg, console: Console) -> None:
-    from retriever.client import RetrieverClient
-    from retriever.server import build_server
-    from stream.worker import StreamWorker
+    from longretriever.retriever.client import RetrieverClient
+    from longretriever.retriever.server import build_server
+    from longretriever.stream.worker import StreamWorker
 
     worker = StreamWorker(settings, sv.store, on_applied=sv.refresher.on_applied)
     task = asyncio.create_task(worker.run())

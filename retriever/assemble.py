@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from longretriever.contexts import ContextTable
-from longretriever.errors import ConfigError
-from longretriever.settings import Settings
+from longretriever.core.contexts import ContextTable
+from longretriever.core.errors import ConfigError
+from longretriever.core.settings import Settings
 
 
 @dataclass
@@ -49,12 +49,12 @@ def state_contexts(bundle: Any, items: Path | None) -> ContextTable:
 
 def open_serving(bundle_path: Path, milvus_uri: str, collection: str, settings: Settings,
                  cache_entries: int = 1_000_000, intra_op_threads: int = 1) -> Serving:
-    from export.bundle import load_bundle
-    from retriever.milvus_index import MilvusIndex
-    from retriever.milvus_requests import context_sizes
-    from retriever.refresh import Refresher, VectorCache
-    from retriever.service import RetrieverService
-    from stream.state import StateStore
+    from longretriever.export.bundle import load_bundle
+    from longretriever.retriever.milvus_index import MilvusIndex
+    from longretriever.retriever.milvus_requests import context_sizes
+    from longretriever.retriever.refresh import Refresher, VectorCache
+    from longretriever.retriever.service import RetrieverService
+    from longretriever.stream.state import StateStore
 
     bundle = load_bundle(bundle_path, intra_op_threads=intra_op_threads)
     choice = None if settings.context_choice == "bundle" else settings.context_choice

@@ -6,9 +6,9 @@ from typing import Any
 
 import grpc
 
-from longretriever.errors import InputError, ServiceUnavailable
-from retriever.proto import longretriever_pb2 as pb
-from retriever.proto import longretriever_pb2_grpc as pb_grpc
+from longretriever.core.errors import InputError, ServiceUnavailable
+from longretriever.retriever.proto import longretriever_pb2 as pb
+from longretriever.retriever.proto import longretriever_pb2_grpc as pb_grpc
 
 
 class RetrieverClient:

@@ -2,7 +2,7 @@
 
 The URI defaults to a Milvus Lite file (``./milvus.db``); ``http://host:19530`` talks to a
 Milvus server with no code change (pymilvus picks the transport from the URI). Request
-building and result parsing live in :mod:`retriever.milvus_requests` (pure).
+building and result parsing live in :mod:`longretriever.retriever.milvus_requests` (pure).
 
 Notes measured on Milvus Lite 2.5.1 (docs/milvus.md): partitions and collection properties
 are UNIMPLEMENTED, filters on a partition-key field fail, HNSW is refused ("local mode only
@@ -27,9 +27,9 @@ import numpy as np
 from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_attempt,
                       stop_before_delay, wait_exponential)
 
-from longretriever.errors import BundleError, ConfigError, LongRetrieverError, ServiceUnavailable
-from longretriever.multicontext import Candidate
-from retriever import milvus_requests as mr
+from longretriever.core.errors import BundleError, ConfigError, LongRetrieverError, ServiceUnavailable
+from longretriever.core.multicontext import Candidate
+from longretriever.retriever import milvus_requests as mr
 
 # milvus-lite 2.5.1 imports pkg_resources (pinned setuptools<81 keeps it) and warns on import
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)

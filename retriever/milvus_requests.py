@@ -14,8 +14,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from longretriever.errors import BundleError, ConfigError
-from longretriever.multicontext import Candidate
+from longretriever.core.errors import BundleError, ConfigError
+from longretriever.core.multicontext import Candidate
 
 DEFAULT_COLLECTION = "longretriever_items"
 DEFAULT_URI = "./milvus.db"

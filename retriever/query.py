@@ -1,7 +1,7 @@
 """Pure query planning for online multi-context retrieval.
 
-Same semantics as the offline reference (``export.reference.retrieve_offline``), built only from
-``longretriever.multicontext`` and ``longretriever.sequence``:
+Same semantics as the offline reference (``longretriever.export.reference.retrieve_offline``), built only from
+``longretriever.core.multicontext`` and ``longretriever.core.sequence``:
 
 1. ``choice_weights`` over the contexts of the newest ``DEFAULT_WINDOW`` events (frequency, or
    the bundle's learned next-context predictor);
@@ -14,7 +14,7 @@ Same semantics as the offline reference (``export.reference.retrieve_offline``),
 4. ``merge(per_context, quotas, k, exclude=all distinct seen raw ids)``.
 
 Cold / unknown users get a fallback plan: popular items of the largest contexts, flagged
-``fallback=True``. Nothing here does I/O; :mod:`retriever.service` feeds it from the state
+``fallback=True``. Nothing here does I/O; :mod:`longretriever.retriever.service` feeds it from the state
 store, the bundle and Milvus.
 """
 
@@ -25,10 +25,10 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from longretriever.errors import InputError
-from longretriever.multicontext import (DEFAULT_WINDOW, Candidate, ContextScorer, allocate_quotas,
+from longretriever.core.errors import InputError
+from longretriever.core.multicontext import (DEFAULT_WINDOW, Candidate, ContextScorer, allocate_quotas,
                                         choice_weights, choose_contexts, merge)
-from longretriever.sequence import canonical_order, context_positions, hard_search_positions
+from longretriever.core.sequence import canonical_order, context_positions, hard_search_positions
 
 MAX_K = 10_000
 MAX_CONTEXTS = 64

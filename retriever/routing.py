@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from kafka.partitioner.default import murmur2
 
-from stream.codec import encode_key
+from longretriever.core.codec import encode_key
 
 log = logging.getLogger(__name__)
 PREFIX = "lr@"

@@ -20,11 +20,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from longretriever.errors import InputError, RetriableError, ServiceUnavailable
-from retriever import query as q
-from retriever.metrics import RPCS
-from retriever.proto import longretriever_pb2 as pb
-from retriever.proto import longretriever_pb2_grpc as pb_grpc
+from longretriever.core.errors import InputError, RetriableError, ServiceUnavailable
+from longretriever.retriever import query as q
+from longretriever.retriever.metrics import RPCS
+from longretriever.retriever.proto import longretriever_pb2 as pb
+from longretriever.retriever.proto import longretriever_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 class RetrieverServicer(pb_grpc.RetrieverServicer):
-    """Adapts a backend (``retriever.service.RetrieverService`` or a fake with the same
+    """Adapts a backend (``longretriever.retriever.service.RetrieverService`` or a fake with the same
     ``retrieve`` / ``user_sequence`` / ``context_name`` / ``context_id`` methods)."""
 
     def __init__(self, backend: Any, default_timeout: float | None = 10.0, router: Any = None) -> None:

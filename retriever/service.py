@@ -2,7 +2,7 @@
 
 ``retrieve`` is synchronous (RocksDB reads, the encoder and Milvus calls block); the gRPC
 server runs it in a worker thread. Query vectors come from a fresh entry of the
-:class:`retriever.refresh.VectorCache` when the stamp matches, otherwise they are computed now
+:class:`longretriever.retriever.refresh.VectorCache` when the stamp matches, otherwise they are computed now
 with one batched ``Bundle.encode`` call across all missing contexts.
 """
 
@@ -16,12 +16,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from longretriever.errors import BundleError, InputError
-from longretriever.multicontext import DEFAULT_WINDOW, Candidate
-from retriever import metrics
-from retriever import query as q
-from retriever.milvus_requests import context_sizes as _context_sizes
-from retriever.refresh import VectorCache, window_stamp
+from longretriever.core.errors import BundleError, InputError
+from longretriever.core.multicontext import DEFAULT_WINDOW, Candidate
+from longretriever.retriever import metrics
+from longretriever.retriever import query as q
+from longretriever.retriever.milvus_requests import context_sizes as _context_sizes
+from longretriever.retriever.refresh import VectorCache, window_stamp
 
 log = logging.getLogger(__name__)
 

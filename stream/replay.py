@@ -1,10 +1,10 @@
-"""Replay a historical :class:`~longretriever.datasets.EventLog` into Kafka, in timestamp order.
+"""Replay a historical :class:`~longretriever.data.events.EventLog` into Kafka, in timestamp order.
 
 Per-message overhead of kafka-python (~tens of microseconds per ``send``) would cap a naive
 one-event-per-message replay far below the target, so consecutive events are grouped in
 *windows* of ``window`` events (in log order). Inside a window all events of one user become
-one micro-batch message (a msgpack array, :func:`stream.codec.encode_batch`), keyed by
-:func:`stream.codec.encode_key` so that all of a user's events land on one partition.
+one micro-batch message (a msgpack array, :func:`longretriever.core.codec.encode_batch`), keyed by
+:func:`longretriever.core.codec.encode_key` so that all of a user's events land on one partition.
 
 Ordering guarantees (what the stream consumer relies on):
 
@@ -29,9 +29,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from longretriever.datasets import EventLog
-from longretriever.errors import ConfigError, ServiceUnavailable
-from stream.codec import DEFAULT_MAX_BATCH, Event, encode_batch, encode_key
+from longretriever.data.events import EventLog
+from longretriever.core.errors import ConfigError, ServiceUnavailable
+from longretriever.core.codec import DEFAULT_MAX_BATCH, Event, encode_batch, encode_key
 
 log_ = logging.getLogger(__name__)
 

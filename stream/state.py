@@ -3,7 +3,7 @@
 Keys (big-endian so iteration is ordered):
 
 - ``u<user:8>m``                 user meta (msgpack): ``{ctx: [first_seg, last_seg, skip, count]}``
-- ``u<user:8>s<ctx:4><seg:4>``   one segment of that context (``stream.segments``)
+- ``u<user:8>s<ctx:4><seg:4>``   one segment of that context (``longretriever.stream.segments``)
 - ``o<partition:4>``             next source offset to consume for that partition
 
 A user's events of context ``c`` live in segments ``first..last`` of ``c``; the first ``skip``
@@ -28,10 +28,10 @@ import msgpack
 import numpy as np
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
-from longretriever.contexts import ContextTable
-from longretriever.errors import ServiceUnavailable
-from longretriever.sequence import canonical_order
-from stream.segments import decode_segment, encode_segment, merge_sorted
+from longretriever.core.contexts import ContextTable
+from longretriever.core.errors import ServiceUnavailable
+from longretriever.core.sequence import canonical_order
+from longretriever.stream.segments import decode_segment, encode_segment, merge_sorted
 
 _U = struct.Struct(">q")
 _CS = struct.Struct(">II")

@@ -25,11 +25,11 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from longretriever.errors import ServiceUnavailable
-from longretriever.settings import Settings
-from stream import metrics
-from stream.codec import Rejection, decode_columns
-from stream.state import StateStore
+from longretriever.core.errors import ServiceUnavailable
+from longretriever.core.settings import Settings
+from longretriever.stream import metrics
+from longretriever.core.codec import Rejection, decode_columns
+from longretriever.stream.state import StateStore
 
 log = logging.getLogger(__name__)
 

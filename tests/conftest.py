@@ -20,7 +20,7 @@ def kafka_bootstrap(tmp_path_factory) -> str:
     if given:
         yield given
         return
-    from infra.kafka import broker
+    from longretriever.infra.kafka import broker
 
     data = tmp_path_factory.mktemp("kafka")
     info = broker.start(data, None)

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from longretriever.errors import ConfigError, ServiceUnavailable
+from longretriever.core.errors import ConfigError, ServiceUnavailable
 
 KAFKA_VERSION = "3.9.1"
 HERE = Path(__file__).resolve().parent

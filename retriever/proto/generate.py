@@ -1,8 +1,8 @@
-"""Regenerate the checked-in gRPC code: ``python -m retriever.proto.generate``.
+"""Regenerate the checked-in gRPC code: ``python -m longretriever.retriever.proto.generate``.
 
 Runs grpc_tools.protoc on ``longretriever.proto`` and rewrites the generated absolute import
 (``import longretriever_pb2``) to a package-relative one, so the modules import as
-``retriever.proto.longretriever_pb2*`` without touching sys.path.
+``longretriever.retriever.proto.longretriever_pb2*`` without touching sys.path.
 """
 
 from __future__ import annotations

@@ -1,3 +1,3 @@
 """Fixtures shared by the integration tests of the serving path."""
 
-from tests.integration.serving_harness import reliability_bundle, reliability_server  # noqa: F401
+from tests.fixtures.serving import reliability_bundle, reliability_server  # noqa: F401

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from export.bundle import load_bundle
-from export.quick_train import train_small
-from stream.synth import write as write_synth
+from longretriever.export.bundle import load_bundle
+from longretriever.benchmarks.common import train_small
+from longretriever.data.synth import write as write_synth
 
 MODELS = {"popularity", "sasrec", "multi_interest", "longretriever"}
 METRICS = {"hr@10", "ndcg@10", "recall@50", "recall@100", "recall@200"}

@@ -11,14 +11,14 @@ pytestmark = pytest.mark.skipif(not (ML / "ratings.csv").is_file(), reason="ml-l
 
 @pytest.fixture(scope="module")
 def split():
-    from export.train import make_split
-    from longretriever.datasets import load_dataset
+    from longretriever.export.train import make_split
+    from longretriever.data.events import load_dataset
 
     return make_split(load_dataset(ML, None, "movielens"))
 
 
 def test_split_and_cases(split):
-    from export.evaluate import make_cases
+    from longretriever.export.evaluate import make_cases
 
     assert len(split.users) == 610 and len(split.vocab) > 9000
     test, val = make_cases(split, "test"), make_cases(split, "val")
@@ -29,7 +29,7 @@ def test_split_and_cases(split):
 
 
 def test_popularity_baseline_beats_random(split):
-    from export.evaluate import eval_popularity, make_cases, mean_metrics, rank_metrics
+    from longretriever.export.evaluate import eval_popularity, make_cases, mean_metrics, rank_metrics
 
     m = mean_metrics(rank_metrics(eval_popularity(split, make_cases(split, "test"))))
     assert m["recall@100"] > 100 / len(split.vocab) * 3
@@ -37,10 +37,10 @@ def test_popularity_baseline_beats_random(split):
 
 @pytest.mark.slow
 def test_one_epoch_train_export_retrieve(split, tmp_path):
-    from export.bundle import load_bundle, save_bundle
-    from export.evaluate import eval_longretriever, make_cases, mean_metrics, plan_cases
-    from export.reference import retrieve_offline
-    from export.train import TrainConfig, train_longretriever
+    from longretriever.export.bundle import load_bundle, save_bundle
+    from longretriever.export.evaluate import eval_longretriever, make_cases, mean_metrics, plan_cases
+    from longretriever.export.reference import retrieve_offline
+    from longretriever.export.train import TrainConfig, train_longretriever
 
     cfg = TrainConfig(epochs=1, budget=16)
     res = train_longretriever(split, cfg, progress=False)
@@ -63,10 +63,10 @@ def test_one_epoch_train_export_retrieve(split, tmp_path):
 def test_int8_recall_within_one_percent_of_fp32_on_validation(split, tmp_path):
     """The dynamic-int8 encoder's validation recall@100 (through retrieve_offline, i.e. the
     ONNX sessions serving uses) is within 1% relative of the fp32 encoder's."""
-    from export.bundle import load_bundle, save_bundle
-    from export.evaluate import make_cases
-    from export.reference import retrieve_offline
-    from export.train import TrainConfig, train_longretriever
+    from longretriever.export.bundle import load_bundle, save_bundle
+    from longretriever.export.evaluate import make_cases
+    from longretriever.export.reference import retrieve_offline
+    from longretriever.export.train import TrainConfig, train_longretriever
 
     cfg = TrainConfig(epochs=1, budget=32)
     res = train_longretriever(split, cfg, progress=False)

@@ -12,18 +12,18 @@ import time
 import numpy as np
 import pytest
 
-from export.reference import retrieve_offline
-from longretriever.datasets import load_dataset
-from retriever.assemble import open_serving
-from retriever.client import RetrieverClient
-from retriever.milvus_index import MilvusIndex
-from retriever.server import build_server
-from stream.codec import Event, encode_batch, encode_key
-from stream.replay import ensure_topic, replay
-from stream.synth import write as write_synth
-from stream.worker import StreamWorker
-from tests.support import expected_sequences, settings_for, wait_for
-from export.quick_train import train_small
+from longretriever.export.reference import retrieve_offline
+from longretriever.data.events import load_dataset
+from longretriever.retriever.assemble import open_serving
+from longretriever.retriever.client import RetrieverClient
+from longretriever.retriever.milvus_index import MilvusIndex
+from longretriever.retriever.server import build_server
+from longretriever.core.codec import Event, encode_batch, encode_key
+from longretriever.stream.replay import ensure_topic, replay
+from longretriever.data.synth import write as write_synth
+from longretriever.stream.worker import StreamWorker
+from tests.fixtures.support import expected_sequences, settings_for, wait_for
+from longretriever.benchmarks.common import train_small
 
 pytestmark = pytest.mark.integration
 K = 50
@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
     ev, it = write_synth(d / "syn.csv", users=40, events_per_user=300, items=3000, contexts=8, seed=11)
     train_small(ev, it, d / "bundle", budget=16, extra=("--context-choice", "learned"))
     uri = str(d / "milvus.db")
-    from export.bundle import load_bundle
+    from longretriever.export.bundle import load_bundle
 
     idx = MilvusIndex(uri, "items")
     idx.build(load_bundle(d / "bundle"), "flat", progress=False)
@@ -92,7 +92,7 @@ def _scrape_metrics_endpoint(queries: int, events: int) -> None:
     from prometheus_client import start_http_server
     from prometheus_client.parser import text_string_to_metric_families
 
-    from infra.kafka.broker import free_port
+    from longretriever.infra.kafka.broker import free_port
 
     port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1")
@@ -125,7 +125,7 @@ def _compare_all(target, bundle, truth):
 def _compare_frequency_choice(sv, truth):
     """The same state and collection served with ``context_choice="frequency"`` equals the
     frequency reference; returns (mismatched users, users whose answer differs by choice)."""
-    from retriever.service import RetrieverService
+    from longretriever.retriever.service import RetrieverService
 
     service = RetrieverService(sv.bundle, sv.index, sv.store, context_choice="frequency")
     mismatched, differ = [], 0
@@ -181,8 +181,8 @@ def test_two_serving_workers_route_each_user_to_its_owner(trained, kafka_bootstr
     """Two serving processes in one consumer group (here: two workers, two states, two gRPC
     endpoints in one process). Asking either endpoint about any user gives the owner's answer,
     which equals the offline reference."""
-    from retriever.routing import Router, client_id_for
-    from retriever.service import RetrieverService
+    from longretriever.retriever.routing import Router, client_id_for
+    from longretriever.retriever.service import RetrieverService
 
     d, ev, it, uri = trained
     ds = load_dataset(ev, it, "csv")
@@ -191,15 +191,15 @@ def test_two_serving_workers_route_each_user_to_its_owner(trained, kafka_bootstr
     sa = settings_for(kafka_bootstrap, topic_name, tmp_path / "a", group="route")
     sb = settings_for(kafka_bootstrap, topic_name, tmp_path / "b", group="route")
     sv = open_serving(d / "bundle", uri, "items", sa, cache_entries=0)
-    from retriever.assemble import state_contexts
-    from stream.state import StateStore
+    from longretriever.retriever.assemble import state_contexts
+    from longretriever.stream.state import StateStore
 
     store_b = StateStore(tmp_path / "b", state_contexts(sv.bundle, None))
     service_b = RetrieverService(sv.bundle, sv.index, store_b)
     truth = expected_sequences(ds.events, sv.store.contexts, 100_000)
 
     async def scenario():
-        from infra.kafka.broker import free_port
+        from longretriever.infra.kafka.broker import free_port
 
         addr_a, addr_b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         routers = [Router(kafka_bootstrap, "route", topic_name, a, interval=0.3).start() for a in (addr_a, addr_b)]
@@ -241,7 +241,7 @@ def test_two_serving_workers_route_each_user_to_its_owner(trained, kafka_bootstr
 def test_endpoint_answers_from_local_state_while_the_broker_is_down(trained, tmp_path):
     """Broker outage: Retrieve keeps answering from the last applied state (same answers,
     same watermark) within the deadline; after the broker is back, new events flow again."""
-    from infra.kafka import broker
+    from longretriever.infra.kafka import broker
 
     d, ev, it, uri = trained
     ds = load_dataset(ev, it, "csv")

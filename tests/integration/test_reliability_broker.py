@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from infra.kafka import broker
-from longretriever.datasets import load_dataset
-from stream.replay import ensure_topic, replay
-from stream.soak import end_offsets
-from stream.state import StateStore
-from stream.synth import write as write_synth
-from stream.worker import StreamWorker
-from tests.support import assert_state_matches, expected_sequences, settings_for, wait_for
+from longretriever.infra.kafka import broker
+from longretriever.data.events import load_dataset
+from longretriever.stream.replay import ensure_topic, replay
+from tests.fixtures.soak import end_offsets
+from longretriever.stream.state import StateStore
+from longretriever.data.synth import write as write_synth
+from longretriever.stream.worker import StreamWorker
+from tests.fixtures.support import assert_state_matches, expected_sequences, settings_for, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Malformed-input fuzz through a real broker: thousands of malformed messages of many kinds
-(stream.soak.Corpus) interleaved with valid events. The worker must never crash, the DLQ must
+(tests.fixtures.soak.Corpus) interleaved with valid events. The worker must never crash, the DLQ must
 hold exactly one record per malformed message / micro-batch element (with reason and source
 offset), every valid event must be in the state, and the Prometheus counters must move by
 exactly the DLQ count. See docs/reliability.md."""
@@ -13,10 +13,10 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from stream.replay import ensure_topic
-from stream.soak import Corpus, produce, read_topic, truth_of
-from stream.state import StateStore
-from tests.support import catch_up, settings_for
+from longretriever.stream.replay import ensure_topic
+from tests.fixtures.soak import Corpus, produce, read_topic, truth_of
+from longretriever.stream.state import StateStore
+from tests.fixtures.support import catch_up, settings_for
 
 pytestmark = pytest.mark.integration
 

@@ -19,13 +19,13 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2
 
-from retriever.assemble import state_contexts
-from retriever.milvus_index import MilvusIndex
-from retriever.milvus_requests import context_sizes
-from retriever.proto import longretriever_pb2 as pb
-from retriever.service import RetrieverService
-from stream.state import StateStore
-from tests.integration.serving_harness import (DEADLINE, SC, ServerThread, assert_clean,
+from longretriever.retriever.assemble import state_contexts
+from longretriever.retriever.milvus_index import MilvusIndex
+from longretriever.retriever.milvus_requests import context_sizes
+from longretriever.retriever.proto import longretriever_pb2 as pb
+from longretriever.retriever.service import RetrieverService
+from longretriever.stream.state import StateStore
+from tests.fixtures.serving import (DEADLINE, SC, ServerThread, assert_clean,
                                                assert_valid_answer, call, report)
 
 pytestmark = pytest.mark.integration
@@ -188,7 +188,7 @@ class LiteServer:
 
 
 def test_milvus_server_outage_tcp_hang_kill_restart(reliability_bundle, tmp_path):
-    from infra.kafka.broker import free_port
+    from longretriever.infra.kafka.broker import free_port
 
     d, bundle, _, _, users = reliability_bundle
     lite = LiteServer(tmp_path / "tcp.db", free_port())

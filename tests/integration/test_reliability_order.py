@@ -11,11 +11,11 @@ import msgpack
 import pytest
 from kafka import KafkaProducer
 
-from stream.codec import Event, encode_batch, encode_event, encode_key
-from stream.replay import ensure_topic
-from stream.soak import read_topic
-from stream.state import StateStore
-from tests.support import catch_up, settings_for
+from longretriever.core.codec import Event, encode_batch, encode_event, encode_key
+from longretriever.stream.replay import ensure_topic
+from tests.fixtures.soak import read_topic
+from longretriever.stream.state import StateStore
+from tests.fixtures.support import catch_up, settings_for
 
 pytestmark = pytest.mark.integration
 

@@ -11,13 +11,13 @@ import time
 import numpy as np
 import pytest
 
-from longretriever.datasets import EventLog, load_dataset
-from stream.replay import ensure_topic, replay
-from stream.soak import end_offsets, prefix_events, read_topic
-from stream.state import StateStore
-from stream.synth import write as write_synth
-from stream.worker import StreamWorker
-from tests.support import assert_state_matches, catch_up, expected_sequences, settings_for, wait_for
+from longretriever.data.events import EventLog, load_dataset
+from longretriever.stream.replay import ensure_topic, replay
+from tests.fixtures.soak import end_offsets, prefix_events, read_topic
+from longretriever.stream.state import StateStore
+from longretriever.data.synth import write as write_synth
+from longretriever.stream.worker import StreamWorker
+from tests.fixtures.support import assert_state_matches, catch_up, expected_sequences, settings_for, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -22,14 +22,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from longretriever.errors import BundleError
-from retriever import query as q
-from retriever.assemble import open_serving
-from retriever.milvus_requests import context_sizes
-from retriever.proto import longretriever_pb2 as pb
-from retriever.server import MAX_RECEIVE_MESSAGE_BYTES, SERVICE_NAME
-from tests.support import settings_for
-from tests.integration.serving_harness import (SC, assert_clean, assert_valid_answer, call)
+from longretriever.core.errors import BundleError
+from longretriever.retriever import query as q
+from longretriever.retriever.assemble import open_serving
+from longretriever.retriever.milvus_requests import context_sizes
+from longretriever.retriever.proto import longretriever_pb2 as pb
+from longretriever.retriever.server import MAX_RECEIVE_MESSAGE_BYTES, SERVICE_NAME
+from tests.fixtures.support import settings_for
+from tests.fixtures.serving import (SC, assert_clean, assert_valid_answer, call)
 
 pytestmark = pytest.mark.integration
 
@@ -203,7 +203,7 @@ def test_bundle_version_differs_from_collection_is_refused(reliability_bundle, r
     man = json.loads((other / "manifest.json").read_text())
     man["version"] = "20990101T000000Z-" + man["version"].rsplit("-", 1)[1]  # valid, but not indexed
     (other / "manifest.json").write_text(json.dumps(man))
-    from export.bundle import load_bundle
+    from longretriever.export.bundle import load_bundle
 
     assert load_bundle(other, intra_op_threads=1).version == man["version"]
     settings = settings_for("127.0.0.1:9", "unused", tmp_path / "state2")

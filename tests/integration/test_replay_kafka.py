@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from longretriever.datasets import EventLog, load_dataset
-from stream import synth
-from stream.codec import decode_message
-from stream.replay import ensure_topic, plan_messages, replay
+from longretriever.data.events import EventLog, load_dataset
+from longretriever.data import synth
+from longretriever.core.codec import decode_message
+from longretriever.stream.replay import ensure_topic, plan_messages, replay
 
 pytestmark = pytest.mark.integration
 

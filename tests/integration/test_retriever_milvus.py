@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from longretriever.errors import BundleError
-from retriever import query as q
-from retriever.bench import SyntheticBundle
-from retriever.milvus_index import MilvusIndex
-from retriever.milvus_requests import context_sizes
+from longretriever.core.errors import BundleError
+from longretriever.retriever import query as q
+from longretriever.benchmarks.query import SyntheticBundle
+from longretriever.retriever.milvus_index import MilvusIndex
+from longretriever.retriever.milvus_requests import context_sizes
 
 pytestmark = pytest.mark.integration
 

@@ -8,14 +8,14 @@ import msgpack
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from longretriever.contexts import ContextTable
-from longretriever.datasets import load_dataset
-from stream.codec import Event, encode_batch, encode_event, encode_key
-from stream.replay import ensure_topic, replay
-from stream.state import StateStore
-from stream.synth import write as write_synth
-from stream.worker import StreamWorker
-from tests.support import assert_state_matches, catch_up, expected_sequences, settings_for, wait_for
+from longretriever.core.contexts import ContextTable
+from longretriever.data.events import load_dataset
+from longretriever.core.codec import Event, encode_batch, encode_event, encode_key
+from longretriever.stream.replay import ensure_topic, replay
+from longretriever.stream.state import StateStore
+from longretriever.data.synth import write as write_synth
+from longretriever.stream.worker import StreamWorker
+from tests.fixtures.support import assert_state_matches, catch_up, expected_sequences, settings_for, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from stream.codec import (MIN_TS_MS, Event, decode_columns, decode_message, encode_batch, encode_event,
+from longretriever.core.codec import (MIN_TS_MS, Event, decode_columns, decode_message, encode_batch, encode_event,
                           encode_key)
 
 NOW = 1_800_000_000_000

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from longretriever.context_predictor import (DEFAULT_TAUS, EPS, ContextPredictor, num_features,
+from longretriever.core.context_predictor import (DEFAULT_TAUS, EPS, ContextPredictor, num_features,
                                              predictor_features)
-from longretriever.errors import BundleError
-from longretriever.multicontext import choice_weights, choose_contexts, context_weights
+from longretriever.core.errors import BundleError
+from longretriever.core.multicontext import choice_weights, choose_contexts, context_weights
 
 
 def test_features_hand_checked():
@@ -76,8 +76,8 @@ def test_json_round_trip_is_bit_exact_and_validated():
 def cyclic_dataset(n_users=40, n_ctx=4, per_ctx=15, length=60, seed=0):
     """Every user walks the contexts in a fixed cycle c -> c+1: the next context is fully
     predictable from the last one, and it is always the *least* recent of the cycle."""
-    from longretriever.contexts import ContextTable
-    from longretriever.datasets import Dataset, EventLog
+    from longretriever.core.contexts import ContextTable
+    from longretriever.data.events import Dataset, EventLog
 
     rng = np.random.default_rng(seed)
     mapping = {1000 + i: f"c{i % n_ctx}" for i in range(n_ctx * per_ctx)}
@@ -93,8 +93,8 @@ def cyclic_dataset(n_users=40, n_ctx=4, per_ctx=15, length=60, seed=0):
 
 
 def test_training_learns_planted_transitions_that_frequency_misses():
-    from export.context_predictor_train import context_examples, coverage, train_context_predictor
-    from export.train import make_split
+    from longretriever.export.context_predictor_train import context_examples, coverage, train_context_predictor
+    from longretriever.export.train import make_split
 
     split = make_split(cyclic_dataset())
     pred, m = train_context_predictor(split)

@@ -2,8 +2,8 @@
 
 import json
 
-from export.ablation import SASREC, SERVING, run_ablation
-from export.train import TrainConfig
+from longretriever.export.ablation import SASREC, SERVING, run_ablation
+from longretriever.export.train import TrainConfig
 from tests.unit.test_export_bundle import synthetic
 
 

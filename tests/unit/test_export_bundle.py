@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from export.bundle import load_bundle, save_bundle
-from export.reference import retrieve_offline
-from export.train import TrainConfig, make_split, train_longretriever
-from longretriever.contexts import ContextTable
-from longretriever.datasets import Dataset, EventLog
-from longretriever.errors import BundleError, InputError
-from longretriever.multicontext import Candidate
+from longretriever.export.bundle import load_bundle, save_bundle
+from longretriever.export.reference import retrieve_offline
+from longretriever.export.train import TrainConfig, make_split, train_longretriever
+from longretriever.core.contexts import ContextTable
+from longretriever.data.events import Dataset, EventLog
+from longretriever.core.errors import BundleError, InputError
+from longretriever.core.multicontext import Candidate
 
 
 def synthetic(n_users=30, n_items=120, n_ctx=4, seed=0):
@@ -146,7 +146,7 @@ def test_training_is_deterministic():
 
 
 def test_learned_context_choice_travels_in_the_bundle(bundle_dir, tmp_path):
-    from longretriever.context_predictor import ContextPredictor, num_features
+    from longretriever.core.context_predictor import ContextPredictor, num_features
 
     out, split, res = bundle_dir
     c = len(split.table.names)

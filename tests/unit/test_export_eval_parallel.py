@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from export.report import MODELS, run_eval
-from export.train import TrainConfig
+from longretriever.export.report import MODELS, run_eval
+from longretriever.export.train import TrainConfig
 from tests.unit.test_export_bundle import synthetic
 
 

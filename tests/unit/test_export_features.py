@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from export.features import AGE_BUCKETS, INPUT_NAMES, ItemVocab, age_buckets, build_encoder_inputs
+from longretriever.core.features import AGE_BUCKETS, INPUT_NAMES, ItemVocab, age_buckets, build_encoder_inputs
 
 
 def vocab():

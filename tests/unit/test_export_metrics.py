@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from export.evaluate import MISS, mean_metrics, metrics_from_lists, metrics_from_rank
-from export.reference import top_n
+from longretriever.export.evaluate import MISS, mean_metrics, metrics_from_lists, metrics_from_rank
+from longretriever.export.reference import top_n
 
 
 def test_metrics_from_rank_hand_checked():

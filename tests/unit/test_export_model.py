@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from export.features import INPUT_NAMES, ItemVocab, build_encoder_inputs
-from export.model import ContextNegativeSampler, LongRetrieverModel, ModelConfig, sampled_softmax_loss
+from longretriever.core.features import INPUT_NAMES, ItemVocab, build_encoder_inputs
+from longretriever.export.model import ContextNegativeSampler, LongRetrieverModel, ModelConfig, sampled_softmax_loss
 
 N, C = 300, 5
 
@@ -78,7 +78,7 @@ def test_context_sampler_stays_in_context():
 def test_torch_onnxruntime_parity_all_lengths(tmp_path, k):
     import onnxruntime as ort
 
-    from export.bundle import OUTPUT_NAME, export_onnx
+    from longretriever.export.bundle import OUTPUT_NAME, export_onnx
 
     m, _ = make_model(dim=32)
     m.eval()
@@ -99,7 +99,7 @@ def test_torch_onnxruntime_parity_all_lengths(tmp_path, k):
 
 
 def test_sample_examples_budget_zero_means_all_positions():
-    from export.train import Split, sample_examples
+    from longretriever.export.train import Split, sample_examples
 
     class Stub:
         users = [np.zeros(n) for n in (2, 5, 40)]  # training positions [1, n-2) for n >= 3
@@ -115,7 +115,7 @@ def test_sample_examples_budget_zero_means_all_positions():
 
 
 def test_length_bucketing_keeps_every_example_once_and_groups_lengths():
-    from export.train import TrainConfig, context_lengths, example_batches, make_split
+    from longretriever.export.train import TrainConfig, context_lengths, example_batches, make_split
     from tests.unit.test_export_bundle import synthetic
 
     split = make_split(synthetic(n_users=40, n_items=120, seed=8))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.learned_contexts import kmeans
+from longretriever.export.learned_contexts import kmeans
 
 
 def test_kmeans_recovers_planted_clusters_deterministically():

@@ -9,8 +9,8 @@ import msgpack
 import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from stream.codec import Event, decode_columns, decode_message, encode_event
-from stream.soak import Corpus
+from longretriever.core.codec import Event, decode_columns, decode_message, encode_event
+from tests.fixtures.soak import Corpus
 
 NOW = 1_800_000_000_000
 TS = 1_700_000_000_000

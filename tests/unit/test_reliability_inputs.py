@@ -31,18 +31,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from longretriever.errors import BundleError, InputError, ServiceUnavailable
-from retriever import query as q
+from longretriever.core.errors import BundleError, InputError, ServiceUnavailable
+from longretriever.retriever import query as q
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("longretriever", "stream", "export", "retriever", "infra")
+PACKAGES = ("longretriever", "core", "data", "stream", "export", "retriever", "infra", "benchmarks")
 
 
 # ---- bundle tampering -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
-    from export.bundle import save_bundle
-    from export.train import TrainConfig, make_split, train_longretriever
+    from longretriever.export.bundle import save_bundle
+    from longretriever.export.train import TrainConfig, make_split, train_longretriever
     from tests.unit.test_export_bundle import synthetic
 
     split = make_split(synthetic(n_users=12, n_items=60))
@@ -68,7 +68,7 @@ def _flip(path: Path, where: float = 0.5) -> None:
 
 
 def test_untampered_bundle_loads(bundle_dir):
-    from export.bundle import load_bundle
+    from longretriever.export.bundle import load_bundle
 
     assert load_bundle(bundle_dir, intra_op_threads=1).item_ids.size > 0
 
@@ -78,7 +78,7 @@ def test_untampered_bundle_loads(bundle_dir):
                                         ("config.json", 0.5), ("item_ids.npy", 0.9),
                                         ("contexts.json", 0.3), ("popularity.npy", 0.9)])
 def test_flipped_byte_is_refused_naming_the_file(bundle_dir, tmp_path, name, where):
-    from export.bundle import load_bundle
+    from longretriever.export.bundle import load_bundle
 
     b = _copy(bundle_dir, tmp_path)
     _flip(b / name, where)
@@ -90,7 +90,7 @@ def test_flipped_byte_is_refused_naming_the_file(bundle_dir, tmp_path, name, whe
 
 @pytest.mark.parametrize("name", ["encoder.onnx", "item_ids.npy", "config.json", "metrics.json"])
 def test_deleted_file_is_refused_naming_the_file(bundle_dir, tmp_path, name):
-    from export.bundle import load_bundle
+    from longretriever.export.bundle import load_bundle
 
     b = _copy(bundle_dir, tmp_path)
     (b / name).unlink()
@@ -99,7 +99,7 @@ def test_deleted_file_is_refused_naming_the_file(bundle_dir, tmp_path, name):
 
 
 def test_file_dropped_from_manifest_or_manifest_missing_is_refused(bundle_dir, tmp_path):
-    from export.bundle import load_bundle
+    from longretriever.export.bundle import load_bundle
 
     b = _copy(bundle_dir, tmp_path)
     man = json.loads((b / "manifest.json").read_text())
@@ -117,7 +117,7 @@ def test_file_dropped_from_manifest_or_manifest_missing_is_refused(bundle_dir, t
 
 def test_swapped_file_with_valid_format_is_refused(bundle_dir, tmp_path):
     """A well-formed replacement (another valid .npy) is caught by the digest, not the parser."""
-    from export.bundle import load_bundle
+    from longretriever.export.bundle import load_bundle
 
     b = _copy(bundle_dir, tmp_path)
     emb = np.load(b / "item_embeddings.npy", allow_pickle=False)
@@ -128,7 +128,7 @@ def test_swapped_file_with_valid_format_is_refused(bundle_dir, tmp_path):
 
 @pytest.mark.parametrize("name", ["extra.pkl", "encoder.int8.onnx"])
 def test_unexpected_file_is_refused(bundle_dir, tmp_path, name):
-    from export.bundle import load_bundle
+    from longretriever.export.bundle import load_bundle
 
     b = _copy(bundle_dir, tmp_path)
     (b / name).write_bytes(b"\x80\x04not in the manifest")
@@ -236,7 +236,7 @@ def _n(decoded) -> int:
 
 
 def test_codec_payload_and_batch_limits():
-    from stream import codec
+    from longretriever.core import codec
 
     now = int(time.time() * 1000)
     ev = {"user_id": 1, "item_id": 2, "ts": now}
@@ -266,7 +266,7 @@ def test_codec_payload_and_batch_limits():
 def test_settings_bound_the_stream_limits():
     from pydantic import ValidationError
 
-    from longretriever.settings import Settings
+    from longretriever.core.settings import Settings
 
     s = Settings()
     assert s.max_message_bytes <= 16 * 1_048_576 and s.max_batch_events <= 100_000
@@ -277,7 +277,7 @@ def test_settings_bound_the_stream_limits():
 
 
 def test_grpc_server_options_limit_message_sizes(monkeypatch):
-    from retriever import server as srv
+    from longretriever.retriever import server as srv
 
     seen = {}
     real = grpc.aio.server
@@ -325,7 +325,7 @@ NAMES = ["unknown", "c00", "c01", "c02", "c03"]
 @given(name=st.one_of(st.text(max_size=30), st.sampled_from(
     NAMES + ["0", "4", "5", "99", "\u00b2", "\u0663", "-1", "1" * 5000, " 1", "+1", ""])))
 def test_context_id_only_input_error(name):
-    from retriever.service import RetrieverService
+    from longretriever.retriever.service import RetrieverService
 
     fake = SimpleNamespace(names=NAMES)
     try:
@@ -340,7 +340,7 @@ def test_context_id_only_input_error(name):
 @settings(max_examples=200, deadline=None)
 @given(msg=st.text(max_size=2000))
 def test_status_mapping_never_leaks_internal_text(msg):
-    from retriever.server import status_for
+    from longretriever.retriever.server import status_for
 
     code, text = status_for(ZeroDivisionError("secret " + msg))
     assert code == grpc.StatusCode.INTERNAL and "secret" not in text
@@ -355,7 +355,7 @@ def test_status_mapping_never_leaks_internal_text(msg):
 def test_edited_manifest_version_is_refused(bundle_dir, tmp_path):
     import json
 
-    from export.bundle import load_bundle
+    from longretriever.export.bundle import load_bundle
 
     b = _copy(bundle_dir, tmp_path)
     m = json.loads((b / "manifest.json").read_text())

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from aiokafka import TopicPartition
 
-from stream.worker import WorkerStats, _Rebalance
+from longretriever.stream.worker import WorkerStats, _Rebalance
 
 
 def test_assigned_is_published_only_after_all_seeks():

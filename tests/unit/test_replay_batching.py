@@ -6,10 +6,10 @@ import msgpack
 import numpy as np
 import pytest
 
-from longretriever.datasets import EventLog
-from longretriever.errors import ConfigError
-from stream.codec import Event, decode_message, encode_batch, encode_key
-from stream.replay import iter_messages, plan_messages
+from longretriever.data.events import EventLog
+from longretriever.core.errors import ConfigError
+from longretriever.core.codec import Event, decode_message, encode_batch, encode_key
+from longretriever.stream.replay import iter_messages, plan_messages
 
 NOW_MS = 2_000_000_000_000
 

@@ -8,9 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from longretriever.errors import BundleError, ServiceUnavailable
-from retriever import milvus_requests as mr
-from retriever.milvus_index import MilvusIndex
+from longretriever.core.errors import BundleError, ServiceUnavailable
+from longretriever.retriever import milvus_requests as mr
+from longretriever.retriever.milvus_index import MilvusIndex
 
 
 class FakeClient:

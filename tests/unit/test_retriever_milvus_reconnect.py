@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from longretriever.errors import ServiceUnavailable
-from retriever import milvus_requests as mr
+from longretriever.core.errors import ServiceUnavailable
+from longretriever.retriever import milvus_requests as mr
 
 
 # ---- MilvusIndex reconnect (fake client) ------------------------------------------------------
@@ -70,7 +70,7 @@ class World:
 
 
 def _index(world, **kw):
-    from retriever.milvus_index import MilvusIndex
+    from longretriever.retriever.milvus_index import MilvusIndex
 
     ix = MilvusIndex("fake.db", "c1", client_factory=world.factory, **kw)
     ix.open("v1", expected_items=10, context_sizes={1: 5, 2: 5})
@@ -145,7 +145,7 @@ def test_queued_callers_fail_fast_after_a_failed_reconnect():
 
 
 def test_transient_detection_follows_the_cause_chain():
-    from retriever.milvus_index import _is_transient
+    from longretriever.retriever.milvus_index import _is_transient
 
     try:
         try:
@@ -158,7 +158,7 @@ def test_transient_detection_follows_the_cause_chain():
 
 
 def test_refused_tcp_connect_fails_fast():
-    from retriever.milvus_index import MilvusIndex, _probe_tcp
+    from longretriever.retriever.milvus_index import MilvusIndex, _probe_tcp
 
     with pytest.raises(OSError):
         _probe_tcp("http://127.0.0.1:1", 0.5)

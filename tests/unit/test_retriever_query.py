@@ -7,12 +7,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from longretriever.errors import BundleError, ConfigError, InputError
-from longretriever.multicontext import Candidate
-from retriever import milvus_requests as mr
-from retriever import query as q
-from retriever.refresh import Refresher, VectorCache
-from retriever.service import RetrieverService, format_watermark
+from longretriever.core.errors import BundleError, ConfigError, InputError
+from longretriever.core.multicontext import Candidate
+from longretriever.retriever import milvus_requests as mr
+from longretriever.retriever import query as q
+from longretriever.retriever.refresh import Refresher, VectorCache
+from longretriever.retriever.service import RetrieverService, format_watermark
 
 # events (ts, item, context) given out of order; canonical order is by (ts, item)
 EV = [(4, 103, 1), (1, 101, 1), (5, 202, 2), (2, 102, 1), (3, 201, 2)]
@@ -274,15 +274,15 @@ def test_refresher_background_thread():
 
 @pytest.mark.parametrize("choice", ["frequency", "learned"])
 def test_service_equals_export_reference_random_histories(choice):
-    ref = pytest.importorskip("export.reference")
-    from export.features import ItemVocab
+    ref = pytest.importorskip("longretriever.export.reference")
+    from longretriever.core.features import ItemVocab
 
     b = FakeBundle(n=90, seed=3)
     b.config = {"k": 3, "w": 4}
     b.k, b.w = 3, 4
     b.vocab = ItemVocab.from_ids(b.item_ids)
     b.context_items = {c: np.flatnonzero(b.item_contexts == c) for c in (1, 2, 3)}
-    from longretriever.context_predictor import ContextPredictor, num_features
+    from longretriever.core.context_predictor import ContextPredictor, num_features
 
     rng_p = np.random.default_rng(5)
     b.predictor = ContextPredictor(rng_p.standard_normal((num_features(4), 4)), rng_p.standard_normal(4))

@@ -6,8 +6,8 @@ from types import SimpleNamespace as NS
 
 from kafka.partitioner.default import DefaultPartitioner
 
-from retriever.routing import OwnershipMap, client_id_for, ownership_from_group, partition_for
-from stream.codec import encode_key
+from longretriever.retriever.routing import OwnershipMap, client_id_for, ownership_from_group, partition_for
+from longretriever.core.codec import encode_key
 
 
 def test_partition_matches_kafka_default_partitioner():

@@ -10,12 +10,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from longretriever.errors import BundleError, ServiceUnavailable
-from longretriever.multicontext import Candidate
-from retriever.proto import longretriever_pb2 as pb
-from retriever.proto import longretriever_pb2_grpc as pb_grpc
-from retriever.server import SERVICE_NAME, build_server, set_serving
-from retriever.service import RetrieveResult, SequenceResult
+from longretriever.core.errors import BundleError, ServiceUnavailable
+from longretriever.core.multicontext import Candidate
+from longretriever.retriever.proto import longretriever_pb2 as pb
+from longretriever.retriever.proto import longretriever_pb2_grpc as pb_grpc
+from longretriever.retriever.server import SERVICE_NAME, build_server, set_serving
+from longretriever.retriever.service import RetrieveResult, SequenceResult
 
 
 class FakeBackend:
@@ -135,7 +135,7 @@ def test_health_and_reflection():
 def test_tls_endpoint_serves_tls_only(tmp_path):
     import subprocess
 
-    from retriever.client import RetrieverClient
+    from longretriever.retriever.client import RetrieverClient
 
     key, crt = tmp_path / "key.pem", tmp_path / "crt.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),

@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 
-from longretriever.multicontext import (Candidate, allocate_quotas, choose_contexts, context_weights,
+from longretriever.core.multicontext import (Candidate, allocate_quotas, choose_contexts, context_weights,
                                         merge)
-from longretriever.sequence import (canonical_order, context_positions, hard_search,
+from longretriever.core.sequence import (canonical_order, context_positions, hard_search,
                                     hard_search_positions, recent_window)
 
 

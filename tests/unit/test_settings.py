@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from longretriever.settings import Settings, load_settings
+from longretriever.core.settings import Settings, load_settings
 
 
 def test_precedence_flags_env_file(tmp_path, monkeypatch):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from longretriever.contexts import ContextTable
-from longretriever.sequence import hard_search
-from stream.segments import decode_segment, encode_segment
-from stream.state import StateStore
+from longretriever.core.contexts import ContextTable
+from longretriever.core.sequence import hard_search
+from longretriever.stream.segments import decode_segment, encode_segment
+from longretriever.stream.state import StateStore
 
 CTX = ContextTable.from_mapping({i: f"c{i % 3}" for i in range(0, 40)})
 

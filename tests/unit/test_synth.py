@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from longretriever.contexts import ContextTable
-from longretriever.datasets import load_dataset
-from stream import synth
+from longretriever.core.contexts import ContextTable
+from longretriever.data.events import load_dataset
+from longretriever.data import synth
 
 START = 1_420_070_400  # 2015-01-01 UTC
 

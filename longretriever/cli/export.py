@@ -10,8 +10,8 @@ from typing import Optional
 import numpy as np
 import typer
 
-from longretriever.errors import LongRetrieverError
-from longretriever.multicontext import CONTEXT_CHOICES
+from longretriever.core.errors import LongRetrieverError
+from longretriever.core.multicontext import CONTEXT_CHOICES
 
 
 def _fail(exc: Exception) -> None:
@@ -27,9 +27,9 @@ def bench_encoder(bundle_path: Path, out: Path, seq_len: int = 256, batches=(1, 
     import onnxruntime as ort
     import torch
 
-    from export.bundle import OUTPUT_NAME, load_bundle, quantize_int8
-    from export.features import INPUT_NAMES
-    from export.model import LongRetrieverModel, ModelConfig
+    from longretriever.export.bundle import OUTPUT_NAME, load_bundle, quantize_int8
+    from longretriever.core.features import INPUT_NAMES
+    from longretriever.export.model import LongRetrieverModel, ModelConfig
 
     b = load_bundle(bundle_path, intra_op_threads=threads)
     rng = np.random.default_rng(0)
@@ -108,11 +108,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                                      "auto (the better on validation recall@100)"),
                   progress: bool = True) -> None:
         """Train LongRetriever and write a verified model bundle."""
-        from export.bundle import save_bundle
-        from export.context_predictor_train import compare_choices, pick_choice, train_context_predictor
-        from export.evaluate import eval_longretriever, make_cases, mean_metrics, plan_cases
-        from export.train import TrainConfig, make_split, train_longretriever
-        from longretriever.datasets import load_dataset
+        from longretriever.export.bundle import save_bundle
+        from longretriever.export.context_predictor_train import compare_choices, pick_choice, train_context_predictor
+        from longretriever.export.evaluate import eval_longretriever, make_cases, mean_metrics, plan_cases
+        from longretriever.export.train import TrainConfig, make_split, train_longretriever
+        from longretriever.data.events import load_dataset
 
         if context_choice not in ("auto", *CONTEXT_CHOICES):
             _fail(ValueError(f"--context-choice must be auto, frequency or learned, got {context_choice!r}"))
@@ -120,7 +120,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             ds = load_dataset(events, items, format)  # type: ignore[arg-type]
             cfg = TrainConfig(epochs=epochs, batch=batch, dim=dim, seed=seed, k=k, w=w, budget=budget)
             if contexts:
-                from export.learned_contexts import learn_contexts
+                from longretriever.export.learned_contexts import learn_contexts
 
                 ds = learn_contexts(ds, contexts, cfg, progress)
             split = make_split(ds)
@@ -163,16 +163,16 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                                         "item table's categories"),
                  progress: bool = False) -> None:
         """All models x seeds, leave-last-out full-corpus ranking -> report.json/.md + plots."""
-        from export.report import run_eval
-        from export.train import TrainConfig
-        from longretriever.datasets import load_dataset
+        from longretriever.export.report import run_eval
+        from longretriever.export.train import TrainConfig
+        from longretriever.data.events import load_dataset
 
         try:
             ds = load_dataset(events, items, format)  # type: ignore[arg-type]
             t0 = time.perf_counter()
             cfg = TrainConfig(epochs=epochs, seed=seed, budget=budget, dim=dim, batch=batch, k=k, w=w)
             if contexts:
-                from export.learned_contexts import learn_contexts
+                from longretriever.export.learned_contexts import learn_contexts
 
                 ds = learn_contexts(ds, contexts, cfg, progress)
             rep = run_eval(ds, out, cfg, seeds, progress, jobs)
@@ -192,9 +192,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                                      "consumption protocol), for every row")) -> None:
         """Retrain LongRetriever without each part (hard search, recent window, in-context
         negatives) and serve the full model differently (learned choice, fewer contexts)."""
-        from export.ablation import run_ablation
-        from export.train import TrainConfig
-        from longretriever.datasets import load_dataset
+        from longretriever.export.ablation import run_ablation
+        from longretriever.export.train import TrainConfig
+        from longretriever.data.events import load_dataset
 
         try:
             ds = load_dataset(events, items, format)  # type: ignore[arg-type]

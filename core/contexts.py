@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from longretriever.errors import ConfigError
+from longretriever.core.errors import ConfigError
 
 UNKNOWN_CONTEXT = 0
 

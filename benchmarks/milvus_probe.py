@@ -13,7 +13,7 @@ one multi-context query (M searches of top-k, one per context) issued sequential
 thread pool, and recall@k against the numpy exact answer. Failures (unsupported index, layout
 not implemented by Milvus Lite) are recorded, not raised.
 
-Run: ``python -m retriever.milvus_probe --items 100000 --dim 64 --contexts 8 --topk 200``
+Run: ``python -m longretriever.benchmarks.milvus_probe --items 100000 --dim 64 --contexts 8 --topk 200``
 or ``longretriever bench milvus-probe``.
 """
 

@@ -1,6 +1,6 @@
 """The learned next-context predictor: the second way to choose a user's contexts.
 
-The default choice (:func:`longretriever.multicontext.context_weights`) ranks contexts by
+The default choice (:func:`longretriever.core.multicontext.context_weights`) ranks contexts by
 recency-weighted frequency. The predictor instead estimates ``P(next event's context | the
 contexts of the newest events)`` with a multinomial logistic regression over a few fixed
 features of that context sequence, so it can learn e.g. that a burst in one context is short
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from longretriever.errors import BundleError
-from longretriever.multicontext import DEFAULT_WINDOW
+from longretriever.core.errors import BundleError
+from longretriever.core.multicontext import DEFAULT_WINDOW
 
 DEFAULT_TAUS = (2.0, 20.0, 200.0)
 EPS = 1e-3

@@ -8,14 +8,14 @@ from typing import Optional
 
 import typer
 
-from longretriever.contexts import ContextTable
-from longretriever.settings import load_settings
+from longretriever.core.contexts import ContextTable
+from longretriever.core.settings import load_settings
 
 FORMAT_HELP = "csv (user_id,item_id,timestamp[,action]; seconds) or movielens (ml-latest folder)"
 
 
 def open_store(state_dir: Path, items: Optional[Path], read_only: bool = False, **kw):
-    from stream.state import StateStore
+    from longretriever.stream.state import StateStore
 
     s = load_settings(state_dir=state_dir, items_path=items)
     return StateStore(s.state_dir, ContextTable.from_csv(s.items_path), max_len=s.max_sequence_len,
@@ -34,8 +34,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                                         "that existed at start are processed"),
                    metrics_port: int = typer.Option(0, help="Prometheus port (0 = off)")) -> None:
         """Run the stream worker: user-events -> per-user rolling sequences."""
-        from stream.replay import ensure_topic
-        from stream.worker import run_worker
+        from longretriever.stream.replay import ensure_topic
+        from longretriever.stream.worker import run_worker
 
         store, s = open_store(state_dir, items)
         s = s.model_copy(update={"bootstrap": bootstrap, "topic": topic, "group_id": group_id})
@@ -89,8 +89,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                    rate: Optional[float] = typer.Option(None, help="Events per second (default: max)"),
                    partitions: int = typer.Option(4, help="Partitions if the topic is created")) -> None:
         """Produce historical events in timestamp order (stable for ties)."""
-        from longretriever.datasets import load_dataset
-        from stream.replay import ensure_topic, replay
+        from longretriever.data.events import load_dataset
+        from longretriever.stream.replay import ensure_topic, replay
 
         ds = load_dataset(events, items, fmt)  # type: ignore[arg-type]
         s = load_settings(bootstrap=bootstrap)
@@ -104,7 +104,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                   items: int = typer.Option(50_000), contexts: int = typer.Option(20),
                   seed: int = typer.Option(0), out: Path = typer.Option(...)) -> None:
         """Write a seeded synthetic ultra-long dataset (events CSV + <stem>.items.csv)."""
-        from stream.synth import write
+        from longretriever.data.synth import write
 
         ev, it = write(out, users, events_per_user, items, contexts, seed)
         typer.echo(f"{ev}\n{it}")
@@ -117,7 +117,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                      refresh: bool = typer.Option(True, help="Also measure the worker with the "
                                                   "event-driven vector refresh attached")) -> None:
         """Ingest benchmark on a real local broker; writes JSON."""
-        from stream.bench_ingest import run_ingest_bench
+        from longretriever.benchmarks.ingest import run_ingest_bench
 
         result = run_ingest_bench(users, events_per_user, bootstrap, refresh)
         out.write_text(json.dumps(result, indent=2))

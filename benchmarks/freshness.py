@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from export.quick_train import train_small
-from retriever.milvus_probe import percentile
+from longretriever.benchmarks.common import train_small
+from longretriever.benchmarks.milvus_probe import percentile
 
 
 def _parse_watermark(wm: str) -> dict[int, int]:
@@ -35,13 +35,13 @@ def _parse_watermark(wm: str) -> dict[int, int]:
 def serving_env(users: int = 200, events_per_user: int = 100, serve_args: tuple[str, ...] = ()):
     """A broker, a tiny trained bundle indexed in Milvus Lite, the history replayed, and a
     ``longretriever serve`` subprocess caught up on it. Yields (env dict, client)."""
-    from export.bundle import load_bundle
-    from infra.kafka import broker
-    from longretriever.datasets import load_dataset
-    from retriever.client import RetrieverClient
-    from retriever.milvus_index import MilvusIndex
-    from stream.replay import ensure_topic, replay
-    from stream.synth import write
+    from longretriever.export.bundle import load_bundle
+    from longretriever.infra.kafka import broker
+    from longretriever.data.events import load_dataset
+    from longretriever.retriever.client import RetrieverClient
+    from longretriever.retriever.milvus_index import MilvusIndex
+    from longretriever.stream.replay import ensure_topic, replay
+    from longretriever.data.synth import write
 
     tmp = Path(tempfile.mkdtemp(prefix="lr-serving-"))
     info = broker.start(tmp / "kafka")
@@ -83,7 +83,7 @@ def serving_env(users: int = 200, events_per_user: int = 100, serve_args: tuple[
 
 def start_load(bootstrap: str, rate: float, seconds: float, users: int) -> subprocess.Popen:
     """The load generator as its own process (as real producers are)."""
-    return subprocess.Popen([sys.executable, "-m", "retriever.bench_freshness", bootstrap, str(rate),
+    return subprocess.Popen([sys.executable, "-m", "longretriever.benchmarks.freshness", bootstrap, str(rate),
                              str(seconds), str(users)], stdout=subprocess.PIPE, text=True)
 
 
@@ -92,7 +92,7 @@ def run_freshness_bench(rate: float = 5000.0, seconds: float = 10.0, users: int 
     subprocesses; this process only produces the probe events and calls Retrieve."""
     from kafka import KafkaProducer
 
-    from stream.codec import Event, encode_event, encode_key
+    from longretriever.core.codec import Event, encode_event, encode_key
 
     with serving_env(users) as (env, client):
         load = start_load(env["bootstrap"], rate, seconds, users)
@@ -117,7 +117,7 @@ def run_freshness_bench(rate: float = 5000.0, seconds: float = 10.0, users: int 
             time.sleep(0.02)
         out, _ = load.communicate(timeout=seconds + 60)
         producer.close()
-        from retriever.bench_soak import _scrape_stages
+        from longretriever.benchmarks.soak import _scrape_stages
         stages = _scrape_stages(env["metrics_port"])
     achieved = float(out.strip().splitlines()[-1]) if out.strip() else 0.0
     return {"events_per_s": round(achieved), "p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99),
@@ -142,7 +142,7 @@ def _load(bootstrap: str, rate: float, seconds: float, users: int) -> None:
     """Load generator process: single-event messages at ``rate`` events/s."""
     from kafka import KafkaProducer
 
-    from stream.codec import Event, encode_event, encode_key
+    from longretriever.core.codec import Event, encode_event, encode_key
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
     rng = np.random.default_rng(0)

@@ -14,8 +14,8 @@ from typing import Iterator, Literal
 import numpy as np
 import pandas as pd
 
-from longretriever.contexts import ContextTable
-from longretriever.errors import ConfigError
+from longretriever.core.contexts import ContextTable
+from longretriever.core.errors import ConfigError
 
 Format = Literal["csv", "movielens"]
 

@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from longretriever.errors import ConfigError
-from longretriever.multicontext import CONTEXT_CHOICES
-from retriever.milvus_requests import DEFAULT_COLLECTION, DEFAULT_URI
+from longretriever.core.errors import ConfigError
+from longretriever.core.multicontext import CONTEXT_CHOICES
+from longretriever.retriever.milvus_requests import DEFAULT_COLLECTION, DEFAULT_URI
 
 
 def _fail(exc: Exception) -> None:
@@ -20,7 +20,7 @@ def _fail(exc: Exception) -> None:
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Add this package's commands to the root CLI."""
-    from longretriever.errors import LongRetrieverError
+    from longretriever.core.errors import LongRetrieverError
 
     @app.command("index")
     def index_cmd(bundle: Path = typer.Option(..., help="model bundle directory"),
@@ -29,8 +29,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                   index: str = typer.Option("flat", help="flat | hnsw | ivf (Milvus Lite: flat | ivf)"),
                   batch: int = typer.Option(5000, min=1)) -> None:
         """Create / upsert the item collection from a bundle (idempotent)."""
-        from export.bundle import load_bundle
-        from retriever.milvus_index import MilvusIndex
+        from longretriever.export.bundle import load_bundle
+        from longretriever.retriever.milvus_index import MilvusIndex
 
         try:
             b = load_bundle(bundle)
@@ -48,7 +48,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                   tls_ca: Optional[Path] = typer.Option(None, help="PEM CA bundle: connect with TLS"),
                   as_json: bool = typer.Option(False, "--json", help="print the response as JSON")) -> None:
         """Ask a running endpoint for a user's candidates."""
-        from retriever.client import RetrieverClient
+        from longretriever.retriever.client import RetrieverClient
 
         try:
             with RetrieverClient(target, timeout, tls_ca.read_bytes() if tls_ca else None) as c:
@@ -112,7 +112,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                         queries: int = typer.Option(100), concurrency: int = typer.Option(4),
                         index: str = typer.Option("flat")) -> None:
         """gRPC + Milvus Lite end-to-end latency on synthetic items."""
-        from retriever.bench import run_query_bench
+        from longretriever.benchmarks.query import run_query_bench
 
         runs = []
         for n in [int(x) for x in items.split(",") if x]:
@@ -126,7 +126,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                             rate: float = typer.Option(5000.0, help="events/s produced"),
                             seconds: float = typer.Option(10.0)) -> None:
         """Produce -> visible in Retrieve latency under a steady event rate (real services)."""
-        from retriever.bench_freshness import run_freshness_bench
+        from longretriever.benchmarks.freshness import run_freshness_bench
 
         r = run_freshness_bench(rate, seconds)
         out.write_text(json.dumps(r, indent=2))
@@ -137,7 +137,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                        minutes: float = typer.Option(10.0), rate: float = typer.Option(2000.0),
                        qps: float = typer.Option(20.0)) -> None:
         """Steady ingest + steady queries on a real serving process: RSS growth, p99 drift, errors."""
-        from retriever.bench_soak import run_soak
+        from longretriever.benchmarks.soak import run_soak
 
         r = run_soak(minutes, rate, qps)
         out.write_text(json.dumps(r, indent=2))
@@ -151,7 +151,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                         layouts: str = typer.Option("filter,partition,partkey,percoll"),
                         uri: Optional[str] = typer.Option(None)) -> None:
         """Compare Milvus layouts / indexes for per-context search (docs/milvus.md)."""
-        from retriever.milvus_probe import format_table, run_probe
+        from longretriever.benchmarks.milvus_probe import format_table, run_probe
 
         rep = run_probe(items, dim, contexts, topk, queries, tuple(indexes.split(",")),
                         tuple(layouts.split(",")), uri)
@@ -167,25 +167,25 @@ async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap:
     import asyncio
     import logging
 
-    from longretriever.settings import load_settings
-    from retriever.assemble import open_serving
-    from retriever.server import serve
+    from longretriever.core.settings import load_settings
+    from longretriever.retriever.assemble import open_serving
+    from longretriever.retriever.server import serve
 
-    log = logging.getLogger("retriever.serve")
+    log = logging.getLogger("longretriever.retriever.serve")
     settings = load_settings(bootstrap=bootstrap, state_dir=state_dir, items_path=items, topic=topic,
                              dlq_topic=topic + ".dlq", group_id=group_id, context_choice=context_choice)
     sv = open_serving(bundle_path, milvus_uri, collection, settings, cache_entries)
     stop = asyncio.Event()
     router = None
     if with_worker:
-        from retriever.routing import Router, client_id_for
+        from longretriever.retriever.routing import Router, client_id_for
 
         router = Router(settings.bootstrap, settings.group_id, settings.topic, advertise,
                         security=settings.kafka_security()).start()
     tasks = [asyncio.create_task(serve(sv.service, host, port, stop=stop, router=router, tls=tls),
                                  name="grpc")]
     if with_worker:
-        from stream.worker import StreamWorker
+        from longretriever.stream.worker import StreamWorker
 
         worker = StreamWorker(settings, sv.store, client_id=client_id_for(advertise),
                               on_applied=sv.refresher.on_applied if sv.refresher else None)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from infra.kafka import broker
+from longretriever.infra.kafka import broker
 
 DEFAULT_DATA = Path(".kafka-data")
 

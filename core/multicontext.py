@@ -37,7 +37,7 @@ def context_weights(recent_contexts: np.ndarray, tau: float = DEFAULT_TAU) -> di
 
 
 class ContextScorer(Protocol):
-    """A learned context choice (e.g. :class:`longretriever.context_predictor.ContextPredictor`)."""
+    """A learned context choice (e.g. :class:`longretriever.core.context_predictor.ContextPredictor`)."""
 
     def weights(self, recent_contexts: np.ndarray) -> dict[int, float]: ...
 

@@ -22,13 +22,13 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from longretriever.datasets import load_dataset
-from longretriever.settings import Settings
-from stream.replay import ensure_topic, replay
-from stream.state import StateStore
-from stream.synth import write as write_synth
-from stream.worker import StreamWorker
-from export.quick_train import train_small
+from longretriever.data.events import load_dataset
+from longretriever.core.settings import Settings
+from longretriever.stream.replay import ensure_topic, replay
+from longretriever.stream.state import StateStore
+from longretriever.data.synth import write as write_synth
+from longretriever.stream.worker import StreamWorker
+from longretriever.benchmarks.common import train_small
 
 
 async def _raw_consume(bootstrap: str, topic: str, total: int) -> float:
@@ -57,7 +57,7 @@ async def _raw_consume(bootstrap: str, topic: str, total: int) -> float:
 
 
 def _faust_eps(bootstrap: str, topic: str, total: int) -> float | None:
-    out = subprocess.run([sys.executable, "-m", "stream.bench_faust", bootstrap, topic, str(total)],
+    out = subprocess.run([sys.executable, "-m", "longretriever.benchmarks.faust_agent", bootstrap, topic, str(total)],
                          capture_output=True, text=True, timeout=600)
     found = [line.rsplit("EPS ", 1)[1] for line in (out.stdout + out.stderr).splitlines() if "EPS " in line]
     return float(found[-1]) if found else None
@@ -66,9 +66,9 @@ def _faust_eps(bootstrap: str, topic: str, total: int) -> float | None:
 def _refresh_run(bootstrap: str, topic: str, total: int, ds, ev: Path, it: Path, tmp: Path) -> dict:
     """The worker again, with the event-driven refresh of query vectors attached (a real
     bundle trained on the same items): what the refresh costs the ingest rate."""
-    from export.bundle import load_bundle
-    from retriever.assemble import state_contexts
-    from retriever.refresh import Refresher, VectorCache
+    from longretriever.export.bundle import load_bundle
+    from longretriever.retriever.assemble import state_contexts
+    from longretriever.retriever.refresh import Refresher, VectorCache
 
     train_small(ev, it, tmp / "bundle", budget=4, k=256, w=32)
     bundle = load_bundle(tmp / "bundle", intra_op_threads=1)
@@ -90,7 +90,7 @@ def _refresh_run(bootstrap: str, topic: str, total: int, ds, ev: Path, it: Path,
 
 def run_ingest_bench(users: int = 100, events_per_user: int = 3000,
                      bootstrap: str | None = None, with_refresh: bool = True) -> dict:
-    from infra.kafka import broker
+    from longretriever.infra.kafka import broker
 
     tmp = Path(tempfile.mkdtemp(prefix="lr-bench-ingest-"))
     started = None

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import psutil
 
-from retriever.bench_freshness import serving_env, start_load
-from retriever.milvus_probe import percentile
+from longretriever.benchmarks.freshness import serving_env, start_load
+from longretriever.benchmarks.milvus_probe import percentile
 
 
 def run_soak(minutes: float = 10.0, rate: float = 2000.0, qps: float = 20.0, users: int = 200,

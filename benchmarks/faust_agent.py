@@ -1,6 +1,6 @@
 """Measure the faust-streaming agent path (``stream.take``) on a topic of msgpack messages.
 
-``python -m stream.bench_faust BOOTSTRAP TOPIC EVENTS`` prints events/s on its last line.
+``python -m longretriever.benchmarks.faust_agent BOOTSTRAP TOPIC EVENTS`` prints events/s on its last line.
 Used only by ``bench ingest`` to compare with the bulk aiokafka path of the stream worker.
 """
 

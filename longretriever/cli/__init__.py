@@ -12,7 +12,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="LongRetriever: streaming multi-context retrieval over ultra-long sequences.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that write JSON.")
 app.add_typer(bench_app, name="bench")
-DEFAULT_MOVIELENS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-latest-small"
+DEFAULT_MOVIELENS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ml-latest-small"
 
 
 @app.command("demo")
@@ -28,10 +28,10 @@ def demo(data: Path = typer.Option(DEFAULT_MOVIELENS, help="MovieLens folder or 
 
 
 def _register() -> None:
-    from export.cli import register as register_export
-    from infra.cli import register as register_infra
-    from retriever.cli import register as register_retriever
-    from stream.cli import register as register_stream
+    from longretriever.cli.export import register as register_export
+    from longretriever.cli.infra import register as register_infra
+    from longretriever.cli.retriever import register as register_retriever
+    from longretriever.cli.stream import register as register_stream
 
     for register in (register_infra, register_stream, register_export, register_retriever):
         register(app, bench_app)

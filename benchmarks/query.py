@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from retriever.milvus_probe import NumpyFloor, percentile
+from longretriever.benchmarks.milvus_probe import NumpyFloor, percentile
 
 
 class SyntheticBundle:
@@ -123,7 +123,7 @@ class _ServerThread:
     """grpc.aio server on its own event loop thread."""
 
     def __init__(self, backend: Any) -> None:
-        from retriever.server import build_server, set_serving
+        from longretriever.retriever.server import build_server, set_serving
 
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -153,11 +153,11 @@ class _ServerThread:
 def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queries: int = 100,
                     users: int = 200, concurrency: int = 4, dim: int = 64, index: str = "flat",
                     uri: str | None = None, progress: bool = False) -> dict[str, Any]:
-    from retriever import query as q
-    from retriever.client import RetrieverClient
-    from retriever.milvus_index import MilvusIndex
-    from retriever.milvus_requests import context_sizes
-    from retriever.service import RetrieverService
+    from longretriever.retriever import query as q
+    from longretriever.retriever.client import RetrieverClient
+    from longretriever.retriever.milvus_index import MilvusIndex
+    from longretriever.retriever.milvus_requests import context_sizes
+    from longretriever.retriever.service import RetrieverService
 
     bundle = SyntheticBundle(items, contexts, dim)
     state = SyntheticState(bundle, n_users=users)

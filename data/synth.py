@@ -27,7 +27,7 @@ Model (all draws from one ``numpy.random.default_rng(seed)``, fully deterministi
 * **action** is ``"like"`` or ``"click"`` (likes more frequent on preferred items).
 
 The events frame is user-major (by user id, then time), like MovieLens ``ratings.csv``;
-:func:`longretriever.datasets.load_csv_events` sorts it by timestamp (stable), so equal
+:func:`longretriever.data.events.load_csv_events` sorts it by timestamp (stable), so equal
 timestamps of different users replay in user-id order.
 
 Planted property (checked in ``tests/unit/test_synth.py``): split each user's events into
@@ -272,7 +272,7 @@ def write(out: Path | str, users: int, events_per_user: int, items: int, context
           seed: int) -> tuple[Path, Path]:
     """Generate and write ``out`` (events CSV, header ``user_id,item_id,timestamp,action``) and
     ``<out stem>.items.csv`` next to it (header ``item_id,category``). Returns both paths;
-    they load with ``longretriever.datasets.load_dataset(events, items)``."""
+    they load with ``longretriever.data.events.load_dataset(events, items)``."""
     out = Path(out)
     events, items_df = generate(users, events_per_user, items, contexts, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
