@@ -66,7 +66,7 @@ def _faust_eps(bootstrap: str, topic: str, total: int) -> float | None:
 def _refresh_run(bootstrap: str, topic: str, total: int, ds, ev: Path, it: Path, tmp: Path) -> dict:
     """The worker again, with the event-driven refresh of query vectors attached (a real
     bundle trained on the same items): what the refresh costs the ingest rate."""
-    from longretriever.export.bundle import load_bundle
+    from longretriever.retriever.bundle import load_bundle
     from longretriever.retriever.assemble import state_contexts
     from longretriever.retriever.refresh import Refresher, VectorCache
 

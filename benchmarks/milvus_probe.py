@@ -30,14 +30,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from longretriever.benchmarks.common import NumpyFloor, percentile
 
-
-def percentile(xs: list[float], q: float, ndigits: int = 2) -> float | None:
-    """Nearest-rank percentile of ``xs`` (None when empty), rounded; shared by every bench."""
-    if not xs:
-        return None
-    s = sorted(xs)
-    return round(s[min(len(s) - 1, int(round(q * (len(s) - 1))))], ndigits)
 
 
 def synthetic(n: int, dim: int, m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,25 +42,6 @@ def synthetic(n: int, dim: int, m: int, seed: int = 0) -> tuple[np.ndarray, np.n
     ctx = rng.integers(1, m + 1, size=n).astype(np.int32)
     ids = rng.permutation(np.arange(10_000_000, 10_000_000 + n, dtype=np.int64))
     return ids, ctx, vec
-
-
-class NumpyFloor:
-    """Exact per-context search over contiguous per-context blocks (sorted by context)."""
-
-    def __init__(self, ids: np.ndarray, ctx: np.ndarray, vec: np.ndarray) -> None:
-        order = np.argsort(ctx, kind="stable")
-        self.ids, self.vec = ids[order], np.ascontiguousarray(vec[order])
-        sc = ctx[order]
-        self.blocks = {int(c): (int(np.searchsorted(sc, c, "left")), int(np.searchsorted(sc, c, "right")))
-                       for c in np.unique(sc)}
-
-    def search(self, c: int, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = self.blocks[c]
-        s = self.vec[lo:hi] @ q
-        k = min(k, s.size)
-        part = np.argpartition(-s, k - 1)[:k]
-        top = part[np.lexsort((self.ids[lo:hi][part], -s[part]))]
-        return self.ids[lo:hi][top], s[top]
 
 
 def _time_queries(fn: Callable[[int], Any], n: int) -> list[float]:
@@ -117,7 +92,8 @@ def run_probe(items: int = 100_000, dim: int = 64, contexts: int = 8, topk: int 
     qv /= np.linalg.norm(qv, axis=2, keepdims=True)
     ctx_ids = list(range(1, contexts + 1))
 
-    exact = {(i, c): floor.search(c, qv[i, c - 1], topk)[0] for i in range(queries + 1) for c in ctx_ids}
+    exact = {(i, c): np.array([h.item_id for h in floor.search(c, qv[i, c - 1], topk)])
+             for i in range(queries + 1) for c in ctx_ids}
     floor_ms = _time_queries(lambda i: [floor.search(c, qv[i, c - 1], topk) for c in ctx_ids], queries)
     results: list[dict[str, Any]] = [{
         "layout": "numpy", "index": "exact", "ok": True, "build_s": 0.0,

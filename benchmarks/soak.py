@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from longretriever.benchmarks.freshness import serving_env, start_load
-from longretriever.benchmarks.milvus_probe import percentile
+from longretriever.benchmarks.common import percentile, scrape_stages, serving_env, start_load
 
 
 def run_soak(minutes: float = 10.0, rate: float = 2000.0, qps: float = 20.0, users: int = 200,
@@ -48,7 +47,7 @@ def run_soak(minutes: float = 10.0, rate: float = 2000.0, qps: float = 20.0, use
                 win_start, lat = time.monotonic(), []
         out, _ = load.communicate(timeout=120)
         rss1 = proc.memory_info().rss
-        stages = _scrape_stages(env.get("metrics_port"))
+        stages = scrape_stages(env.get("metrics_port"))
     p99s = [w["p99_ms"] for w in windows if w["p99_ms"] is not None]
     return {
         "minutes": minutes, "ingest_rate_target": rate,
@@ -60,30 +59,3 @@ def run_soak(minutes: float = 10.0, rate: float = 2000.0, qps: float = 20.0, use
         "server_stage_mean_ms": stages,
         "windows": windows,
     }
-
-
-def _scrape_stages(port: int | None) -> dict[str, float]:
-    """Mean server-side latency per query stage from the serving process's /metrics."""
-    if not port:
-        return {}
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    lag = 0.0
-    for fam in text_string_to_metric_families(text):
-        if fam.name == "longretriever_stream_consumer_lag":
-            lag += sum(smp.value for smp in fam.samples)
-        if fam.name != "longretriever_query_stage_seconds":
-            continue
-        for smp in fam.samples:
-            if smp.name.endswith("_sum"):
-                sums[smp.labels["stage"]] = smp.value
-            elif smp.name.endswith("_count"):
-                counts[smp.labels["stage"]] = smp.value
-    out = {k: round(1000 * sums[k] / counts[k], 2) for k in sums if counts.get(k)}
-    out["consumer_lag_messages"] = lag
-    return out

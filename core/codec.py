@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import msgpack
 
@@ -160,13 +160,6 @@ def _repack(m: Any) -> bytes:
         return msgpack.packb(m, use_bin_type=True)
     except Exception:  # noqa: BLE001
         return repr(m).encode()[:4096]
-
-
-def group_by_user(events: Iterable[Event]) -> dict[int, list[Event]]:
-    out: dict[int, list[Event]] = {}
-    for e in events:
-        out.setdefault(e.user_id, []).append(e)
-    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,10 +24,6 @@ class RetriableError(LongRetrieverError):
     retriable = True
 
 
-class InvalidEvent(InputError):
-    """An event or Kafka message that does not follow the event contract."""
-
-
 class ConfigError(InputError):
     """Settings or files given on the command line are invalid."""
 

@@ -39,10 +39,15 @@ def context_weights(recent_contexts: np.ndarray, tau: float = DEFAULT_TAU) -> di
 class ContextScorer(Protocol):
     """A learned context choice (e.g. :class:`longretriever.core.context_predictor.ContextPredictor`)."""
 
+    window: int  # how many of the newest events it reads
+
     def weights(self, recent_contexts: np.ndarray) -> dict[int, float]: ...
 
 
-CONTEXT_CHOICES = ("frequency", "learned")
+CONTEXT_CHOICES = ("frequency", "learned")  # what a bundle records and serving applies
+#: the values every ``--context-choice`` option and the ``context_choice`` setting accept;
+#: "auto" = decided on validation (``train``: pick now; ``serve``: the bundle's recorded pick)
+CHOICE_OPTIONS = ("auto", *CONTEXT_CHOICES)
 
 
 def choice_weights(recent_contexts: np.ndarray, scorer: ContextScorer | None = None,

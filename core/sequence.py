@@ -8,7 +8,21 @@ two events with the same ``(item_id, ts, action)`` are the same event (the dedup
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class UserSequence:
+    """A user's events in canonical (ts, item_id) order, oldest first."""
+
+    items: np.ndarray
+    ts: np.ndarray
+    contexts: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.items.size)
 
 
 def canonical_order(ts: np.ndarray, items: np.ndarray) -> np.ndarray:

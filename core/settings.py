@@ -33,8 +33,9 @@ class Settings(BaseSettings):
     fetch_max_records: int = Field(20_000, ge=1)
     fetch_timeout_ms: int = Field(200, ge=1)
 
-    # serving: how contexts are chosen; "bundle" = the choice the bundle was trained/evaluated with
-    context_choice: Literal["bundle", "frequency", "learned"] = "bundle"
+    # serving: how contexts are chosen (core.multicontext.CHOICE_OPTIONS); "auto" = the choice
+    # the bundle records (picked on validation when it was trained)
+    context_choice: Literal["auto", "frequency", "learned"] = "auto"
 
     # Kafka security passthrough (PLAINTEXT by default)
     security_protocol: str = "PLAINTEXT"
@@ -89,6 +90,3 @@ def load_settings(**overrides: Any) -> Settings:
     """Build settings from env vars plus non-None overrides (CLI flags)."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in {"1", "true", "yes"}

@@ -68,18 +68,17 @@ def _job(args) -> dict[str, Any]:
         out.update(seconds=time.perf_counter() - t0, val_curve=res.val_curve,
                    test={name: _scored(split, test, rank_metrics(eval_sasrec(res.model, split, test, exclude_seen)))})
         return out
-    lp_val = plan_cases(split, val, cfg.k, cfg.w)
+    lp_val = plan_cases(split, val, cfg.k, cfg.w, exclude_seen=exclude_seen)
     res = train_longretriever(split, cfg, lambda m: mean_metrics(
-        eval_longretriever(m, split, val, lp_val, exclude_seen=exclude_seen))["recall@100"], progress=False)
-    lp_test = plan_cases(split, test, cfg.k, cfg.w)
+        eval_longretriever(m, split, val, lp_val))["recall@100"], progress=False)
+    lp_test = plan_cases(split, test, cfg.k, cfg.w, exclude_seen=exclude_seen)
     out.update(model=res.model.cfg.to_dict(), seconds=time.perf_counter() - t0, val_curve=res.val_curve,
-               test={name: _scored(split, test, eval_longretriever(res.model, split, test, lp_test,
-                                                                   exclude_seen=exclude_seen))})
+               test={name: _scored(split, test, eval_longretriever(res.model, split, test, lp_test))})
     if name == "full":
         for sname, (choice, m) in SERVING.items():
-            lp = plan_cases(split, test, cfg.k, cfg.w, m, scorer=predictor if choice == "learned" else None)
-            out["test"][sname] = _scored(split, test, eval_longretriever(res.model, split, test, lp,
-                                                                         exclude_seen=exclude_seen))
+            lp = plan_cases(split, test, cfg.k, cfg.w, m, scorer=predictor if choice == "learned" else None,
+                            exclude_seen=exclude_seen)
+            out["test"][sname] = _scored(split, test, eval_longretriever(res.model, split, test, lp))
     return out
 
 

@@ -8,8 +8,9 @@ a miss for every model. Metrics per case, then averaged over users:
 * ``hr@10``   -- target in the top 10;  ``ndcg@10`` -- ``1 / log2(rank + 2)`` if rank < 10
 * ``recall@K`` -- target in the top K (one target per user, so recall = hit rate)
 
-LongRetriever is scored through the reference logic (:mod:`longretriever.export.reference`): its list of
-length K is ``merge_user(plan, ranked, K)``, computed separately for every K.
+LongRetriever is scored through the one planner (:mod:`longretriever.core.planner`), as the
+offline reference and the online service are: its list of length K is
+``merge_results(plan.query(K), ranked)``, computed separately for every K.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 
 from longretriever.core.features import INPUT_NAMES, build_encoder_inputs
-from longretriever.export.reference import UserPlan, list_lengths, merge_user, plan_user, rank_context
+from longretriever.core.planner import (Catalog, ExactSearch, ItemContexts, SequenceHistory, UserPlan,
+                                        context_sizes, merge_results, plan_user)
 from longretriever.export.train import Split
 
 METRICS = ("hr@10", "ndcg@10", "recall@50", "recall@100", "recall@200")
@@ -135,23 +137,33 @@ def eval_multi_interest(model, split: Split, cases: Cases) -> np.ndarray:
 
 @dataclass
 class LRPlans:
-    plans: list[UserPlan]
+    plans: list[UserPlan | None]  # None: nothing to plan from (counts as a miss)
     row_owner: np.ndarray  # case index per encoder row
     inputs: list[dict[str, np.ndarray]]  # encoder input chunks (model independent)
+    sizes: dict[int, int]  # items per context
+    exclude_seen: bool = True  # seen items excluded (the default protocol) or scored too
+
+
+def split_catalog(split: Split, k: int, w: int, scorer=None) -> Catalog:
+    """The planner's view of a split's item table (what a bundle of it would carry)."""
+    return Catalog(k, w, ItemContexts(split.vocab.item_ids, split.item_contexts),
+                   context_sizes(split.item_contexts), scorer)
 
 
 def plan_cases(split: Split, cases: Cases, k: int, w: int, max_contexts: int = 8,
-               chunk: int = 256, scorer=None) -> LRPlans:
-    """Reference plans (``plan_user``) for every case; ``scorer`` = the learned context choice
+               chunk: int = 256, scorer=None, exclude_seen: bool = True) -> LRPlans:
+    """Planner plans (``plan_user``) for every case; ``scorer`` = the learned context choice
     (None = recency-weighted frequency)."""
-    allowed = set(np.unique(split.item_contexts).tolist())
+    catalog = split_catalog(split, k, w, scorer)
     plans, owner, rows, recs, ctxs = [], [], [], [], []
     for j in range(cases.users.size):
         u = split.users[cases.users[j]]
         e = cases.ends[j]
-        p = plan_user(u.items[:e], u.contexts[:e], k, w, allowed, max_contexts,
-                      split.vocab.dense, split.item_contexts, scorer)
+        p = plan_user(SequenceHistory(u.items[:e], u.ts[:e], u.contexts[:e]), max_contexts, catalog,
+                      exclude_seen)
         plans.append(p)
+        if p is None:
+            continue
         for r, c in zip(p.ctx_rows, p.contexts):
             owner.append(j)
             rows.append(r)
@@ -159,37 +171,34 @@ def plan_cases(split: Split, cases: Cases, k: int, w: int, max_contexts: int = 8
             ctxs.append(c)
     inputs = [build_encoder_inputs(rows[s:s + chunk], recs[s:s + chunk], ctxs[s:s + chunk],
                                    split.vocab, k, w) for s in range(0, len(rows), chunk)]
-    return LRPlans(plans, np.asarray(owner, np.int64), inputs)
+    return LRPlans(plans, np.asarray(owner, np.int64), inputs, dict(catalog.sizes), exclude_seen)
 
 
 @torch.no_grad()
 def eval_longretriever(model, split: Split, cases: Cases, lp: LRPlans,
-                       cutoffs: Sequence[int] = CUTOFFS, exclude_seen: bool = True) -> list[dict[str, float]]:
-    """Per-case metrics from the reference multi-context lists (one list per cutoff)."""
+                       cutoffs: Sequence[int] = CUTOFFS) -> list[dict[str, float]]:
+    """Per-case metrics from the planner's multi-context lists (one list per cutoff), under
+    the plans' protocol (``lp.exclude_seen``)."""
     model.eval()
     vecs = [model(*[torch.as_tensor(x[n]) for n in INPUT_NAMES]).numpy() for x in lp.inputs]
     vecs = np.concatenate(vecs) if vecs else np.zeros((0, model.cfg.dim), np.float32)
-    emb = model.all_item_vectors().numpy()
     ids = split.vocab.item_ids
-    order = np.argsort(split.item_contexts, kind="stable")
-    bounds = np.flatnonzero(np.diff(split.item_contexts[order])) + 1
-    ctx_items = {int(split.item_contexts[ch[0]]): ch for ch in np.split(order, bounds) if ch.size}
+    search = ExactSearch(ids, split.item_contexts, model.all_item_vectors().numpy())
     starts = np.searchsorted(lp.row_owner, np.arange(len(lp.plans)))
     out = []
     for j, plan in enumerate(lp.plans):
         target = int(ids[cases.targets[j]]) if cases.targets[j] >= 0 else None
-        need: dict[int, int] = {}
-        for kk in cutoffs:
-            for c, n in list_lengths(plan, kk, exclude_seen).items():
-                need[c] = max(need.get(c, 0), n)
-        ranked = {c: rank_context(vecs[starts[j] + i], c, need.get(c, 0), ids, emb, ctx_items)
-                  for i, c in enumerate(plan.contexts)}
-        lists = {kk: [cd.item_id for cd in merge_user(plan, ranked, kk, exclude_seen)] for kk in cutoffs}
-        if target is None or (exclude_seen and target in plan.seen):
+        if plan is None or target is None or (lp.exclude_seen and target in plan.seen):
             out.append(metrics_from_rank(MISS))
-        else:
-            full = {kk: lists.get(kk, []) for kk in (10, 50, 100, 200)}
-            out.append(metrics_from_lists(full, target))
+            continue
+        queries = {kk: plan.query(kk, lp.sizes) for kk in cutoffs}
+        need: dict[int, int] = {}
+        for qp in queries.values():
+            for c, n in qp.topk.items():
+                need[c] = max(need.get(c, 0), n)
+        ranked = search.search_contexts({c: vecs[starts[j] + i] for i, c in enumerate(plan.contexts)}, need)
+        lists = {kk: [cd.item_id for cd in merge_results(qp, ranked)] for kk, qp in queries.items()}
+        out.append(metrics_from_lists({kk: lists.get(kk, []) for kk in (10, 50, 100, 200)}, target))
     return out
 
 

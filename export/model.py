@@ -174,3 +174,21 @@ def sampled_softmax_loss(model: LongRetrieverModel, user: torch.Tensor, pos: tor
         parts.append(nl)
     full = torch.cat(parts, dim=1)
     return F.cross_entropy(full, torch.arange(b))
+
+
+def eager_encoder(state_path, model_config: dict, item_contexts: np.ndarray, threads: int = 1):
+    """The bundle's eager torch model (``model.pt``) as ``feeds -> vectors`` with the inputs
+    already built (for the encoder benchmark), or None when the bundle has no ``model.pt``."""
+    from pathlib import Path
+
+    if not Path(state_path).is_file():
+        return None
+    model = LongRetrieverModel(ModelConfig(**model_config), item_contexts)
+    model.load_state_dict(torch.load(state_path, weights_only=True))
+    model.eval()
+    torch.set_num_threads(max(1, threads))
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            return model(*[torch.as_tensor(feeds[n]) for n in INPUT_NAMES]).numpy()
+    return run

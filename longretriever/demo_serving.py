@@ -30,7 +30,7 @@ def _train(cfg, ds: Dataset, console: Console):
 
 
 def run_serving_demo(cfg, ds: Dataset, settings: Settings, store, console: Console) -> None:
-    from longretriever.export.bundle import load_bundle
+    from longretriever.retriever.bundle import load_bundle
     from longretriever.retriever.assemble import open_serving
     from longretriever.retriever.milvus_index import MilvusIndex
 

@@ -11,10 +11,9 @@ import typer
 
 
 def _paths() -> list[list[str]]:
-    from longretriever import cli
+    from longretriever.cli import app
 
-    cli._register()
-    root = typer.main.get_command(cli.app)
+    root = typer.main.get_command(app)
     found: list[list[str]] = []
 
     def walk(cmd: click.Command, path: list[str]) -> None:

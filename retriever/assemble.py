@@ -5,22 +5,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from longretriever.core.bundle import Bundle
 from longretriever.core.contexts import ContextTable
 from longretriever.core.errors import ConfigError
+from longretriever.core.planner import context_sizes
 from longretriever.core.settings import Settings
+from longretriever.retriever.bundle import load_bundle
+from longretriever.retriever.milvus_index import MilvusIndex
+from longretriever.retriever.refresh import Refresher, VectorCache
+from longretriever.retriever.service import RetrieverService
+from longretriever.stream.state import StateStore
 
 
 @dataclass
 class Serving:
-    bundle: Any
-    store: Any
-    index: Any
-    service: Any
-    refresher: Any | None
+    bundle: Bundle
+    store: StateStore
+    index: MilvusIndex
+    service: RetrieverService
+    refresher: Refresher | None
 
     def close(self) -> None:
         if self.refresher is not None:
@@ -29,7 +35,7 @@ class Serving:
         self.store.close()
 
 
-def state_contexts(bundle: Any, items: Path | None) -> ContextTable:
+def state_contexts(bundle: Bundle, items: Path | None) -> ContextTable:
     """The item -> context table the state must use: the bundle's own (what the model was
     trained with), so serving computes exactly what training did. An explicit items file must
     agree with it on every item the bundle knows."""
@@ -49,15 +55,8 @@ def state_contexts(bundle: Any, items: Path | None) -> ContextTable:
 
 def open_serving(bundle_path: Path, milvus_uri: str, collection: str, settings: Settings,
                  cache_entries: int = 1_000_000, intra_op_threads: int = 1) -> Serving:
-    from longretriever.export.bundle import load_bundle
-    from longretriever.retriever.milvus_index import MilvusIndex
-    from longretriever.retriever.milvus_requests import context_sizes
-    from longretriever.retriever.refresh import Refresher, VectorCache
-    from longretriever.retriever.service import RetrieverService
-    from longretriever.stream.state import StateStore
-
     bundle = load_bundle(bundle_path, intra_op_threads=intra_op_threads)
-    choice = None if settings.context_choice == "bundle" else settings.context_choice
+    choice = settings.context_choice
     bundle.context_scorer(choice)  # refuse an unusable choice before opening state or Milvus
     store = StateStore(settings.state_dir, state_contexts(bundle, settings.items_path),
                        max_len=settings.max_sequence_len, segment_events=settings.segment_events,

@@ -75,11 +75,6 @@ def _is_transient_one(exc: BaseException) -> bool:
     return False
 
 
-def _is_local_uri(uri: str) -> bool:
-    """A Milvus Lite database file (pymilvus starts an embedded server process for it)."""
-    return "://" not in uri and not uri.startswith("unix:")
-
-
 def _release_dead_lite_server(uri: str) -> None:
     """If the embedded Milvus Lite server of ``uri`` has exited (killed, crashed), forget it so
     the next ``MilvusClient(uri)`` starts a fresh one instead of dialling a dead socket."""
@@ -205,7 +200,7 @@ class MilvusIndex:
                     return self._factory(self.uri)
                 from pymilvus import MilvusClient
 
-                if _is_local_uri(self.uri):
+                if mr.is_lite_uri(self.uri):
                     _release_dead_lite_server(self.uri)
                 else:  # fail fast when nothing listens instead of waiting out the timeout
                     _probe_tcp(self.uri, wait)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -45,9 +45,10 @@ def check_collection_name(name: str) -> str:
     return name
 
 
-def is_remote_uri(uri: str) -> bool:
-    """``http(s)://host:19530`` / ``tcp://`` are servers; anything else is a Milvus Lite file."""
-    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+def is_lite_uri(uri: str) -> bool:
+    """A Milvus Lite database file (pymilvus starts an embedded server process for it); a URI
+    with a scheme (``http://host:19530``, ...) or a ``unix:`` socket is a server."""
+    return "://" not in uri and not uri.startswith("unix:")
 
 
 def description_for(version: str) -> str:
@@ -151,12 +152,3 @@ def rows(ids: np.ndarray, contexts: np.ndarray, vectors: np.ndarray) -> list[dic
         raise ValueError("ids, contexts and vectors must have the same length")
     return [{PK_FIELD: int(i), CONTEXT_FIELD: int(c), VECTOR_FIELD: v}
             for i, c, v in zip(ids.tolist(), contexts.tolist(), vectors)]
-
-
-def context_sizes(contexts: Sequence[int] | np.ndarray) -> dict[int, int]:
-    """Number of items per context id."""
-    cs = np.asarray(contexts, np.int64)
-    if cs.size == 0:
-        return {}
-    counts = np.bincount(cs)
-    return {int(c): int(counts[c]) for c in np.flatnonzero(counts)}

@@ -21,10 +21,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import OrderedDict
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
+
+from longretriever.core.bundle import Bundle
+from longretriever.core.planner import context_rows
+from longretriever.retriever import metrics
+from longretriever.retriever.history import StateHistory, StateReader
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +94,7 @@ class Refresher:
     """Consumes ``on_applied(touched)`` callbacks; recomputes vectors in a background thread
     (coalescing bursts), or synchronously via :meth:`refresh`."""
 
-    def __init__(self, bundle: Any, state: Any, cache: VectorCache, *, batch_rows: int = 512,
+    def __init__(self, bundle: Bundle, state: StateReader, cache: VectorCache, *, batch_rows: int = 512,
                  window: int = 1000, allowed: set[int] | None = None, min_interval: float = 0.05,
                  speculative: bool = False) -> None:
         self.min_interval = min_interval
@@ -98,8 +104,8 @@ class Refresher:
         self.cache = cache
         self.batch_rows = batch_rows
         self.window = window
-        self.hard_k = int(bundle.config["k"])
-        self.w = int(bundle.config["w"])
+        self.hard_k = int(bundle.k)
+        self.w = int(bundle.w)
         self.allowed = allowed
         self._pending: dict[int, set[int]] = {}
         self._cv = threading.Condition()
@@ -130,8 +136,6 @@ class Refresher:
             self._thread = None
 
     def _run(self) -> None:
-        import time
-
         last = 0.0
         while True:
             with self._cv:
@@ -147,7 +151,9 @@ class Refresher:
                 work, self._pending = self._pending, {}
                 self._busy = True
             try:
+                t0 = time.perf_counter()
                 self.refresh(work)
+                metrics.REFRESH_SECONDS.observe(time.perf_counter() - t0)
             except Exception:  # noqa: BLE001 - a failed refresh only costs cache misses
                 log.exception("vector refresh failed for %d users", len(work))
             finally:
@@ -177,15 +183,16 @@ class Refresher:
                 want &= self.allowed
             if not want:
                 continue
-            seq = self.state.recent(u, self.window)
+            history = StateHistory(self.state, u)
+            seq = history.recent(self.window)
             if seq is None or len(seq) == 0:
                 continue
             stamp = window_stamp(seq.items, seq.ts)
-            recent = np.asarray(seq.items[max(0, len(seq) - self.w):], np.int64) if self.w > 0 else seq.items[:0]
-            for c in sorted(want):
-                tail, _ = self.state.context_tail(u, c, self.hard_k)
+            order = sorted(want)
+            tails, recent = context_rows(history, order, self.hard_k, self.w)  # the planner's rows
+            for c, tail in zip(order, tails):
                 rows.append((u, c, stamp))
-                ctx_items.append(np.asarray(tail, np.int64))
+                ctx_items.append(tail)
                 recent_items.append(recent)
                 contexts.append(c)
                 if len(rows) >= self.batch_rows:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 
 from kafka.partitioner.default import murmur2
@@ -106,11 +105,3 @@ class Router:
                 log.warning("ownership refresh failed: %s", exc)
                 self._admin = None
             self._stop.wait(self.interval)
-
-    def wait_until(self, predicate, timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self.map):
-                return True
-            time.sleep(0.05)
-        return False

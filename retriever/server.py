@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from longretriever.core.errors import InputError, RetriableError, ServiceUnavailable
-from longretriever.retriever import query as q
+from longretriever.core import planner as q
 from longretriever.retriever.metrics import RPCS
 from longretriever.retriever.proto import longretriever_pb2 as pb
 from longretriever.retriever.proto import longretriever_pb2_grpc as pb_grpc

@@ -1,34 +1,29 @@
-"""The retrieval service: state store + bundle + Milvus, wired through the pure planner.
+"""The retrieval service: state store + bundle + Milvus, through the one planner
+(:mod:`longretriever.core.planner`).
 
 ``retrieve`` is synchronous (RocksDB reads, the encoder and Milvus calls block); the gRPC
 server runs it in a worker thread. Query vectors come from a fresh entry of the
-:class:`longretriever.retriever.refresh.VectorCache` when the stamp matches, otherwise they are computed now
-with one batched ``Bundle.encode`` call across all missing contexts.
+:class:`longretriever.retriever.refresh.VectorCache` when the stamp matches, otherwise they
+are computed now with one batched encoder call across all missing contexts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
 
+from longretriever.core import planner as pl
+from longretriever.core.bundle import Bundle
 from longretriever.core.errors import BundleError, InputError
 from longretriever.core.multicontext import DEFAULT_WINDOW, Candidate
 from longretriever.retriever import metrics
-from longretriever.retriever import query as q
-from longretriever.retriever.milvus_requests import context_sizes as _context_sizes
+from longretriever.retriever.history import StateHistory, StateReader
 from longretriever.retriever.refresh import VectorCache, window_stamp
 
 log = logging.getLogger(__name__)
-
-
-class SearchBackend(Protocol):
-    def search_contexts(self, vectors: dict[int, np.ndarray], topk: dict[int, int],
-                        timeout: float | None = None) -> dict[int, list[Candidate]]: ...
 
 
 @dataclass
@@ -56,7 +51,7 @@ def format_watermark(wm: dict[int, int] | None) -> str:
 
 
 class RetrieverService:
-    def __init__(self, bundle: Any, index: SearchBackend, state: Any,
+    def __init__(self, bundle: Bundle, index: pl.Searcher, state: StateReader,
                  cache: VectorCache | None = None, window: int = DEFAULT_WINDOW,
                  context_choice: str | None = None) -> None:
         self.bundle = bundle
@@ -64,16 +59,12 @@ class RetrieverService:
         self.state = state
         self.cache = cache
         self.window = window
-        # the learned context choice (None = frequency); same scorer as export.reference
-        self.scorer = bundle.context_scorer(context_choice)
-        if self.scorer is not None and self.scorer.window > window:
-            raise BundleError(f"context predictor reads {self.scorer.window} events, the service "
+        # the planner's view of the bundle; the same Catalog.of as the offline reference
+        self.catalog = pl.Catalog.of(bundle, context_choice, window)
+        scorer = self.catalog.scorer
+        if scorer is not None and scorer.window > window:
+            raise BundleError(f"context predictor reads {scorer.window} events, the service "
                               f"window is {window}")
-        self.hard_k = int(bundle.config["k"])
-        self.w = int(bundle.config["w"])
-        self.item_context = q.ItemContexts(bundle.item_ids, bundle.item_contexts)
-        self.sizes = _context_sizes(np.asarray(bundle.item_contexts))
-        self.allowed = {c for c, n in self.sizes.items() if n > 0}
         self.names = list(bundle.context_names)
 
     @property
@@ -100,31 +91,23 @@ class RetrieverService:
 
     def retrieve(self, user_id: int, k: int, max_contexts: int = 8, exclude_seen: bool = True,
                  timeout: float | None = None) -> RetrieveResult:
-        q.validate_request(user_id, k, max_contexts)
+        pl.validate_request(user_id, k, max_contexts)
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        reading = getattr(self.state, "reading", None)
-        with (reading() if reading else contextlib.nullcontext()):  # one consistent snapshot
+        history = StateHistory(self.state, user_id)
+        with self.state.reading():  # one consistent snapshot
             wm = self.watermark()  # read before the state: the answer reflects at least this much
-            seq = self.state.recent(user_id, self.window)
-            selected = []
-            if seq is not None and len(seq) > 0:
-                selected = q.select_contexts(seq.contexts, k, max_contexts, self.allowed, self.window,
-                                            self.scorer)
-            if not selected:
-                cands = q.fallback_candidates(self.bundle.popular, self.sizes, k, max_contexts)
-                timings["total"] = (time.perf_counter() - t0) * 1000
-                metrics.FALLBACKS.inc()
-                metrics.observe_timings(timings)
-                return RetrieveResult(user_id, cands, self.model_version, wm, True, timings)
-            tails = {c: self.state.context_tail(user_id, c, self.hard_k)[0] for c, _, _ in selected}
-            seen = self._seen_items(user_id, seq) if exclude_seen else np.zeros(0, np.int64)
-        plan = q.build_plan(k, selected, seq.items, tails, seen, self.item_context, self.w,
-                            exclude_seen, self.sizes)
+            plan = pl.plan_query(history, k, max_contexts, self.catalog, exclude_seen)
+        if plan is None:
+            cands = pl.fallback_candidates(self.bundle.popular, self.catalog.sizes, k, max_contexts)
+            timings["total"] = (time.perf_counter() - t0) * 1000
+            metrics.FALLBACKS.inc()
+            metrics.observe_timings(timings)
+            return RetrieveResult(user_id, cands, self.model_version, wm, True, timings)
         timings["state"] = (time.perf_counter() - t0) * 1000
 
         t1 = time.perf_counter()
-        vectors = self._vectors(user_id, plan, seq)
+        vectors = self._vectors(user_id, plan, history)
         timings["encode"] = (time.perf_counter() - t1) * 1000
 
         t2 = time.perf_counter()
@@ -132,51 +115,36 @@ class RetrieverService:
         per_context = self.index.search_contexts(vectors, plan.topk, timeout=remaining)
         timings["milvus"] = (time.perf_counter() - t2) * 1000
         t3 = time.perf_counter()
-        cands = q.merge_results(plan, per_context)
+        cands = pl.merge_results(plan, per_context)
         timings["merge"] = (time.perf_counter() - t3) * 1000
         timings["total"] = (time.perf_counter() - t0) * 1000
         metrics.observe_timings(timings)
         return RetrieveResult(user_id, cands, self.model_version, wm, False, timings)
 
-    def _seen_items(self, user_id: int, seq: Any) -> np.ndarray:
-        """Distinct items of the user's whole stored history (all contexts), as the reference."""
-        counts = self.state.context_counts(user_id) if hasattr(self.state, "context_counts") else None
-        if counts is None:
-            full = self.state.sequence(user_id) if hasattr(self.state, "sequence") else seq
-            return np.unique(full.items) if full is not None else np.zeros(0, np.int64)
-        parts = [self.state.context_items(user_id, c) for c in counts]
-        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-
-    def _vectors(self, user_id: int, plan: q.QueryPlan, seq: Any) -> dict[int, np.ndarray]:
+    def _vectors(self, user_id: int, plan: pl.QueryPlan, history: StateHistory) -> dict[int, np.ndarray]:
+        """The plan's query vectors: fresh cache entries, the rest in one encoder call."""
+        if self.cache is None:
+            return pl.encode_plan(plan, self.bundle)
+        seq = history.recent(self.window)
+        stamp = window_stamp(seq.items, seq.ts)
         out: dict[int, np.ndarray] = {}
-        stamp = window_stamp(seq.items, seq.ts) if self.cache is not None else b""
         missing = []
         for cq in plan.contexts:
-            v = self.cache.get(user_id, cq.context, stamp) if self.cache is not None else None
+            v = self.cache.get(user_id, cq.context, stamp)
             if v is None:
-                missing.append(cq)
+                missing.append(cq.context)
             else:
                 out[cq.context] = v
-        if missing:
-            vecs = np.asarray(self.bundle.encode([m.ctx_items for m in missing],
-                                                 [plan.recent_items] * len(missing),
-                                                 [m.context for m in missing]), np.float32)
-            for m, v in zip(missing, vecs):
-                out[m.context] = v
-                if self.cache is not None:
-                    self.cache.put(user_id, m.context, stamp, v.copy())
+        for c, v in pl.encode_plan(plan, self.bundle, only=missing).items():
+            out[c] = v
+            self.cache.put(user_id, c, stamp, v.copy())
         return out
 
     def user_sequence(self, user_id: int, context: int | None = None) -> SequenceResult:
         if user_id < 0:
             raise InputError(f"user_id must be >= 0, got {user_id}")
         wm = self.watermark()
-        seq = self.state.sequence(user_id, context) if hasattr(self.state, "sequence") else None
-        if seq is None and not hasattr(self.state, "sequence"):
-            seq = self.state.recent(user_id)
-            if seq is not None and context is not None:
-                m = seq.contexts == context
-                seq = type(seq)(seq.items[m], seq.ts[m], seq.contexts[m])
+        seq = self.state.sequence(user_id, context)
         if seq is None:
             e = np.zeros(0, np.int64)
             return SequenceResult(user_id, e, e, np.zeros(0, np.int32), wm)

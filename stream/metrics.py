@@ -7,7 +7,6 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS = Counter("longretriever_stream_events_total", "Events taken from Kafka, by outcome",
                  ["outcome"])  # applied | duplicate | dlq | late | evicted
 MESSAGES = Counter("longretriever_stream_messages_total", "Kafka messages consumed")
-DLQ = Counter("longretriever_stream_dlq_total", "Records written to the dead-letter topic")
 LAG = Gauge("longretriever_stream_consumer_lag", "End offset minus next offset", ["partition"])
 BATCH_SECONDS = Histogram("longretriever_stream_batch_seconds", "Decode + apply + commit per batch",
                           buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3))

@@ -53,10 +53,6 @@ def decode_segment(buf: bytes) -> tuple[np.ndarray, np.ndarray]:
     return items, ts
 
 
-def segment_length(buf: bytes) -> int:
-    return int(_HEADER.unpack_from(buf, 0)[1])
-
-
 def merge_sorted(items_a: np.ndarray, ts_a: np.ndarray, items_b: np.ndarray,
                  ts_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Union of two event sets in canonical order without duplicates of (ts, item_id).

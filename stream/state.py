@@ -30,24 +30,12 @@ from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from longretriever.core.contexts import ContextTable
 from longretriever.core.errors import ServiceUnavailable
-from longretriever.core.sequence import canonical_order
+from longretriever.core.sequence import UserSequence, canonical_order
 from longretriever.stream.segments import decode_segment, encode_segment, merge_sorted
 
 _U = struct.Struct(">q")
 _CS = struct.Struct(">II")
 _P = struct.Struct(">I")
-
-
-@dataclass(frozen=True, slots=True)
-class UserSequence:
-    """A user's events in canonical (ts, item_id) order, oldest first."""
-
-    items: np.ndarray
-    ts: np.ndarray
-    contexts: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.items.size)
 
 
 @dataclass(slots=True)

@@ -248,7 +248,6 @@ class StreamWorker:
             futures.append(await self.producer.send(self.s.dlq_topic, value=r.raw, key=msg.key,
                                                     headers=headers))
         await asyncio.gather(*futures)
-        metrics.DLQ.inc(len(rejected))
 
     async def _commit_kafka(self, offsets: dict[int, int]) -> None:
         """Informational commit (lag tooling); the authoritative offsets live in the state."""

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.fixtures.serving"]  # reliability_bundle / reliability_server
+
 ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS = Path(os.environ.get("LONGRETRIEVER_MOVIELENS", ROOT.parent / "shared" / "data" / "ml-latest-small"))
 

@@ -10,34 +10,35 @@ from longretriever.infra.kafka import broker
 
 DEFAULT_DATA = Path(".kafka-data")
 
+from longretriever.cli.app import app
 
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    kafka = typer.Typer(no_args_is_help=True, help="A local single-node Apache Kafka broker (KRaft).")
-    app.add_typer(kafka, name="kafka")
 
-    @kafka.command("fetch")
-    def fetch() -> None:
-        """Download the pinned Kafka broker jars from Maven Central (idempotent)."""
-        typer.echo(broker.fetch_jars())
+kafka = typer.Typer(no_args_is_help=True, help="A local single-node Apache Kafka broker (KRaft).")
+app.add_typer(kafka, name="kafka")
 
-    @kafka.command("start")
-    def start(port: int = typer.Option(9092, help="Broker port (0 = a free port)."),
-              data_dir: Path = typer.Option(DEFAULT_DATA, help="Broker data directory.")) -> None:
-        """Format storage (first time) and start the broker in the background."""
-        info = broker.start(data_dir, port or None)
+@kafka.command("fetch")
+def fetch() -> None:
+    """Download the pinned Kafka broker jars from Maven Central (idempotent)."""
+    typer.echo(broker.fetch_jars())
+
+@kafka.command("start")
+def start(port: int = typer.Option(9092, help="Broker port (0 = a free port)."),
+          data_dir: Path = typer.Option(DEFAULT_DATA, help="Broker data directory.")) -> None:
+    """Format storage (first time) and start the broker in the background."""
+    info = broker.start(data_dir, port or None)
+    typer.echo(info.bootstrap)
+
+@kafka.command("stop")
+def stop(data_dir: Path = typer.Option(DEFAULT_DATA)) -> None:
+    """Stop the broker started from DATA_DIR."""
+    typer.echo("stopped" if broker.stop(data_dir) else "not running")
+
+@kafka.command("status")
+def status(data_dir: Path = typer.Option(DEFAULT_DATA)) -> None:
+    """Print the bootstrap address if the broker runs; exit 1 otherwise."""
+    info = broker.read_info(data_dir)
+    if info and broker.is_alive(info):
         typer.echo(info.bootstrap)
-
-    @kafka.command("stop")
-    def stop(data_dir: Path = typer.Option(DEFAULT_DATA)) -> None:
-        """Stop the broker started from DATA_DIR."""
-        typer.echo("stopped" if broker.stop(data_dir) else "not running")
-
-    @kafka.command("status")
-    def status(data_dir: Path = typer.Option(DEFAULT_DATA)) -> None:
-        """Print the bootstrap address if the broker runs; exit 1 otherwise."""
-        info = broker.read_info(data_dir)
-        if info and broker.is_alive(info):
-            typer.echo(info.bootstrap)
-            return
-        typer.echo("not running", err=True)
-        raise typer.Exit(1)
+        return
+    typer.echo("not running", err=True)
+    raise typer.Exit(1)

@@ -22,103 +22,90 @@ def open_store(state_dir: Path, items: Optional[Path], read_only: bool = False, 
                       segment_events=s.segment_events, late_tolerance_ms=s.late_tolerance_ms,
                       read_only=read_only, **kw), s
 
+from longretriever.cli.app import app
 
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    @app.command("stream")
-    def stream_cmd(bootstrap: str = typer.Option(..., help="Kafka HOST:PORT"),
-                   state_dir: Path = typer.Option(..., help="RocksDB state directory"),
-                   items: Optional[Path] = typer.Option(None, help="item_id,category CSV"),
-                   topic: str = typer.Option("user-events"),
-                   group_id: str = typer.Option("longretriever-stream"),
-                   until_caught_up: bool = typer.Option(False, help="Exit 0 once the end offsets "
-                                                        "that existed at start are processed"),
-                   metrics_port: int = typer.Option(0, help="Prometheus port (0 = off)")) -> None:
-        """Run the stream worker: user-events -> per-user rolling sequences."""
-        from longretriever.stream.replay import ensure_topic
-        from longretriever.stream.worker import run_worker
 
-        store, s = open_store(state_dir, items)
-        s = s.model_copy(update={"bootstrap": bootstrap, "topic": topic, "group_id": group_id})
-        ensure_topic(s.bootstrap, s.topic, security=s.kafka_security())
-        if metrics_port:
-            from prometheus_client import start_http_server
+@app.command("stream")
+def stream_cmd(bootstrap: str = typer.Option(..., help="Kafka HOST:PORT"),
+               state_dir: Path = typer.Option(..., help="RocksDB state directory"),
+               items: Optional[Path] = typer.Option(None, help="item_id,category CSV"),
+               topic: str = typer.Option("user-events"),
+               group_id: str = typer.Option("longretriever-stream"),
+               until_caught_up: bool = typer.Option(False, help="Exit 0 once the end offsets "
+                                                    "that existed at start are processed"),
+               metrics_port: int = typer.Option(0, help="Prometheus port (0 = off)")) -> None:
+    """Run the stream worker: user-events -> per-user rolling sequences."""
+    from longretriever.stream.replay import ensure_topic
+    from longretriever.stream.worker import run_worker
 
-            start_http_server(metrics_port)
-        try:
-            st = run_worker(s, store, until_caught_up=until_caught_up)
-        except KeyboardInterrupt:
-            raise typer.Exit(130)
-        finally:
-            store.close()
-        typer.echo(json.dumps({"applied": st.applied, "duplicates": st.duplicates,
-                               "dead_lettered": st.dead_lettered, "late": st.late,
-                               "messages": st.messages, "seconds": round(st.seconds, 3),
-                               "events_per_s": round(st.ingest_eps())}))
+    store, s = open_store(state_dir, items)
+    s = s.model_copy(update={"bootstrap": bootstrap, "topic": topic, "group_id": group_id})
+    ensure_topic(s.bootstrap, s.topic, security=s.kafka_security())
+    if metrics_port:
+        from prometheus_client import start_http_server
 
-    @app.command("sequence")
-    def sequence_cmd(state_dir: Path = typer.Option(...), user: int = typer.Option(...),
-                     context: Optional[str] = typer.Option(None, help="Context name or id"),
-                     items: Optional[Path] = typer.Option(None, help="item_id,category CSV (for names)"),
-                     as_json: bool = typer.Option(False, "--json")) -> None:
-        """Print a user's stored sequence (oldest first) from a stopped worker's state."""
-        store, _ = open_store(state_dir, items, read_only=True)
-        ctx = None
-        if context is not None:
-            ctx = int(context) if context.isdigit() else store.contexts.id_of(context)
-        seq = store.sequence(user, ctx)
+        start_http_server(metrics_port)
+    try:
+        st = run_worker(s, store, until_caught_up=until_caught_up)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    finally:
         store.close()
-        if seq is None:
-            typer.echo(f"unknown user {user}", err=True)
-            raise typer.Exit(1)
-        rows = [{"item_id": i, "ts": t, "context": c}
-                for i, t, c in zip(seq.items.tolist(), seq.ts.tolist(), seq.contexts.tolist())]
-        if as_json:
-            typer.echo(json.dumps({"user_id": user, "events": rows}))
-            return
-        names = store.contexts.names
-        for r in rows:
-            typer.echo(f"{r['ts']}\t{r['item_id']}\t{names[r['context']] if r['context'] < len(names) else r['context']}")
-        typer.echo(f"{len(rows)} events", err=True)
+    typer.echo(json.dumps({"applied": st.applied, "duplicates": st.duplicates,
+                           "dead_lettered": st.dead_lettered, "late": st.late,
+                           "messages": st.messages, "seconds": round(st.seconds, 3),
+                           "events_per_s": round(st.ingest_eps())}))
 
-    @app.command("replay")
-    def replay_cmd(events: Path = typer.Option(..., help="Events CSV or MovieLens folder"),
-                   bootstrap: str = typer.Option(...),
-                   items: Optional[Path] = typer.Option(None),
-                   fmt: str = typer.Option("csv", "--format", help=FORMAT_HELP),
-                   topic: str = typer.Option("user-events"),
-                   rate: Optional[float] = typer.Option(None, help="Events per second (default: max)"),
-                   partitions: int = typer.Option(4, help="Partitions if the topic is created")) -> None:
-        """Produce historical events in timestamp order (stable for ties)."""
-        from longretriever.data.events import load_dataset
-        from longretriever.stream.replay import ensure_topic, replay
+@app.command("sequence")
+def sequence_cmd(state_dir: Path = typer.Option(...), user: int = typer.Option(...),
+                 context: Optional[str] = typer.Option(None, help="Context name or id"),
+                 items: Optional[Path] = typer.Option(None, help="item_id,category CSV (for names)"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print a user's stored sequence (oldest first) from a stopped worker's state."""
+    store, _ = open_store(state_dir, items, read_only=True)
+    ctx = None
+    if context is not None:
+        ctx = int(context) if context.isdigit() else store.contexts.id_of(context)
+    seq = store.sequence(user, ctx)
+    store.close()
+    if seq is None:
+        typer.echo(f"unknown user {user}", err=True)
+        raise typer.Exit(1)
+    rows = [{"item_id": i, "ts": t, "context": c}
+            for i, t, c in zip(seq.items.tolist(), seq.ts.tolist(), seq.contexts.tolist())]
+    if as_json:
+        typer.echo(json.dumps({"user_id": user, "events": rows}))
+        return
+    names = store.contexts.names
+    for r in rows:
+        typer.echo(f"{r['ts']}\t{r['item_id']}\t{names[r['context']] if r['context'] < len(names) else r['context']}")
+    typer.echo(f"{len(rows)} events", err=True)
 
-        ds = load_dataset(events, items, fmt)  # type: ignore[arg-type]
-        s = load_settings(bootstrap=bootstrap)
-        ensure_topic(bootstrap, topic, partitions, security=s.kafka_security())
-        st = replay(ds.events, bootstrap, topic, rate=rate, security=s.kafka_security())
-        typer.echo(f"sent {st.events} events in {st.messages} messages "
-                   f"({st.events_per_s:,.0f} events/s)")
+@app.command("replay")
+def replay_cmd(events: Path = typer.Option(..., help="Events CSV or MovieLens folder"),
+               bootstrap: str = typer.Option(...),
+               items: Optional[Path] = typer.Option(None),
+               fmt: str = typer.Option("csv", "--format", help=FORMAT_HELP),
+               topic: str = typer.Option("user-events"),
+               rate: Optional[float] = typer.Option(None, help="Events per second (default: max)"),
+               partitions: int = typer.Option(4, help="Partitions if the topic is created")) -> None:
+    """Produce historical events in timestamp order (stable for ties)."""
+    from longretriever.data.events import load_dataset
+    from longretriever.stream.replay import ensure_topic, replay
 
-    @app.command("synth")
-    def synth_cmd(users: int = typer.Option(100), events_per_user: int = typer.Option(10_000),
-                  items: int = typer.Option(50_000), contexts: int = typer.Option(20),
-                  seed: int = typer.Option(0), out: Path = typer.Option(...)) -> None:
-        """Write a seeded synthetic ultra-long dataset (events CSV + <stem>.items.csv)."""
-        from longretriever.data.synth import write
+    ds = load_dataset(events, items, fmt)  # type: ignore[arg-type]
+    s = load_settings(bootstrap=bootstrap)
+    ensure_topic(bootstrap, topic, partitions, security=s.kafka_security())
+    st = replay(ds.events, bootstrap, topic, rate=rate, security=s.kafka_security())
+    typer.echo(f"sent {st.events} events in {st.messages} messages "
+               f"({st.events_per_s:,.0f} events/s)")
 
-        ev, it = write(out, users, events_per_user, items, contexts, seed)
-        typer.echo(f"{ev}\n{it}")
+@app.command("synth")
+def synth_cmd(users: int = typer.Option(100), events_per_user: int = typer.Option(10_000),
+              items: int = typer.Option(50_000), contexts: int = typer.Option(20),
+              seed: int = typer.Option(0), out: Path = typer.Option(...)) -> None:
+    """Write a seeded synthetic ultra-long dataset (events CSV + <stem>.items.csv)."""
+    from longretriever.data.synth import write
 
-    @bench_app.command("ingest")
-    def bench_ingest(out: Path = typer.Option(..., help="JSON output file"),
-                     users: int = typer.Option(200), events_per_user: int = typer.Option(3000),
-                     bootstrap: Optional[str] = typer.Option(None, help="Existing broker "
-                                                             "(default: start a local one)"),
-                     refresh: bool = typer.Option(True, help="Also measure the worker with the "
-                                                  "event-driven vector refresh attached")) -> None:
-        """Ingest benchmark on a real local broker; writes JSON."""
-        from longretriever.benchmarks.ingest import run_ingest_bench
-
-        result = run_ingest_bench(users, events_per_user, bootstrap, refresh)
-        out.write_text(json.dumps(result, indent=2))
-        typer.echo(json.dumps(result, indent=2))
+    ev, it = write(out, users, events_per_user, items, contexts, seed)
+    typer.echo(f"{ev}\n{it}")

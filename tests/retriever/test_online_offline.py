@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from longretriever.export.reference import retrieve_offline
+from longretriever.core.planner import retrieve_offline
 from longretriever.data.events import load_dataset
 from longretriever.retriever.assemble import open_serving
 from longretriever.retriever.client import RetrieverClient
@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
     ev, it = write_synth(d / "syn.csv", users=40, events_per_user=300, items=3000, contexts=8, seed=11)
     train_small(ev, it, d / "bundle", budget=16, extra=("--context-choice", "learned"))
     uri = str(d / "milvus.db")
-    from longretriever.export.bundle import load_bundle
+    from longretriever.retriever.bundle import load_bundle
 
     idx = MilvusIndex(uri, "items")
     idx.build(load_bundle(d / "bundle"), "flat", progress=False)

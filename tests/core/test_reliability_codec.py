@@ -1,6 +1,6 @@
 """Property fuzz of the codec (no broker): any bytes and any key decode without raising, and
 every micro-batch element is accounted for exactly once (valid event or one Rejection) -- the
-invariant the DLQ count of tests/integration/test_reliability_fuzz.py relies on. Also the
+invariant the DLQ count of tests/stream/test_reliability_fuzz.py relies on. Also the
 regression for the poison-key crash found by that test."""
 
 from __future__ import annotations

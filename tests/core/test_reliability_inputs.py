@@ -32,7 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from longretriever.core.errors import BundleError, InputError, ServiceUnavailable
-from longretriever.retriever import query as q
+from longretriever.core import planner as q
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("longretriever", "core", "data", "stream", "export", "retriever", "infra", "benchmarks")
@@ -41,9 +41,9 @@ PACKAGES = ("longretriever", "core", "data", "stream", "export", "retriever", "i
 # ---- bundle tampering -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
-    from longretriever.export.bundle import save_bundle
+    from longretriever.export.bundle_writer import save_bundle
     from longretriever.export.train import TrainConfig, make_split, train_longretriever
-    from tests.unit.test_export_bundle import synthetic
+    from tests.fixtures.data import synthetic
 
     split = make_split(synthetic(n_users=12, n_items=60))
     cfg = TrainConfig(epochs=1, batch=32, dim=8, k=8, w=4, n_ctx_neg=4, heads=2, hidden=16, seed=1, budget=8)
@@ -68,7 +68,7 @@ def _flip(path: Path, where: float = 0.5) -> None:
 
 
 def test_untampered_bundle_loads(bundle_dir):
-    from longretriever.export.bundle import load_bundle
+    from longretriever.retriever.bundle import load_bundle
 
     assert load_bundle(bundle_dir, intra_op_threads=1).item_ids.size > 0
 
@@ -78,7 +78,7 @@ def test_untampered_bundle_loads(bundle_dir):
                                         ("config.json", 0.5), ("item_ids.npy", 0.9),
                                         ("contexts.json", 0.3), ("popularity.npy", 0.9)])
 def test_flipped_byte_is_refused_naming_the_file(bundle_dir, tmp_path, name, where):
-    from longretriever.export.bundle import load_bundle
+    from longretriever.retriever.bundle import load_bundle
 
     b = _copy(bundle_dir, tmp_path)
     _flip(b / name, where)
@@ -90,7 +90,7 @@ def test_flipped_byte_is_refused_naming_the_file(bundle_dir, tmp_path, name, whe
 
 @pytest.mark.parametrize("name", ["encoder.onnx", "item_ids.npy", "config.json", "metrics.json"])
 def test_deleted_file_is_refused_naming_the_file(bundle_dir, tmp_path, name):
-    from longretriever.export.bundle import load_bundle
+    from longretriever.retriever.bundle import load_bundle
 
     b = _copy(bundle_dir, tmp_path)
     (b / name).unlink()
@@ -99,7 +99,7 @@ def test_deleted_file_is_refused_naming_the_file(bundle_dir, tmp_path, name):
 
 
 def test_file_dropped_from_manifest_or_manifest_missing_is_refused(bundle_dir, tmp_path):
-    from longretriever.export.bundle import load_bundle
+    from longretriever.retriever.bundle import load_bundle
 
     b = _copy(bundle_dir, tmp_path)
     man = json.loads((b / "manifest.json").read_text())
@@ -117,7 +117,7 @@ def test_file_dropped_from_manifest_or_manifest_missing_is_refused(bundle_dir, t
 
 def test_swapped_file_with_valid_format_is_refused(bundle_dir, tmp_path):
     """A well-formed replacement (another valid .npy) is caught by the digest, not the parser."""
-    from longretriever.export.bundle import load_bundle
+    from longretriever.retriever.bundle import load_bundle
 
     b = _copy(bundle_dir, tmp_path)
     emb = np.load(b / "item_embeddings.npy", allow_pickle=False)
@@ -128,7 +128,7 @@ def test_swapped_file_with_valid_format_is_refused(bundle_dir, tmp_path):
 
 @pytest.mark.parametrize("name", ["extra.pkl", "encoder.int8.onnx"])
 def test_unexpected_file_is_refused(bundle_dir, tmp_path, name):
-    from longretriever.export.bundle import load_bundle
+    from longretriever.retriever.bundle import load_bundle
 
     b = _copy(bundle_dir, tmp_path)
     (b / name).write_bytes(b"\x80\x04not in the manifest")
@@ -355,7 +355,7 @@ def test_status_mapping_never_leaks_internal_text(msg):
 def test_edited_manifest_version_is_refused(bundle_dir, tmp_path):
     import json
 
-    from longretriever.export.bundle import load_bundle
+    from longretriever.retriever.bundle import load_bundle
 
     b = _copy(bundle_dir, tmp_path)
     m = json.loads((b / "manifest.json").read_text())

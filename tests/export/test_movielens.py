@@ -37,9 +37,10 @@ def test_popularity_baseline_beats_random(split):
 
 @pytest.mark.slow
 def test_one_epoch_train_export_retrieve(split, tmp_path):
-    from longretriever.export.bundle import load_bundle, save_bundle
+    from longretriever.retriever.bundle import load_bundle
+    from longretriever.export.bundle_writer import save_bundle
     from longretriever.export.evaluate import eval_longretriever, make_cases, mean_metrics, plan_cases
-    from longretriever.export.reference import retrieve_offline
+    from longretriever.core.planner import retrieve_offline
     from longretriever.export.train import TrainConfig, train_longretriever
 
     cfg = TrainConfig(epochs=1, budget=16)
@@ -63,9 +64,10 @@ def test_one_epoch_train_export_retrieve(split, tmp_path):
 def test_int8_recall_within_one_percent_of_fp32_on_validation(split, tmp_path):
     """The dynamic-int8 encoder's validation recall@100 (through retrieve_offline, i.e. the
     ONNX sessions serving uses) is within 1% relative of the fp32 encoder's."""
-    from longretriever.export.bundle import load_bundle, save_bundle
+    from longretriever.retriever.bundle import load_bundle
+    from longretriever.export.bundle_writer import save_bundle
     from longretriever.export.evaluate import make_cases
-    from longretriever.export.reference import retrieve_offline
+    from longretriever.core.planner import retrieve_offline
     from longretriever.export.train import TrainConfig, train_longretriever
 
     cfg = TrainConfig(epochs=1, budget=32)

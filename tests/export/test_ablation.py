@@ -4,7 +4,7 @@ import json
 
 from longretriever.export.ablation import SASREC, SERVING, run_ablation
 from longretriever.export.train import TrainConfig
-from tests.unit.test_export_bundle import synthetic
+from tests.fixtures.data import synthetic
 
 
 def test_ablation_report(tmp_path):

@@ -1,5 +1,10 @@
-"""Model bundles: a directory with the ONNX user encoder, precomputed item vectors and the
-metadata serving needs, plus a manifest of sha256 digests that :func:`load_bundle` verifies.
+"""The model bundle *reader* contract: layout, manifest verification and the :class:`Bundle`
+that offline evaluation and serving read. Pure of any framework: the encoder session is
+passed in (:class:`EncoderSession`; onnxruntime in :mod:`longretriever.retriever.bundle`), the
+writer (torch -> ONNX) is :mod:`longretriever.export.bundle_writer`.
+
+A bundle is a directory with the ONNX user encoder, precomputed item vectors and the
+metadata serving needs, plus a manifest of sha256 digests that :func:`read_bundle` verifies.
 
 Layout::
 
@@ -21,25 +26,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
-from longretriever.core.features import INPUT_NAMES, ItemVocab, build_encoder_inputs
+from longretriever.core.features import ItemVocab, build_encoder_inputs
 from longretriever.core.context_predictor import ContextPredictor
 from longretriever.core.errors import BundleError, InputError
-from longretriever.core.multicontext import CONTEXT_CHOICES
+from longretriever.core.multicontext import CHOICE_OPTIONS, CONTEXT_CHOICES
 
 FORMAT_VERSION = 1
 OUTPUT_NAME = "user_vector"
 REQUIRED = ("encoder.onnx", "item_embeddings.npy", "item_ids.npy", "item_contexts.npy",
             "popularity.npy", "contexts.json", "config.json", "metrics.json")
+
+
+PREDICTOR_FILE = "context_predictor.json"
 
 
 def sha256_file(path: Path) -> str:
@@ -50,89 +54,18 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def export_onnx(model, path: Path, vocab: ItemVocab, k: int, w: int) -> None:
-    """torch.onnx.export (TorchScript exporter, opset 17) with dynamic batch/sequence axes."""
-    import torch
-
-    model.eval()
-    raw = vocab.item_ids
-    rows = [raw[: min(3, raw.size)], raw[:0]]
-    inputs = build_encoder_inputs(rows, rows[::-1], [0, 0], vocab, k, w)
-    args = tuple(torch.as_tensor(inputs[n]) for n in INPUT_NAMES)
-    dyn: dict[str, dict[int, str]] = {n: {0: "batch"} for n in INPUT_NAMES}
-    for n in ("ctx_items", "ctx_age", "ctx_mask"):
-        dyn[n][1] = "seq"
-    for n in ("recent_items", "recent_age", "recent_mask"):
-        dyn[n][1] = "recent"
-    dyn[OUTPUT_NAME] = {0: "batch"}
-    with torch.no_grad():
-        torch.onnx.export(model, args, str(path), input_names=list(INPUT_NAMES),
-                          output_names=[OUTPUT_NAME], dynamic_axes=dyn, opset_version=17,
-                          dynamo=False, do_constant_folding=True)
+def files_digest(files: Mapping[str, str]) -> str:
+    """The short digest of a manifest's file list; a bundle version ends with ``-<digest>``."""
+    return hashlib.sha256(json.dumps(dict(files), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+class EncoderSession(Protocol):
+    """What a bundle needs of an inference session (``onnxruntime.InferenceSession`` fits)."""
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
-def save_bundle(out_dir: Path | str, model, vocab: ItemVocab, item_contexts: np.ndarray,
-                context_names: Sequence[str], popularity: np.ndarray, config: dict[str, Any],
-                metrics: dict[str, Any] | None = None, quantize: str | None = None,
-                predictor: ContextPredictor | None = None) -> Path:
-    """Write a complete bundle to ``out_dir`` (replaced atomically if it exists) and return
-    it. ``config`` must hold ``k`` and ``w``; ``dim``/``tau`` are filled from the model;
-    ``config["context_choice"]`` (default "frequency") is the choice serving applies, and
-    "learned" needs ``predictor``."""
-    import torch
-
-    out_dir = Path(out_dir)
-    if quantize not in (None, "int8"):
-        raise BundleError(f"unsupported quantisation {quantize!r}; use int8")
-    if "k" not in config or "w" not in config:
-        raise BundleError("bundle config needs k and w")
-    config = {"context_choice": "frequency", **config}
-    if config["context_choice"] not in CONTEXT_CHOICES:
-        raise BundleError(f"context_choice must be one of {CONTEXT_CHOICES}, got {config['context_choice']!r}")
-    if config["context_choice"] == "learned" and predictor is None:
-        raise BundleError("context_choice 'learned' needs a context predictor")
-    if predictor is not None and predictor.num_contexts != len(context_names):
-        raise BundleError(f"context predictor has {predictor.num_contexts} contexts, bundle {len(context_names)}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        export_onnx(model, tmp / "encoder.onnx", vocab, int(config["k"]), int(config["w"]))
-        if quantize == "int8":
-            quantize_int8(tmp / "encoder.onnx", tmp / "encoder.int8.onnx")
-        with torch.no_grad():
-            emb = model.all_item_vectors().numpy().astype(np.float32)
-        np.save(tmp / "item_embeddings.npy", emb)
-        torch.save(model.state_dict(), tmp / "model.pt")  # eager weights (benchmarks, fine-tuning)
-        np.save(tmp / "item_ids.npy", vocab.item_ids.astype(np.int64))
-        np.save(tmp / "item_contexts.npy", np.asarray(item_contexts, np.int32))
-        np.save(tmp / "popularity.npy", np.asarray(popularity, np.float64))
-        (tmp / "contexts.json").write_text(json.dumps({"names": list(context_names)}, indent=1))
-        if predictor is not None:
-            (tmp / "context_predictor.json").write_text(predictor.to_json())
-        cfg = {"format_version": FORMAT_VERSION, "dim": int(emb.shape[1]),
-               "tau": float(model.cfg.tau), "model": model.cfg.to_dict(),
-               "input_names": list(INPUT_NAMES), "output_name": OUTPUT_NAME, **config}
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True, default=str))
-        (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=1, sort_keys=True, default=str))
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
-        version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + digest
-        manifest = {"version": version, "format_version": FORMAT_VERSION,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+SessionFactory = Callable[[Path], EncoderSession]
 
 
 @dataclass
@@ -146,7 +79,7 @@ class Bundle:
     context_names: tuple[str, ...]
     config: dict[str, Any]
     metrics: dict[str, Any]
-    session: Any  # onnxruntime.InferenceSession
+    session: EncoderSession
     vocab: ItemVocab = field(repr=False)
     context_items: dict[int, np.ndarray] = field(repr=False)  # context -> dense indices
     predictor: ContextPredictor | None = field(default=None, repr=False)
@@ -157,11 +90,11 @@ class Bundle:
         return str(self.config.get("context_choice", "frequency"))
 
     def context_scorer(self, choice: str | None = None) -> ContextPredictor | None:
-        """The scorer for ``choice`` (None = the bundle's own): None means recency-weighted
-        frequency; "learned" is the bundle's predictor."""
-        choice = choice or self.context_choice
-        if choice not in CONTEXT_CHOICES:
-            raise InputError(f"context choice must be one of {CONTEXT_CHOICES}, got {choice!r}")
+        """The scorer for ``choice`` (None or "auto" = the bundle's own): None means
+        recency-weighted frequency; "learned" is the bundle's predictor."""
+        if choice not in (None, *CHOICE_OPTIONS):
+            raise InputError(f"context choice must be one of {', '.join(CHOICE_OPTIONS)}, got {choice!r}")
+        choice = self.context_choice if choice in (None, "auto") else choice
         if choice == "frequency":
             return None
         if self.predictor is None:
@@ -230,7 +163,7 @@ def verify_bundle(path: Path | str) -> dict[str, Any]:
     missing = [n for n in REQUIRED if n not in files]
     if missing:
         raise BundleError(f"{path}: manifest does not list required file(s) {', '.join(missing)}")
-    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+    digest = files_digest(files)
     if not str(manifest["version"]).endswith("-" + digest):
         raise BundleError(f"{path}: manifest version {manifest['version']!r} does not match its file "
                           f"list (expected suffix -{digest}); the manifest was edited")
@@ -249,10 +182,9 @@ def verify_bundle(path: Path | str) -> dict[str, Any]:
     return manifest
 
 
-def load_bundle(path: Path | str, intra_op_threads: int = 2, int8: bool = False) -> Bundle:
-    """Verify and load a bundle. ``int8`` selects encoder.int8.onnx (must exist)."""
-    import onnxruntime as ort
-
+def read_bundle(path: Path | str, session_factory: SessionFactory, int8: bool = False) -> Bundle:
+    """Verify and read a bundle; ``session_factory(encoder_file)`` opens the encoder.
+    ``int8`` selects encoder.int8.onnx (must exist)."""
     path = Path(path)
     manifest = verify_bundle(path)
     try:
@@ -270,16 +202,15 @@ def load_bundle(path: Path | str, intra_op_threads: int = 2, int8: bool = False)
     enc = "encoder.int8.onnx" if int8 else "encoder.onnx"
     if enc not in manifest["files"]:
         raise BundleError(f"{path}: {enc} not in bundle (train with --quantize int8)")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = max(1, int(intra_op_threads))
-    so.inter_op_num_threads = 1
     try:
-        sess = ort.InferenceSession(str(path / enc), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
+        sess = session_factory(path / enc)
+    except BundleError:
+        raise
+    except Exception as exc:  # inference runtimes raise their own exception types
         raise BundleError(f"{path}: cannot load {enc}: {exc}") from exc
     predictor = None
-    if "context_predictor.json" in manifest["files"]:
-        predictor = ContextPredictor.from_json((path / "context_predictor.json").read_text())
+    if PREDICTOR_FILE in manifest["files"]:
+        predictor = ContextPredictor.from_json((path / PREDICTOR_FILE).read_text())
         if predictor.num_contexts != len(names):
             raise BundleError(f"{path}: context predictor has {predictor.num_contexts} contexts, "
                               f"contexts.json {len(names)}")

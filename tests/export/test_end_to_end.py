@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from longretriever.export.bundle import load_bundle
+from longretriever.retriever.bundle import load_bundle
 from longretriever.benchmarks.common import train_small
 from longretriever.data.synth import write as write_synth
 

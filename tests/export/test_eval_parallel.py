@@ -6,7 +6,7 @@ import numpy as np
 
 from longretriever.export.report import MODELS, run_eval
 from longretriever.export.train import TrainConfig
-from tests.unit.test_export_bundle import synthetic
+from tests.fixtures.data import synthetic
 
 
 def test_parallel_seeds_give_the_same_report_as_sequential(tmp_path):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from longretriever.core.errors import BundleError
-from longretriever.retriever import query as q
-from longretriever.benchmarks.query import SyntheticBundle
+from longretriever.core import planner as q
+from longretriever.benchmarks.synthetic import synthetic_bundle
 from longretriever.retriever.milvus_index import MilvusIndex
-from longretriever.retriever.milvus_requests import context_sizes
+from longretriever.core.planner import context_sizes
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     uri = str(tmp_path_factory.mktemp("milvus") / "milvus.db")
-    b = SyntheticBundle(3000, n_contexts=4, dim=16, seed=7)
+    b = synthetic_bundle(3000, n_contexts=4, dim=16, seed=7)
     ix = MilvusIndex(uri, "it_items", max_workers=4)
     stats = ix.build(b, index="flat", batch=700, progress=False)
     assert stats["items"] == 3000 and stats["index"] == "FLAT" and stats["created"]
@@ -57,8 +57,8 @@ def test_reindex_is_idempotent_and_version_checked(built):
 
 def test_new_bundle_version_rebuilds(tmp_path):
     uri = str(tmp_path / "m.db")
-    b1 = SyntheticBundle(500, n_contexts=2, dim=8, seed=1)
-    b2 = SyntheticBundle(300, n_contexts=2, dim=8, seed=2)
+    b1 = synthetic_bundle(500, n_contexts=2, dim=8, seed=1)
+    b2 = synthetic_bundle(300, n_contexts=2, dim=8, seed=2)
     with MilvusIndex(uri, "v_items") as ix:
         ix.build(b1, progress=False)
         st = ix.build(b2, progress=False)  # other version: dropped and rebuilt, no stale rows

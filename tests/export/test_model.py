@@ -78,7 +78,9 @@ def test_context_sampler_stays_in_context():
 def test_torch_onnxruntime_parity_all_lengths(tmp_path, k):
     import onnxruntime as ort
 
-    from longretriever.export.bundle import OUTPUT_NAME, export_onnx
+    from longretriever.core.bundle import OUTPUT_NAME
+
+    from longretriever.export.bundle_writer import export_onnx
 
     m, _ = make_model(dim=32)
     m.eval()
@@ -116,7 +118,7 @@ def test_sample_examples_budget_zero_means_all_positions():
 
 def test_length_bucketing_keeps_every_example_once_and_groups_lengths():
     from longretriever.export.train import TrainConfig, context_lengths, example_batches, make_split
-    from tests.unit.test_export_bundle import synthetic
+    from tests.fixtures.data import synthetic
 
     split = make_split(synthetic(n_users=40, n_items=120, seed=8))
     lengths = context_lengths(split, 8)

@@ -1,4 +1,4 @@
-"""Serving reliability on real components (setup in tests/integration/serving_harness.py):
+"""Serving reliability on real components (setup in tests/fixtures/serving.py):
 
 - gRPC input fuzz (hypothesis) on the real RetrieverService: only OK / INVALID_ARGUMENT /
   DEADLINE_EXCEEDED (/ RESOURCE_EXHAUSTED for oversized messages), never INTERNAL or UNKNOWN,
@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from longretriever.core.errors import BundleError
-from longretriever.retriever import query as q
+from longretriever.core import planner as q
 from longretriever.retriever.assemble import open_serving
-from longretriever.retriever.milvus_requests import context_sizes
+from longretriever.core.planner import context_sizes
 from longretriever.retriever.proto import longretriever_pb2 as pb
 from longretriever.retriever.server import MAX_RECEIVE_MESSAGE_BYTES, SERVICE_NAME
 from tests.fixtures.support import settings_for
@@ -203,7 +203,7 @@ def test_bundle_version_differs_from_collection_is_refused(reliability_bundle, r
     man = json.loads((other / "manifest.json").read_text())
     man["version"] = "20990101T000000Z-" + man["version"].rsplit("-", 1)[1]  # valid, but not indexed
     (other / "manifest.json").write_text(json.dumps(man))
-    from longretriever.export.bundle import load_bundle
+    from longretriever.retriever.bundle import load_bundle
 
     assert load_bundle(other, intra_op_threads=1).version == man["version"]
     settings = settings_for("127.0.0.1:9", "unused", tmp_path / "state2")

@@ -1,4 +1,4 @@
-"""Milvus outage during queries (see tests/integration/serving_harness.py for the setup).
+"""Milvus outage during queries (see tests/fixtures/serving.py for the setup).
 
 (a) The embedded Milvus Lite server of a file URI is killed: the next queries restart it.
 (b) It is killed *and* its directory moved away: Retrieve answers UNAVAILABLE well within the
@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2
 
 from longretriever.retriever.assemble import state_contexts
 from longretriever.retriever.milvus_index import MilvusIndex
-from longretriever.retriever.milvus_requests import context_sizes
+from longretriever.core.planner import context_sizes
 from longretriever.retriever.proto import longretriever_pb2 as pb
 from longretriever.retriever.service import RetrieverService
 from longretriever.stream.state import StateStore

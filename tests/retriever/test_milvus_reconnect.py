@@ -10,65 +10,10 @@ import numpy as np
 import pytest
 
 from longretriever.core.errors import ServiceUnavailable
-from longretriever.retriever import milvus_requests as mr
+from tests.fixtures.fakes import MilvusWorld
 
 
 # ---- MilvusIndex reconnect (fake client) ------------------------------------------------------
-class FlakyClient:
-    """Fails searches while ``world.down``; counts loads."""
-
-    def __init__(self, world) -> None:
-        self.world = world
-        self.closed = False
-
-    def has_collection(self, name):
-        return True
-
-    def describe_collection(self, name):
-        return {"description": mr.description_for("v1"), "fields": []}
-
-    def load_collection(self, name):
-        self.world.loads += 1
-
-    def describe_index(self, name, field):
-        return {"index_type": "FLAT"}
-
-    def query(self, name, filter, output_fields):
-        return [{"count(*)": 10}]
-
-    def search(self, name, data, anns_field, limit, filter, search_params, output_fields, timeout):
-        if self.closed:
-            raise RuntimeError("search on a closed client")
-        if self.world.hang:
-            time.sleep(timeout or 5)
-            raise TimeoutError("deadline exceeded")
-        if self.world.down:
-            raise ConnectionError("connection refused")
-        if self.world.bad_query:
-            raise ValueError("bad filter")  # not transient: no reconnect
-        c = int(filter.split("==")[1])
-        return [[{"id": c * 100 + i, "distance": 1.0} for i in range(limit)]]
-
-    def close(self):
-        self.closed = True
-
-
-class World:
-    def __init__(self) -> None:
-        self.down = self.hang = self.bad_query = self.refuse_connect = False
-        self.loads = 0
-        self.clients = []
-        self.connect_delay = 0.0
-
-    def factory(self, uri):
-        time.sleep(self.connect_delay)
-        if self.refuse_connect:
-            raise ConnectionError("nothing listens")
-        c = FlakyClient(self)
-        self.clients.append(c)
-        return c
-
-
 def _index(world, **kw):
     from longretriever.retriever.milvus_index import MilvusIndex
 
@@ -81,7 +26,7 @@ VEC = {1: np.ones(4, np.float32), 2: np.ones(4, np.float32)}
 
 
 def test_connection_failure_drops_client_and_next_call_reconnects():
-    w = World()
+    w = MilvusWorld()
     ix = _index(w)
     assert len(ix.search_contexts(VEC, {1: 2, 2: 2})[1]) == 2
     loads = w.loads
@@ -97,7 +42,7 @@ def test_connection_failure_drops_client_and_next_call_reconnects():
 
 
 def test_non_transient_error_keeps_the_client():
-    w = World()
+    w = MilvusWorld()
     ix = _index(w)
     w.bad_query = True
     with pytest.raises(ValueError):
@@ -106,7 +51,7 @@ def test_non_transient_error_keeps_the_client():
 
 
 def test_hung_milvus_is_bounded_by_the_timeout():
-    w = World()
+    w = MilvusWorld()
     ix = _index(w)
     w.hang = True
     t0 = time.perf_counter()
@@ -117,7 +62,7 @@ def test_hung_milvus_is_bounded_by_the_timeout():
 
 
 def test_queued_callers_fail_fast_after_a_failed_reconnect():
-    w = World()
+    w = MilvusWorld()
     ix = _index(w, max_workers=8)
     w.down = True
     with pytest.raises(ServiceUnavailable):

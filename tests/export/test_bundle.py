@@ -6,27 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from longretriever.export.bundle import load_bundle, save_bundle
-from longretriever.export.reference import retrieve_offline
+from longretriever.retriever.bundle import load_bundle
+
+from longretriever.export.bundle_writer import save_bundle
+from longretriever.core.planner import retrieve_offline
 from longretriever.export.train import TrainConfig, make_split, train_longretriever
-from longretriever.core.contexts import ContextTable
-from longretriever.data.events import Dataset, EventLog
 from longretriever.core.errors import BundleError, InputError
 from longretriever.core.multicontext import Candidate
-
-
-def synthetic(n_users=30, n_items=120, n_ctx=4, seed=0):
-    rng = np.random.default_rng(seed)
-    mapping = {1000 + i: f"c{i % n_ctx}" for i in range(n_items)}
-    rows = []
-    for u in range(n_users):
-        fav = rng.integers(0, n_ctx)
-        for j in range(int(rng.integers(4, 40))):
-            c = fav if rng.random() < 0.7 else rng.integers(0, n_ctx)
-            rows.append((u, 1000 + c + n_ctx * rng.integers(0, n_items // n_ctx), 100 + j * 7))
-    a = np.array(rows, np.int64)
-    ev = EventLog(a[:, 0], a[:, 1], a[:, 2] * 1000, None)
-    return Dataset("syn", ev, ContextTable.from_mapping(mapping), {})
+from tests.fixtures.data import synthetic
 
 
 @pytest.fixture(scope="module")

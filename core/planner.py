@@ -1,0 +1,389 @@
+"""The one multi-context retrieval planner. Offline evaluation, the offline reference
+(:func:`retrieve_offline`) and the online service (:mod:`longretriever.retriever.service`)
+build their answers with these functions, so training, evaluation and serving compute the
+same thing by construction. The I/O side comes in through small Protocols: a user's
+:class:`History` (in memory here, the RocksDB state online), an :class:`Encoder` (the bundle's
+ONNX session, or the torch model in evaluation) and a :class:`Searcher` (exact numpy here,
+Milvus online).
+
+For one user history (canonical ``(ts, item_id)`` order, one context per event):
+
+1. **Context choice** -- :func:`~longretriever.core.multicontext.choice_weights` over the
+   contexts of the newest ``window`` events (recency-weighted frequency, or the bundle's
+   learned next-context predictor), then ``choose_contexts(weights, max_contexts, allowed)``
+   where ``allowed`` = contexts that have items in the bundle.
+2. **Quotas** -- ``allocate_quotas(chosen, k)``.
+3. **Encoder rows** -- per chosen context ``c``: the newest ``K`` events of ``c`` in the whole
+   history (the hard search, :meth:`History.context_tail`) and the newest ``W`` events of any
+   context (the recent window); one batched encoder call, rows in ``chosen`` order.
+4. **Per-context top-n** -- ``n = quota_c + s_c`` where ``s_c`` = number of distinct seen items
+   whose *bundle* context is ``c`` (0 without exclusion), capped by the context's size, so
+   excluding seen items never leaves a quota short. Exact ranking is the total order
+   ``(-score, raw item id)`` (:func:`top_n`).
+5. **Merge** -- :func:`~longretriever.core.multicontext.merge` under the quotas, seen raw ids
+   excluded.
+
+No history (or no allowed context) -> no plan; online the caller answers with
+:func:`fallback_candidates` (popular items of the largest contexts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from longretriever.core.errors import InputError
+from longretriever.core.multicontext import (DEFAULT_WINDOW, Candidate, ContextScorer, allocate_quotas,
+                                             choice_weights, choose_contexts, merge)
+from longretriever.core.sequence import UserSequence, canonical_order, context_positions, hard_search_positions
+
+MAX_K = 10_000
+MAX_CONTEXTS = 64
+_EMPTY = np.zeros(0, np.int64)
+
+
+def validate_request(user_id: int, k: int, max_contexts: int) -> None:
+    """Request limits shared by the gRPC server and the service (InputError -> INVALID_ARGUMENT)."""
+    if user_id < 0:
+        raise InputError(f"user_id must be >= 0, got {user_id}")
+    if not 1 <= k <= MAX_K:
+        raise InputError(f"k must be in [1, {MAX_K}], got {k}")
+    if not 1 <= max_contexts <= MAX_CONTEXTS:
+        raise InputError(f"max_contexts must be in [1, {MAX_CONTEXTS}], got {max_contexts}")
+
+
+# ---- the I/O side, as Protocols ----------------------------------------------------------------
+class History(Protocol):
+    """One user's behaviour sequence, as the planner reads it."""
+
+    def recent(self, n: int) -> UserSequence | None:
+        """The newest ``n`` events of any context, oldest first (None: unknown user)."""
+
+    def context_tail(self, context: int, k: int) -> np.ndarray:
+        """Raw ids of the newest ``k`` events of ``context``, oldest first (the hard search)."""
+
+    def seen_items(self) -> np.ndarray:
+        """Distinct raw ids of the whole history (what exclusion removes)."""
+
+
+class Encoder(Protocol):
+    def encode(self, ctx_items: list[np.ndarray], recent_items: list[np.ndarray],
+               contexts: list[int] | np.ndarray) -> np.ndarray:
+        """Raw-id rows (oldest first) -> float32 [B, d] user vectors."""
+
+
+class Searcher(Protocol):
+    def search_contexts(self, vectors: Mapping[int, np.ndarray], topk: Mapping[int, int],
+                        timeout: float | None = None) -> dict[int, list[Candidate]]:
+        """Per context: its best ``topk[c]`` items for ``vectors[c]``, best first."""
+
+
+class BundleLike(Protocol):
+    """What the planner reads of a model bundle (:class:`longretriever.core.bundle.Bundle`)."""
+
+    item_ids: np.ndarray
+    item_contexts: np.ndarray
+    item_embeddings: np.ndarray
+
+    @property
+    def k(self) -> int: ...
+
+    @property
+    def w(self) -> int: ...
+
+    def context_scorer(self, choice: str | None = None) -> ContextScorer | None: ...
+
+
+class SequenceHistory:
+    """An in-memory :class:`History` (offline evaluation, the reference, tests). The events are
+    put in canonical order first, so any arrival order gives the same history."""
+
+    def __init__(self, items: np.ndarray, ts: np.ndarray, contexts: np.ndarray) -> None:
+        items = np.asarray(items, np.int64)
+        ts = np.asarray(ts, np.int64)
+        contexts = np.asarray(contexts, np.int64)
+        if not (items.size == ts.size == contexts.size):
+            raise ValueError("items, ts and contexts must have the same length")
+        order = canonical_order(ts, items)  # identity for a history already in canonical order
+        self.seq = UserSequence(items[order], ts[order], contexts[order].astype(np.int32))
+        self._positions: dict[int, np.ndarray] | None = None
+
+    def recent(self, n: int) -> UserSequence | None:
+        s = self.seq
+        lo = max(0, len(s) - max(0, n))
+        return UserSequence(s.items[lo:], s.ts[lo:], s.contexts[lo:])
+
+    def context_tail(self, context: int, k: int) -> np.ndarray:
+        if self._positions is None:
+            self._positions = context_positions(self.seq.contexts)
+        return self.seq.items[hard_search_positions(self._positions.get(int(context), _EMPTY), k)]
+
+    def seen_items(self) -> np.ndarray:
+        return np.unique(self.seq.items)
+
+
+# ---- what the planner knows of a bundle -----------------------------------------------------------
+class ItemContexts:
+    """Raw item id -> bundle context id (-1 when the item is not in the bundle)."""
+
+    def __init__(self, item_ids: np.ndarray, item_contexts: np.ndarray) -> None:
+        ids = np.asarray(item_ids, np.int64)
+        order = np.argsort(ids, kind="stable")
+        self.ids = ids[order]
+        self.ctx = np.asarray(item_contexts, np.int64)[order]
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, np.int64)
+        if self.ids.size == 0:
+            return np.full(raw.shape, -1, np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, raw), self.ids.size - 1)
+        return np.where(self.ids[pos] == raw, self.ctx[pos], -1)
+
+
+def context_sizes(contexts: Sequence[int] | np.ndarray) -> dict[int, int]:
+    """Number of items per context id."""
+    cs = np.asarray(contexts, np.int64)
+    if cs.size == 0:
+        return {}
+    counts = np.bincount(cs)
+    return {int(c): int(counts[c]) for c in np.flatnonzero(counts)}
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The bundle facts a plan depends on: hard-search length ``hard_k``, recent window ``w``,
+    item -> context, items per context, and the context choice (``scorer`` None = frequency)."""
+
+    hard_k: int
+    w: int
+    item_context: Callable[[np.ndarray], np.ndarray]
+    sizes: Mapping[int, int]
+    scorer: ContextScorer | None = None
+    window: int = DEFAULT_WINDOW
+
+    @property
+    def allowed(self) -> set[int]:
+        return {c for c, n in self.sizes.items() if n > 0}
+
+    @classmethod
+    def of(cls, bundle: BundleLike, choice: str | None = None, window: int = DEFAULT_WINDOW) -> "Catalog":
+        """``choice``: "frequency" | "learned" | None (the bundle's own)."""
+        return cls(int(bundle.k), int(bundle.w), ItemContexts(bundle.item_ids, bundle.item_contexts),
+                   context_sizes(bundle.item_contexts), bundle.context_scorer(choice), window)
+
+
+# ---- plans ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ContextQuery:
+    context: int
+    weight: float
+    quota: int
+    topk: int  # hits to fetch: quota + #seen items of this context (capped by context size)
+    ctx_items: np.ndarray  # hard search: newest K items of this context, oldest first
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """Everything one answer of ``k`` candidates needs, once the history has been read."""
+
+    k: int
+    recent_items: np.ndarray  # newest W items overall, oldest first (shared by every row)
+    contexts: tuple[ContextQuery, ...]
+    exclude: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def quotas(self) -> dict[int, int]:
+        return {q.context: q.quota for q in self.contexts}
+
+    @property
+    def topk(self) -> dict[int, int]:
+        return {q.context: q.topk for q in self.contexts}
+
+    def encoder_rows(self, only: Iterable[int] | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+        """Arguments of one batched ``Encoder.encode`` call for every chosen context (or the
+        contexts in ``only``), in plan order."""
+        keep = None if only is None else set(only)
+        rows = [q for q in self.contexts if keep is None or q.context in keep]
+        return [q.ctx_items for q in rows], [self.recent_items for _ in rows], [q.context for q in rows]
+
+
+@dataclass(frozen=True)
+class UserPlan:
+    """The part of a plan that does not depend on ``k``: chosen contexts, encoder rows and
+    what exclusion removes. :meth:`query` turns it into the :class:`QueryPlan` for one ``k``
+    (evaluation asks for several cutoffs of the same user)."""
+
+    chosen: tuple[tuple[int, float], ...]  # (context, weight), heaviest first
+    ctx_rows: tuple[np.ndarray, ...]  # raw ids per chosen context, oldest first
+    recent: np.ndarray  # raw ids of the recent window, oldest first
+    seen: frozenset[int]  # distinct raw ids of the history ({} when not excluding)
+    seen_per_context: Mapping[int, int]  # chosen context -> seen items of that bundle context
+
+    @property
+    def contexts(self) -> list[int]:
+        return [c for c, _ in self.chosen]
+
+    def query(self, k: int, sizes: Mapping[int, int] | None = None) -> QueryPlan:
+        quotas = allocate_quotas(self.chosen, k)
+        rows = []
+        for (c, weight), tail in zip(self.chosen, self.ctx_rows):
+            topk = quotas[c] + int(self.seen_per_context.get(c, 0))
+            if sizes is not None:
+                topk = min(topk, int(sizes.get(c, 0)))
+            rows.append(ContextQuery(int(c), float(weight), int(quotas[c]), int(topk), tail))
+        return QueryPlan(int(k), self.recent, tuple(rows), self.seen)
+
+
+def context_rows(history: History, contexts: Sequence[int], hard_k: int, w: int
+                 ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Encoder rows of ``contexts`` for a history: the hard search of each context and the
+    shared recent window (the newest ``w`` events of any context)."""
+    rows = [np.asarray(history.context_tail(int(c), hard_k), np.int64) for c in contexts]
+    seq = history.recent(w) if w > 0 else None
+    recent = np.asarray(seq.items, np.int64)[-w:] if seq is not None and w > 0 else _EMPTY
+    return rows, recent
+
+
+def plan_user(history: History, max_contexts: int, catalog: Catalog,
+              exclude_seen: bool = True) -> UserPlan | None:
+    """Steps 1 and 3 (and what step 4 excludes) for one user; None when there is nothing to
+    plan from (no history, or no context with items)."""
+    seq = history.recent(catalog.window)
+    if seq is None or len(seq) == 0:
+        return None
+    weights = choice_weights(seq.contexts, catalog.scorer, catalog.window)
+    chosen = tuple(choose_contexts(weights, max_contexts, catalog.allowed))
+    if not chosen:
+        return None
+    rows, recent = context_rows(history, [c for c, _ in chosen], catalog.hard_k, catalog.w)
+    seen = np.unique(np.asarray(history.seen_items(), np.int64)) if exclude_seen else _EMPTY
+    seen_ctx = catalog.item_context(seen) if seen.size else _EMPTY
+    spc = {c: int(np.count_nonzero(seen_ctx == c)) for c, _ in chosen}
+    return UserPlan(chosen, tuple(rows), recent, frozenset(seen.tolist()), spc)
+
+
+def plan_query(history: History, k: int, max_contexts: int, catalog: Catalog,
+               exclude_seen: bool = True) -> QueryPlan | None:
+    """The :class:`QueryPlan` of ``k`` candidates for one user (None: fall back)."""
+    plan = plan_user(history, max_contexts, catalog, exclude_seen)
+    return None if plan is None else plan.query(k, catalog.sizes)
+
+
+# ---- ranking and merging ---------------------------------------------------------------------------
+def top_n(scores: np.ndarray, raw_ids: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the best ``n`` under the total order (-score, raw id), best first: the one
+    tie rule of every exact ranking (boundary ties are resolved by id, not by partition order)."""
+    m = scores.size
+    if n <= 0 or m == 0:
+        return np.zeros(0, np.int64)
+    if n < m:
+        part = np.argpartition(-scores, n - 1)[:n]
+        sel = np.flatnonzero(scores >= scores[part].min())  # keep boundary ties: exact order
+    else:
+        sel = np.arange(m)
+    order = np.lexsort((raw_ids[sel], -scores[sel]))[:n]
+    return sel[order]
+
+
+def exact_search(query: np.ndarray, item_ids: np.ndarray, item_vectors: np.ndarray, topk: int,
+                 context: int) -> list[Candidate]:
+    """Exact inner-product top-k (float32 numpy) over one context's items."""
+    if topk <= 0 or item_ids.size == 0:
+        return []
+    s = item_vectors @ np.asarray(query, np.float32)
+    return [Candidate(int(item_ids[i]), float(s[i]), int(context)) for i in top_n(s, item_ids, topk)]
+
+
+class ExactSearch:
+    """A :class:`Searcher` over in-memory item vectors (the offline reference, evaluation, the
+    benchmarks' floor): items are sorted by context once, so a context is one contiguous block."""
+
+    def __init__(self, item_ids: np.ndarray, item_contexts: np.ndarray, item_vectors: np.ndarray) -> None:
+        ctx = np.asarray(item_contexts, np.int64)
+        order = np.argsort(ctx, kind="stable")
+        self.item_ids = np.asarray(item_ids, np.int64)[order]
+        self.item_vectors = np.ascontiguousarray(np.asarray(item_vectors, np.float32)[order])
+        sc = ctx[order]
+        self.blocks = {int(c): (int(np.searchsorted(sc, c, "left")), int(np.searchsorted(sc, c, "right")))
+                       for c in np.unique(sc)}
+
+    @classmethod
+    def of(cls, bundle: BundleLike) -> "ExactSearch":
+        return cls(bundle.item_ids, bundle.item_contexts, bundle.item_embeddings)
+
+    def search(self, context: int, vector: np.ndarray, topk: int) -> list[Candidate]:
+        lo, hi = self.blocks.get(int(context), (0, 0))
+        return exact_search(vector, self.item_ids[lo:hi], self.item_vectors[lo:hi], topk, context)
+
+    def search_contexts(self, vectors: Mapping[int, np.ndarray], topk: Mapping[int, int],
+                        timeout: float | None = None) -> dict[int, list[Candidate]]:
+        return {int(c): self.search(c, vectors[c], n) for c, n in topk.items()}
+
+
+def encode_plan(plan: QueryPlan, encoder: Encoder, only: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+    """One batched encoder call for the plan's contexts (or those in ``only``)."""
+    ctx_items, recent, contexts = plan.encoder_rows(only)
+    if not contexts:
+        return {}
+    vecs = np.asarray(encoder.encode(ctx_items, recent, contexts), np.float32)
+    return {c: v for c, v in zip(contexts, vecs)}
+
+
+def merge_results(plan: QueryPlan, per_context: Mapping[int, Sequence[Candidate]]) -> list[Candidate]:
+    """Step 5. Each chosen context's ranked list is cut to its ``topk`` first (a longer
+    ranking, e.g. one computed for a larger cutoff, gives exactly the same answer)."""
+    topk = plan.topk
+    return merge({c: list(v)[:topk[c]] for c, v in per_context.items() if c in topk}, plan.quotas,
+                 plan.k, exclude=plan.exclude)
+
+
+def retrieve(history: History, k: int, max_contexts: int, catalog: Catalog, encoder: Encoder,
+             searcher: Searcher, exclude_seen: bool = True,
+             timeout: float | None = None) -> list[Candidate] | None:
+    """Steps 1-5 for one user; None when there is no plan (the caller falls back)."""
+    plan = plan_query(history, k, max_contexts, catalog, exclude_seen)
+    if plan is None:
+        return None
+    per_context = searcher.search_contexts(encode_plan(plan, encoder), plan.topk, timeout=timeout)
+    return merge_results(plan, per_context)
+
+
+def retrieve_offline(bundle: BundleLike, items: np.ndarray, ts: np.ndarray, contexts: np.ndarray,
+                     k: int, max_contexts: int = 8, exclude_seen: bool = True,
+                     context_choice: str | None = None) -> list[Candidate]:
+    """The offline reference for one user history (any order): the bundle's encoder and an
+    exact search; ``[]`` when there is nothing to plan from. The online service must return
+    exactly this for the same history and bundle. ``context_choice``: "frequency" |
+    "learned" | None (the bundle's own choice)."""
+    history = SequenceHistory(items, ts, contexts)
+    if len(history.seq) == 0 or k <= 0:
+        return []
+    got = retrieve(history, k, max_contexts, Catalog.of(bundle, context_choice), bundle,  # type: ignore[arg-type]
+                   ExactSearch.of(bundle), exclude_seen)
+    return got or []
+
+
+# ---- cold start -------------------------------------------------------------------------------------
+def fallback_contexts(sizes: Mapping[int, int], k: int, max_contexts: int) -> list[tuple[int, float, int]]:
+    """Cold user: the ``max_contexts`` largest contexts (by item count), quotas by size."""
+    chosen = choose_contexts({c: float(n) for c, n in sizes.items() if n > 0}, max_contexts)
+    quotas = allocate_quotas(chosen, k)
+    return [(c, w, quotas[c]) for c, w in chosen]
+
+
+def fallback_candidates(popular: Callable[[int, int], Iterable[int]], sizes: Mapping[int, int],
+                        k: int, max_contexts: int,
+                        selected: Sequence[tuple[int, float, int]] | None = None,
+                        exclude: Iterable[int] = ()) -> list[Candidate]:
+    """Popular items per context (``Bundle.popular(context, n)``, most popular first), scored
+    by popularity rank (1.0 for the top item of a context, decreasing), merged under quotas."""
+    selected = list(selected) if selected is not None else fallback_contexts(sizes, k, max_contexts)
+    excl = set(exclude)
+    per_context: dict[int, list[Candidate]] = {}
+    for c, _, quota in selected:
+        n = quota + len(excl)
+        ids = [int(i) for i in popular(c, n)][:n]
+        per_context[c] = [Candidate(i, 1.0 - r / max(n, 1), int(c)) for r, i in enumerate(ids)]
+    return merge(per_context, {c: q for c, _, q in selected}, k, exclude=excl)
