@@ -119,7 +119,7 @@ def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queri
             plan = pl.plan_query(StateHistory(state, u), k, 8, svc.catalog)
             vecs = pl.encode_plan(plan, bundle)
             t = time.perf_counter()
-            floor.search_contexts(vecs, plan.topk)
+            floor.search_contexts(vecs, plan.slots)
             floor_ms.append((time.perf_counter() - t) * 1000)
     finally:
         index_.close()

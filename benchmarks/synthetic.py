@@ -124,6 +124,11 @@ class MemoryState:
             return {}
         return {int(c): int((s.contexts == c).sum()) for c in np.unique(s.contexts)}
 
+    def seen_mask(self, user: int, items: np.ndarray) -> np.ndarray:
+        s = self.seqs.get(user)
+        items = np.asarray(items, np.int64)
+        return np.isin(items, s.items) if s is not None else np.zeros(items.shape, bool)
+
     def sequence(self, user: int, ctx: int | None = None) -> UserSequence | None:
         s = self.seqs.get(user)
         if s is None:

@@ -1,5 +1,5 @@
-"""Multi-context retrieval logic, pure: which contexts to query for a user, how many
-candidates each may contribute, and how the per-context results merge into one list.
+"""Multi-context retrieval logic, pure: which contexts to query for a user, which context
+fills each answer slot, and how the per-context ranked streams merge into one answer.
 
 Offline evaluation and online serving call exactly these functions, so the same history
 gives the same answer in both.
@@ -7,6 +7,7 @@ gives the same answer in both.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
@@ -69,51 +70,53 @@ def choose_contexts(weights: Mapping[int, float], max_contexts: int,
     return items[:max(0, max_contexts)]
 
 
-def allocate_quotas(chosen: Sequence[tuple[int, float]], k: int) -> dict[int, int]:
-    """Split ``k`` slots across contexts in proportion to their weights (largest remainder;
-    ties by order in ``chosen``). Sums to ``k`` when any context is chosen."""
-    if not chosen or k <= 0:
-        return {}
-    w = np.array([cw[1] for cw in chosen], dtype=np.float64)
-    share = w / w.sum() * k
-    base = np.floor(share).astype(np.int64)
-    rest = k - int(base.sum())
-    order = sorted(range(len(chosen)), key=lambda i: (-(share[i] - base[i]), i))
-    for i in order[:rest]:
-        base[i] += 1
-    return {chosen[i][0]: int(base[i]) for i in range(len(chosen))}
+def allocate(chosen: Sequence[tuple[int, float]], k: int,
+             caps: Mapping[int, int | None] | None = None) -> list[int]:
+    """The context of each of the first ``k`` answer slots, in answer order: slot after slot,
+    the context with the largest ``weight / (slots it already has + 1)`` (D'Hondt; ties by the
+    order of ``chosen``), skipping a context once it has ``caps[c]`` slots (None = no cap).
+
+    House-monotone by construction: the slots for ``k`` are the first ``k`` of the slots for
+    any larger ``k``, so an answer is a prefix of every longer answer (users page through
+    results). Over many slots the counts approach ``k`` times the weight shares."""
+    caps = caps or {}
+    heap = [(-float(w), i, int(c)) for i, (c, w) in enumerate(chosen) if w > 0 and caps.get(c) != 0]
+    heapq.heapify(heap)
+    taken: dict[int, int] = {}
+    out: list[int] = []
+    while heap and len(out) < k:
+        _, i, c = heapq.heappop(heap)
+        n = taken.get(c, 0) + 1
+        taken[c] = n
+        out.append(c)
+        cap = caps.get(c)
+        if cap is None or n < cap:
+            heapq.heappush(heap, (-float(chosen[i][1]) / (n + 1), i, c))
+    return out
 
 
-def merge(per_context: Mapping[int, Sequence[Candidate]], quotas: Mapping[int, int], k: int,
-          exclude: set[int] | frozenset[int] = frozenset()) -> list[Candidate]:
-    """Merge per-context ranked lists under quotas, best score first.
+def slot_counts(slots: Sequence[int]) -> dict[int, int]:
+    """How many slots each context has."""
+    out: dict[int, int] = {}
+    for c in slots:
+        out[c] = out.get(c, 0) + 1
+    return out
 
-    Each context first contributes up to its quota of its best non-excluded candidates; slots
-    a context cannot fill go to the best remaining candidates of any context. An item id
-    appears once. Ties break by item id so the result is deterministic."""
-    taken: list[Candidate] = []
-    spare: list[Candidate] = []
-    seen: set[int] = set(exclude)
-    for ctx in sorted(per_context):
-        ranked = sorted(per_context[ctx], key=lambda c: (-c.score, c.item_id))
-        q = quotas.get(ctx, 0)
-        n = 0
-        for cand in ranked:
-            if cand.item_id in seen:
-                continue
-            if n < q:
-                taken.append(cand)
-                seen.add(cand.item_id)
-                n += 1
-            else:
-                spare.append(cand)
-    if len(taken) < k:
-        spare.sort(key=lambda c: (-c.score, c.item_id))
-        for cand in spare:
-            if len(taken) >= k:
-                break
-            if cand.item_id not in seen:
-                taken.append(cand)
-                seen.add(cand.item_id)
-    taken.sort(key=lambda c: (-c.score, c.item_id))
-    return taken[:k]
+
+def emit(slots: Sequence[int], streams: Mapping[int, Sequence[Candidate]]) -> list[Candidate]:
+    """Fill the slots in order, each from its context's ranked stream (best first). An item id
+    appears once (contexts are mutually exclusive, so this only guards malformed input)."""
+    pos: dict[int, int] = {}
+    used: set[int] = set()
+    out: list[Candidate] = []
+    for c in slots:
+        stream = streams.get(c, ())
+        i = pos.get(c, 0)
+        while i < len(stream) and stream[i].item_id in used:
+            i += 1
+        if i < len(stream):
+            out.append(stream[i])
+            used.add(stream[i].item_id)
+            i += 1
+        pos[c] = i
+    return out

@@ -12,16 +12,19 @@ For one user history (canonical ``(ts, item_id)`` order, one context per event):
    contexts of the newest ``window`` events (recency-weighted frequency, or the bundle's
    learned next-context predictor), then ``choose_contexts(weights, max_contexts, allowed)``
    where ``allowed`` = contexts that have items in the bundle.
-2. **Quotas** -- ``allocate_quotas(chosen, k)``.
+2. **Slots** -- :func:`~longretriever.core.multicontext.allocate`: answer slot after slot, the
+   context with the largest ``weight / (slots + 1)`` (D'Hondt), so the answer for ``k`` is the
+   first ``k`` of the answer for any larger ``k``.
 3. **Encoder rows** -- per chosen context ``c``: the newest ``K`` events of ``c`` in the whole
    history (the hard search, :meth:`History.context_tail`) and the newest ``W`` events of any
    context (the recent window); one batched encoder call, rows in ``chosen`` order.
-4. **Per-context top-n** -- ``n = quota_c + s_c`` where ``s_c`` = number of distinct seen items
-   whose *bundle* context is ``c`` (0 without exclusion), capped by the context's size, so
-   excluding seen items never leaves a quota short. Exact ranking is the total order
-   ``(-score, raw item id)`` (:func:`top_n`).
-5. **Merge** -- :func:`~longretriever.core.multicontext.merge` under the quotas, seen raw ids
-   excluded.
+4. **Per-context streams** -- for each context, its best items in the total order
+   ``(-score, raw item id)`` (:func:`top_n`), seen items removed (:meth:`History.seen_mask`),
+   at least as many as its slots: :func:`fetch_streams` asks the searcher for more while
+   exclusion leaves a stream short, so the cost follows ``k``, not the history length.
+5. **Emit** -- each slot takes its context's next item
+   (:func:`~longretriever.core.multicontext.emit`); a context that runs out of items gives
+   its remaining slots to the others (the allocation is redone with that cap).
 
 No history (or no allowed context) -> no plan; online the caller answers with
 :func:`fallback_candidates` (popular items of the largest contexts).
@@ -29,14 +32,14 @@ No history (or no allowed context) -> no plan; online the caller answers with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from longretriever.core.errors import InputError
-from longretriever.core.multicontext import (DEFAULT_WINDOW, Candidate, ContextScorer, allocate_quotas,
-                                             choice_weights, choose_contexts, merge)
+from longretriever.core.multicontext import (DEFAULT_WINDOW, Candidate, ContextScorer, allocate, choice_weights,
+                                             choose_contexts, emit, slot_counts)
 from longretriever.core.sequence import UserSequence, canonical_order, context_positions, hard_search_positions
 
 MAX_K = 10_000
@@ -64,8 +67,8 @@ class History(Protocol):
     def context_tail(self, context: int, k: int) -> np.ndarray:
         """Raw ids of the newest ``k`` events of ``context``, oldest first (the hard search)."""
 
-    def seen_items(self) -> np.ndarray:
-        """Distinct raw ids of the whole history (what exclusion removes)."""
+    def seen_mask(self, items: np.ndarray) -> np.ndarray:
+        """For each raw id: is it in the user's history? (what exclusion removes)"""
 
 
 class Encoder(Protocol):
@@ -109,6 +112,7 @@ class SequenceHistory:
         order = canonical_order(ts, items)  # identity for a history already in canonical order
         self.seq = UserSequence(items[order], ts[order], contexts[order].astype(np.int32))
         self._positions: dict[int, np.ndarray] | None = None
+        self._seen: np.ndarray | None = None
 
     def recent(self, n: int) -> UserSequence | None:
         s = self.seq
@@ -120,8 +124,10 @@ class SequenceHistory:
             self._positions = context_positions(self.seq.contexts)
         return self.seq.items[hard_search_positions(self._positions.get(int(context), _EMPTY), k)]
 
-    def seen_items(self) -> np.ndarray:
-        return np.unique(self.seq.items)
+    def seen_mask(self, items: np.ndarray) -> np.ndarray:
+        if self._seen is None:
+            self._seen = np.unique(self.seq.items)
+        return np.isin(np.asarray(items, np.int64), self._seen, assume_unique=False)
 
 
 # ---- what the planner knows of a bundle -----------------------------------------------------------
@@ -179,8 +185,7 @@ class Catalog:
 class ContextQuery:
     context: int
     weight: float
-    quota: int
-    topk: int  # hits to fetch: quota + #seen items of this context (capped by context size)
+    slots: int  # answer slots this context fills for k (before any other context runs out)
     ctx_items: np.ndarray  # hard search: newest K items of this context, oldest first
 
 
@@ -191,15 +196,15 @@ class QueryPlan:
     k: int
     recent_items: np.ndarray  # newest W items overall, oldest first (shared by every row)
     contexts: tuple[ContextQuery, ...]
-    exclude: frozenset[int] = field(default_factory=frozenset)
+    exclude_seen: bool = True
 
     @property
-    def quotas(self) -> dict[int, int]:
-        return {q.context: q.quota for q in self.contexts}
+    def chosen(self) -> list[tuple[int, float]]:
+        return [(q.context, q.weight) for q in self.contexts]
 
     @property
-    def topk(self) -> dict[int, int]:
-        return {q.context: q.topk for q in self.contexts}
+    def slots(self) -> dict[int, int]:
+        return {q.context: q.slots for q in self.contexts}
 
     def encoder_rows(self, only: Iterable[int] | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
         """Arguments of one batched ``Encoder.encode`` call for every chosen context (or the
@@ -211,29 +216,22 @@ class QueryPlan:
 
 @dataclass(frozen=True)
 class UserPlan:
-    """The part of a plan that does not depend on ``k``: chosen contexts, encoder rows and
-    what exclusion removes. :meth:`query` turns it into the :class:`QueryPlan` for one ``k``
-    (evaluation asks for several cutoffs of the same user)."""
+    """The part of a plan that does not depend on ``k``: the chosen contexts and the encoder
+    rows. :meth:`query` turns it into the :class:`QueryPlan` for one ``k``."""
 
     chosen: tuple[tuple[int, float], ...]  # (context, weight), heaviest first
     ctx_rows: tuple[np.ndarray, ...]  # raw ids per chosen context, oldest first
     recent: np.ndarray  # raw ids of the recent window, oldest first
-    seen: frozenset[int]  # distinct raw ids of the history ({} when not excluding)
-    seen_per_context: Mapping[int, int]  # chosen context -> seen items of that bundle context
 
     @property
     def contexts(self) -> list[int]:
         return [c for c, _ in self.chosen]
 
-    def query(self, k: int, sizes: Mapping[int, int] | None = None) -> QueryPlan:
-        quotas = allocate_quotas(self.chosen, k)
-        rows = []
-        for (c, weight), tail in zip(self.chosen, self.ctx_rows):
-            topk = quotas[c] + int(self.seen_per_context.get(c, 0))
-            if sizes is not None:
-                topk = min(topk, int(sizes.get(c, 0)))
-            rows.append(ContextQuery(int(c), float(weight), int(quotas[c]), int(topk), tail))
-        return QueryPlan(int(k), self.recent, tuple(rows), self.seen)
+    def query(self, k: int, exclude_seen: bool = True) -> QueryPlan:
+        slots = slot_counts(allocate(self.chosen, k))
+        rows = tuple(ContextQuery(int(c), float(w), int(slots.get(c, 0)), tail)
+                     for (c, w), tail in zip(self.chosen, self.ctx_rows))
+        return QueryPlan(int(k), self.recent, rows, exclude_seen)
 
 
 def context_rows(history: History, contexts: Sequence[int], hard_k: int, w: int
@@ -246,10 +244,9 @@ def context_rows(history: History, contexts: Sequence[int], hard_k: int, w: int
     return rows, recent
 
 
-def plan_user(history: History, max_contexts: int, catalog: Catalog,
-              exclude_seen: bool = True) -> UserPlan | None:
-    """Steps 1 and 3 (and what step 4 excludes) for one user; None when there is nothing to
-    plan from (no history, or no context with items)."""
+def plan_user(history: History, max_contexts: int, catalog: Catalog) -> UserPlan | None:
+    """Steps 1 and 3 for one user; None when there is nothing to plan from (no history, or no
+    context with items)."""
     seq = history.recent(catalog.window)
     if seq is None or len(seq) == 0:
         return None
@@ -258,17 +255,14 @@ def plan_user(history: History, max_contexts: int, catalog: Catalog,
     if not chosen:
         return None
     rows, recent = context_rows(history, [c for c, _ in chosen], catalog.hard_k, catalog.w)
-    seen = np.unique(np.asarray(history.seen_items(), np.int64)) if exclude_seen else _EMPTY
-    seen_ctx = catalog.item_context(seen) if seen.size else _EMPTY
-    spc = {c: int(np.count_nonzero(seen_ctx == c)) for c, _ in chosen}
-    return UserPlan(chosen, tuple(rows), recent, frozenset(seen.tolist()), spc)
+    return UserPlan(chosen, tuple(rows), recent)
 
 
 def plan_query(history: History, k: int, max_contexts: int, catalog: Catalog,
                exclude_seen: bool = True) -> QueryPlan | None:
     """The :class:`QueryPlan` of ``k`` candidates for one user (None: fall back)."""
-    plan = plan_user(history, max_contexts, catalog, exclude_seen)
-    return None if plan is None else plan.query(k, catalog.sizes)
+    plan = plan_user(history, max_contexts, catalog)
+    return None if plan is None else plan.query(k, exclude_seen)
 
 
 # ---- ranking and merging ---------------------------------------------------------------------------
@@ -331,12 +325,59 @@ def encode_plan(plan: QueryPlan, encoder: Encoder, only: Iterable[int] | None = 
     return {c: v for c, v in zip(contexts, vecs)}
 
 
-def merge_results(plan: QueryPlan, per_context: Mapping[int, Sequence[Candidate]]) -> list[Candidate]:
-    """Step 5. Each chosen context's ranked list is cut to its ``topk`` first (a longer
-    ranking, e.g. one computed for a larger cutoff, gives exactly the same answer)."""
-    topk = plan.topk
-    return merge({c: list(v)[:topk[c]] for c, v in per_context.items() if c in topk}, plan.quotas,
-                 plan.k, exclude=plan.exclude)
+def first_depth(need: int, exclude_seen: bool) -> int:
+    """How many hits to ask a context for first: a margin for the seen items that exclusion
+    removes (more are asked for only when the margin is not enough)."""
+    return need + max(8, need) if exclude_seen else need
+
+
+def fetch_streams(searcher: Searcher, history: History, vectors: Mapping[int, np.ndarray],
+                  need: Mapping[int, int], sizes: Mapping[int, int], exclude_seen: bool = True,
+                  timeout: float | None = None) -> tuple[dict[int, list[Candidate]], dict[int, bool]]:
+    """Per context with ``need[c] > 0``: its best ranked candidates, seen items removed when
+    ``exclude_seen``, at least ``need[c]`` of them -- or all there are (then ``complete[c]``).
+    The searcher is asked again, deeper, for a context that exclusion left short."""
+    depth = {c: min(int(sizes.get(c, 0)), first_depth(n, exclude_seen)) for c, n in need.items() if n > 0}
+    streams: dict[int, list[Candidate]] = {}
+    complete: dict[int, bool] = {}
+    pending = {c: d for c, d in depth.items() if d > 0}
+    for c in need:
+        if c not in pending:
+            streams[c], complete[c] = [], True
+    while pending:
+        hits = searcher.search_contexts({c: vectors[c] for c in pending}, pending, timeout=timeout)
+        again: dict[int, int] = {}
+        for c, asked in pending.items():
+            got = list(hits.get(c, []))
+            done = asked >= int(sizes.get(c, 0)) or len(got) < asked  # nothing more to ask for
+            if exclude_seen and got:
+                seen = history.seen_mask(np.fromiter((h.item_id for h in got), np.int64, len(got)))
+                got = [h for h, s in zip(got, seen.tolist()) if not s]
+            if len(got) >= need[c] or done:
+                streams[c], complete[c] = got, done
+            else:
+                again[c] = min(int(sizes[c]), max(2 * asked, asked + 2 * (need[c] - len(got))))
+        pending = again
+    return streams, complete
+
+
+def answer(plan: QueryPlan, vectors: Mapping[int, np.ndarray], searcher: Searcher, history: History,
+           sizes: Mapping[int, int], timeout: float | None = None) -> list[Candidate]:
+    """Steps 4 and 5: fetch each context's stream, fill the slots; when a context runs out
+    of items its remaining slots are allocated again among the others (deeper streams are
+    fetched for them if needed)."""
+    chosen = plan.chosen
+    streams, complete = fetch_streams(searcher, history, vectors, plan.slots, sizes, plan.exclude_seen,
+                                      timeout)
+    while True:
+        caps = {c: len(streams[c]) for c in streams if complete.get(c)}
+        slots = allocate(chosen, plan.k, caps)
+        short = {c: n for c, n in slot_counts(slots).items() if n > len(streams.get(c, ())) and not complete.get(c)}
+        if not short:
+            return emit(slots, streams)
+        more, done = fetch_streams(searcher, history, vectors, short, sizes, plan.exclude_seen, timeout)
+        streams.update(more)
+        complete.update(done)
 
 
 def retrieve(history: History, k: int, max_contexts: int, catalog: Catalog, encoder: Encoder,
@@ -346,8 +387,7 @@ def retrieve(history: History, k: int, max_contexts: int, catalog: Catalog, enco
     plan = plan_query(history, k, max_contexts, catalog, exclude_seen)
     if plan is None:
         return None
-    per_context = searcher.search_contexts(encode_plan(plan, encoder), plan.topk, timeout=timeout)
-    return merge_results(plan, per_context)
+    return answer(plan, encode_plan(plan, encoder), searcher, history, catalog.sizes, timeout)
 
 
 def retrieve_offline(bundle: BundleLike, items: np.ndarray, ts: np.ndarray, contexts: np.ndarray,
@@ -366,24 +406,20 @@ def retrieve_offline(bundle: BundleLike, items: np.ndarray, ts: np.ndarray, cont
 
 
 # ---- cold start -------------------------------------------------------------------------------------
-def fallback_contexts(sizes: Mapping[int, int], k: int, max_contexts: int) -> list[tuple[int, float, int]]:
-    """Cold user: the ``max_contexts`` largest contexts (by item count), quotas by size."""
-    chosen = choose_contexts({c: float(n) for c, n in sizes.items() if n > 0}, max_contexts)
-    quotas = allocate_quotas(chosen, k)
-    return [(c, w, quotas[c]) for c, w in chosen]
+def fallback_contexts(sizes: Mapping[int, int], max_contexts: int) -> list[tuple[int, float]]:
+    """Cold user: the ``max_contexts`` largest contexts, weighted by their item counts."""
+    return choose_contexts({c: float(n) for c, n in sizes.items() if n > 0}, max_contexts)
 
 
 def fallback_candidates(popular: Callable[[int, int], Iterable[int]], sizes: Mapping[int, int],
-                        k: int, max_contexts: int,
-                        selected: Sequence[tuple[int, float, int]] | None = None,
-                        exclude: Iterable[int] = ()) -> list[Candidate]:
-    """Popular items per context (``Bundle.popular(context, n)``, most popular first), scored
-    by popularity rank (1.0 for the top item of a context, decreasing), merged under quotas."""
-    selected = list(selected) if selected is not None else fallback_contexts(sizes, k, max_contexts)
-    excl = set(exclude)
-    per_context: dict[int, list[Candidate]] = {}
-    for c, _, quota in selected:
-        n = quota + len(excl)
+                        k: int, max_contexts: int) -> list[Candidate]:
+    """Popular items (``Bundle.popular(context, n)``, most popular first) of the largest
+    contexts, slots allocated as for any user; scored by popularity rank (1.0 for the top item
+    of a context, decreasing)."""
+    chosen = fallback_contexts(sizes, max_contexts)
+    slots = allocate(chosen, k, {c: int(sizes[c]) for c, _ in chosen})
+    streams: dict[int, list[Candidate]] = {}
+    for c, n in slot_counts(slots).items():
         ids = [int(i) for i in popular(c, n)][:n]
-        per_context[c] = [Candidate(i, 1.0 - r / max(n, 1), int(c)) for r, i in enumerate(ids)]
-    return merge(per_context, {c: q for c, _, q in selected}, k, exclude=excl)
+        streams[c] = [Candidate(i, 1.0 - r / max(n, 1), int(c)) for r, i in enumerate(ids)]
+    return emit(slots, streams)

@@ -9,8 +9,8 @@ a miss for every model. Metrics per case, then averaged over users:
 * ``recall@K`` -- target in the top K (one target per user, so recall = hit rate)
 
 LongRetriever is scored through the one planner (:mod:`longretriever.core.planner`), as the
-offline reference and the online service are: its list of length K is
-``merge_results(plan.query(K), ranked)``, computed separately for every K.
+offline reference and the online service are (``planner.answer`` over an exact search); its
+list for K is the first K of its longest answer (answers are prefix-consistent).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from longretriever.core.features import INPUT_NAMES, build_encoder_inputs
-from longretriever.core.planner import (Catalog, ExactSearch, ItemContexts, SequenceHistory, UserPlan,
-                                        context_sizes, merge_results, plan_user)
+from longretriever.core.planner import (Catalog, ExactSearch, ItemContexts, SequenceHistory, UserPlan, answer,
+                                        context_sizes, plan_user)
 from longretriever.export.train import Split
 
 METRICS = ("hr@10", "ndcg@10", "recall@50", "recall@100", "recall@200")
@@ -159,8 +159,7 @@ def plan_cases(split: Split, cases: Cases, k: int, w: int, max_contexts: int = 8
     for j in range(cases.users.size):
         u = split.users[cases.users[j]]
         e = cases.ends[j]
-        p = plan_user(SequenceHistory(u.items[:e], u.ts[:e], u.contexts[:e]), max_contexts, catalog,
-                      exclude_seen)
+        p = plan_user(SequenceHistory(u.items[:e], u.ts[:e], u.contexts[:e]), max_contexts, catalog)
         plans.append(p)
         if p is None:
             continue
@@ -177,28 +176,31 @@ def plan_cases(split: Split, cases: Cases, k: int, w: int, max_contexts: int = 8
 @torch.no_grad()
 def eval_longretriever(model, split: Split, cases: Cases, lp: LRPlans,
                        cutoffs: Sequence[int] = CUTOFFS) -> list[dict[str, float]]:
-    """Per-case metrics from the planner's multi-context lists (one list per cutoff), under
-    the plans' protocol (``lp.exclude_seen``)."""
+    """Per-case metrics from the planner's multi-context answers, under the plans' protocol
+    (``lp.exclude_seen``). An answer for ``K`` is the first ``K`` of the longest one."""
     model.eval()
     vecs = [model(*[torch.as_tensor(x[n]) for n in INPUT_NAMES]).numpy() for x in lp.inputs]
     vecs = np.concatenate(vecs) if vecs else np.zeros((0, model.cfg.dim), np.float32)
     ids = split.vocab.item_ids
     search = ExactSearch(ids, split.item_contexts, model.all_item_vectors().numpy())
     starts = np.searchsorted(lp.row_owner, np.arange(len(lp.plans)))
+    longest = max(max(cutoffs), 200)
     out = []
     for j, plan in enumerate(lp.plans):
         target = int(ids[cases.targets[j]]) if cases.targets[j] >= 0 else None
-        if plan is None or target is None or (lp.exclude_seen and target in plan.seen):
+        if plan is None or target is None:
             out.append(metrics_from_rank(MISS))
             continue
-        queries = {kk: plan.query(kk, lp.sizes) for kk in cutoffs}
-        need: dict[int, int] = {}
-        for qp in queries.values():
-            for c, n in qp.topk.items():
-                need[c] = max(need.get(c, 0), n)
-        ranked = search.search_contexts({c: vecs[starts[j] + i] for i, c in enumerate(plan.contexts)}, need)
-        lists = {kk: [cd.item_id for cd in merge_results(qp, ranked)] for kk, qp in queries.items()}
-        out.append(metrics_from_lists({kk: lists.get(kk, []) for kk in (10, 50, 100, 200)}, target))
+        u = split.users[cases.users[j]]
+        e = cases.ends[j]
+        history = SequenceHistory(u.items[:e], u.ts[:e], u.contexts[:e])
+        if lp.exclude_seen and bool(history.seen_mask(np.array([target]))[0]):
+            out.append(metrics_from_rank(MISS))
+            continue
+        vectors = {c: vecs[starts[j] + i] for i, c in enumerate(plan.contexts)}
+        got = [cd.item_id for cd in answer(plan.query(longest, lp.exclude_seen), vectors, search, history,
+                                            lp.sizes)]
+        out.append(metrics_from_lists({kk: got[:kk] for kk in (10, 50, 100, 200)}, target))
     return out
 
 

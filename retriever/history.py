@@ -28,6 +28,8 @@ class StateReader(Protocol):
 
     def sequence(self, user: int, ctx: int | None = None) -> UserSequence | None: ...
 
+    def seen_mask(self, user: int, items: np.ndarray) -> np.ndarray: ...
+
 
 class StateHistory:
     """One user's :class:`~longretriever.core.planner.History` read from the state store. The
@@ -50,7 +52,6 @@ class StateHistory:
     def context_tail(self, context: int, k: int) -> np.ndarray:
         return self.state.context_tail(self.user, context, k)[0]
 
-    def seen_items(self) -> np.ndarray:
-        """Distinct items of the user's whole stored history (all contexts)."""
-        parts = [self.state.context_items(self.user, c) for c in self.state.context_counts(self.user)]
-        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+    def seen_mask(self, items: np.ndarray) -> np.ndarray:
+        """For each raw id: is it in the user's stored history (all contexts)?"""
+        return self.state.seen_mask(self.user, np.asarray(items, np.int64))

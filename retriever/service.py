@@ -45,6 +45,20 @@ class SequenceResult:
     watermark: str
 
 
+class _TimedSearch:
+    """The service's searcher, with the time spent inside it (the "milvus" stage)."""
+
+    def __init__(self, inner: pl.Searcher) -> None:
+        self.inner, self.ms = inner, 0.0
+
+    def search_contexts(self, vectors, topk, timeout=None):
+        t = time.perf_counter()
+        try:
+            return self.inner.search_contexts(vectors, topk, timeout=timeout)
+        finally:
+            self.ms += (time.perf_counter() - t) * 1000
+
+
 def format_watermark(wm: dict[int, int] | None) -> str:
     """``partition:next_offset`` pairs, comma separated, by partition (empty if unknown)."""
     return ",".join(f"{p}:{o}" for p, o in sorted((wm or {}).items()))
@@ -92,12 +106,16 @@ class RetrieverService:
     def retrieve(self, user_id: int, k: int, max_contexts: int = 8, exclude_seen: bool = True,
                  timeout: float | None = None) -> RetrieveResult:
         pl.validate_request(user_id, k, max_contexts)
+        with self.state.reading():  # one consistent snapshot, seen-item checks included
+            return self._retrieve(user_id, k, max_contexts, exclude_seen, timeout)
+
+    def _retrieve(self, user_id: int, k: int, max_contexts: int, exclude_seen: bool,
+                  timeout: float | None) -> RetrieveResult:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         history = StateHistory(self.state, user_id)
-        with self.state.reading():  # one consistent snapshot
-            wm = self.watermark()  # read before the state: the answer reflects at least this much
-            plan = pl.plan_query(history, k, max_contexts, self.catalog, exclude_seen)
+        wm = self.watermark()  # read before the state: the answer reflects at least this much
+        plan = pl.plan_query(history, k, max_contexts, self.catalog, exclude_seen)
         if plan is None:
             cands = pl.fallback_candidates(self.bundle.popular, self.catalog.sizes, k, max_contexts)
             timings["total"] = (time.perf_counter() - t0) * 1000
@@ -112,11 +130,10 @@ class RetrieverService:
 
         t2 = time.perf_counter()
         remaining = None if timeout is None else max(0.05, timeout - (time.perf_counter() - t0))
-        per_context = self.index.search_contexts(vectors, plan.topk, timeout=remaining)
-        timings["milvus"] = (time.perf_counter() - t2) * 1000
-        t3 = time.perf_counter()
-        cands = pl.merge_results(plan, per_context)
-        timings["merge"] = (time.perf_counter() - t3) * 1000
+        timed = _TimedSearch(self.index)
+        cands = pl.answer(plan, vectors, timed, history, self.catalog.sizes, remaining)
+        timings["milvus"] = timed.ms
+        timings["merge"] = (time.perf_counter() - t2) * 1000 - timed.ms  # exclusion + slot filling
         timings["total"] = (time.perf_counter() - t0) * 1000
         metrics.observe_timings(timings)
         return RetrieveResult(user_id, cands, self.model_version, wm, False, timings)

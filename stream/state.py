@@ -182,6 +182,14 @@ class StateStore:
             meta = self._meta(user) or {}
             return self.context_tail(user, ctx, meta[ctx][3])[0] if ctx in meta else np.zeros(0, np.int64)
 
+    def seen_mask(self, user: int, items: np.ndarray) -> np.ndarray:
+        """For each raw id in ``items``: is it in the user's stored sequence (any context)?"""
+        with self.reading():
+            meta = self._meta(user) or {}
+            parts = [self.context_items(user, c) for c in meta]
+        seen = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        return np.isin(np.asarray(items, np.int64), seen)
+
     def context_counts(self, user: int) -> dict[int, int]:
         with self.reading():
             return {c: m[3] for c, m in (self._meta(user) or {}).items()}

@@ -23,38 +23,79 @@ def _plan(k=5, hard_k=2, w=3, max_contexts=8, exclude_seen=True, sizes=None, it=
 
 def test_plan_hand_checked():
     # weights: c1 = e^-4/200 + e^-3/200 + e^-1/200 = 2.9603, c2 = e^-2/200 + 1 = 1.9900
-    # k=5 shares: c1 2.990, c2 2.010 -> floors 2,2; the spare slot goes to c1 (largest remainder)
+    # D'Hondt slots for k=5: c1 (2.96), c2 (1.99), c1 (1.48), c2 (0.995), c1 (0.987)
     plan = _plan(k=5, hard_k=2, w=3, max_contexts=8)
     assert [c.context for c in plan.contexts] == [1, 2]
-    assert plan.quotas == {1: 3, 2: 2}
+    assert plan.slots == {1: 3, 2: 2}
     assert plan.contexts[0].weight == pytest.approx(np.exp(-4 / 200) + np.exp(-3 / 200) + np.exp(-1 / 200))
     assert plan.contexts[0].ctx_items.tolist() == [102, 103]  # newest 2 of context 1, oldest first
     assert plan.contexts[1].ctx_items.tolist() == [201, 202]
     assert plan.recent_items.tolist() == [201, 103, 202]  # newest 3 overall
-    assert plan.topk == {1: 3 + 3, 2: 2 + 2}  # quota + distinct seen items of the context
-    assert plan.exclude == {101, 102, 103, 201, 202}
+    assert plan.exclude_seen
     ctx_items, recent, ctxs = plan.encoder_rows()
     assert ctxs == [1, 2] and all(r.tolist() == [201, 103, 202] for r in recent)
 
     one = _plan(k=5, hard_k=2, w=3, max_contexts=1)
-    assert one.quotas == {1: 5}
-    no_excl = _plan(k=5, hard_k=2, w=3, exclude_seen=False)
-    assert no_excl.topk == {1: 3, 2: 2} and no_excl.exclude == frozenset()
-    capped = _plan(k=5, hard_k=2, w=3, sizes={1: 4, 2: 100})
-    assert capped.topk == {1: 4, 2: 4}
+    assert one.slots == {1: 5}
+    assert not _plan(k=5, hard_k=2, w=3, exclude_seen=False).exclude_seen
     only2 = _plan(k=5, hard_k=2, w=3, sizes={1: 0, 2: 10})
-    assert only2.quotas == {2: 5}
+    assert only2.slots == {2: 5}
     assert _plan(5, 2, 3, it=IT[:0], ts=TS[:0], cx=CX[:0]) is None
     assert _plan(5, 2, 3, sizes={7: 3}) is None
 
 
-def test_merge_results_excludes_seen_and_keeps_quotas():
+class ListSearch:
+    """A Searcher over fixed ranked lists; records the depth asked per call."""
+
+    def __init__(self, lists):
+        self.lists, self.calls = lists, []
+
+    def search_contexts(self, vectors, topk, timeout=None):
+        self.calls.append(dict(topk))
+        return {c: self.lists.get(c, [])[:n] for c, n in topk.items()}
+
+
+PER = {1: [Candidate(103, .99, 1), Candidate(110, .9, 1), Candidate(111, .5, 1), Candidate(112, .1, 1)],
+       2: [Candidate(201, .95, 2), Candidate(210, .8, 2), Candidate(211, .7, 2), Candidate(212, .6, 2)],
+       3: [Candidate(300, 5.0, 3)]}  # not chosen: never asked
+
+
+def test_answer_excludes_seen_and_fills_slots_in_order():
     plan = _plan(k=5, hard_k=2, w=3)
-    per = {1: [Candidate(103, .99, 1), Candidate(110, .9, 1), Candidate(111, .5, 1), Candidate(112, .1, 1)],
-           2: [Candidate(201, .95, 2), Candidate(210, .8, 2), Candidate(211, .7, 2), Candidate(212, .6, 2)],
-           3: [Candidate(300, 5.0, 3)]}  # not chosen: ignored
-    out = pl.merge_results(plan, per)
-    assert [c.item_id for c in out] == [110, 210, 211, 111, 112]
+    history = pl.SequenceHistory(IT, TS, CX)
+    vecs = {1: np.ones(2), 2: np.ones(2)}
+    search = ListSearch(PER)
+    out = pl.answer(plan, vecs, search, history, {1: 4, 2: 4, 3: 1})
+    # seen 103 and 201 are removed; slots c1, c2, c1, c2, c1
+    assert [c.item_id for c in out] == [110, 210, 111, 211, 112]
+    assert all(3 not in call for call in search.calls)
+    # without exclusion the seen items stay
+    raw = pl.answer(_plan(k=5, hard_k=2, w=3, exclude_seen=False), vecs, ListSearch(PER), history, {1: 4, 2: 4})
+    assert [c.item_id for c in raw] == [103, 201, 110, 210, 111]
+    # prefix-consistent: the answer for 3 is the first 3 of the answer for 5
+    three = pl.answer(_plan(k=3, hard_k=2, w=3), vecs, ListSearch(PER), history, {1: 4, 2: 4})
+    assert [c.item_id for c in three] == [110, 210, 111]
+
+
+def test_answer_gives_the_slots_of_an_exhausted_context_to_the_others():
+    history = pl.SequenceHistory(IT, TS, CX)
+    lists = {1: [Candidate(103, .99, 1), Candidate(110, .9, 1)], 2: PER[2]}
+    out = pl.answer(_plan(k=5, hard_k=2, w=3), {1: np.ones(2), 2: np.ones(2)}, ListSearch(lists), history,
+                    {1: 2, 2: 4})
+    # context 1 has one unseen item: it keeps its first slot, c2 takes the rest
+    assert [c.item_id for c in out] == [110, 210, 211, 212]  # c2 has only 3 unseen items: 4 in all
+
+
+def test_fetch_streams_asks_deeper_while_exclusion_leaves_a_stream_short():
+    ids = np.arange(1000, 1100)
+    history = pl.SequenceHistory(ids[:40], np.arange(40), np.ones(40, np.int64))  # the best 40 are seen
+    lists = {1: [Candidate(int(i), 1.0 - r / 100, 1) for r, i in enumerate(ids)]}
+    search = ListSearch(lists)
+    streams, complete = pl.fetch_streams(search, history, {1: np.ones(2)}, {1: 5}, {1: 100})
+    assert [c.item_id for c in streams[1][:5]] == list(range(1040, 1045)) and not complete[1]
+    assert [call[1] for call in search.calls] == [13, 26, 52]  # 5 + margin 8, then doubled
+    streams, complete = pl.fetch_streams(ListSearch(lists), history, {1: np.ones(2)}, {1: 80}, {1: 100})
+    assert len(streams[1]) == 60 and complete[1]  # only 60 unseen items exist
 
 
 def test_validate_request():
@@ -68,8 +109,8 @@ def test_validate_request():
 def test_fallback_candidates():
     pop = {1: [11, 12, 13, 14], 2: [21, 22, 23]}
     out = pl.fallback_candidates(lambda c, n: pop[c][:n], {1: 100, 2: 50, 3: 0}, k=3, max_contexts=8)
-    # quotas by size: c1 2, c2 1; top of each context scores 1.0
-    assert sorted(c.item_id for c in out) == [11, 12, 21]
+    # weights by size 100, 50: slots c1 (100), then c1 (50) before c2 (50) on the tie, then c2
+    assert [c.item_id for c in out] == [11, 12, 21] and out[0].score == out[2].score == 1.0
     assert pl.fallback_candidates(lambda c, n: pop[c][:n], {1: 100, 2: 50}, k=3, max_contexts=1)[0].context == 1
 
 

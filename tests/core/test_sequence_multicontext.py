@@ -1,5 +1,5 @@
 """Hand-checked cases for the pure functions every path shares: canonical order, hard search,
-recent window, context weights, context choice, quotas and the quota merge."""
+recent window, context weights, context choice, slot allocation and the slot merge."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from longretriever.core.multicontext import (Candidate, allocate_quotas, choose_contexts, context_weights,
-                                        merge)
+from longretriever.core.multicontext import (Candidate, allocate, choose_contexts, context_weights, emit,
+                                             slot_counts)
 from longretriever.core.sequence import (canonical_order, context_positions, hard_search,
                                     hard_search_positions, recent_window)
 
@@ -53,29 +53,27 @@ def test_choose_contexts_heaviest_first_ties_by_id_and_allowed():
     assert choose_contexts(w, 0) == []
 
 
-def test_allocate_quotas_largest_remainder():
-    # shares 10 * (3, 1, 1) / 5 = 6, 2, 2
-    assert allocate_quotas([(1, 3.0), (2, 1.0), (3, 1.0)], 10) == {1: 6, 2: 2, 3: 2}
-    # shares 10/3 each: floors 3, 3, 3, the one spare slot goes to the first in order
-    assert allocate_quotas([(5, 1.0), (6, 1.0), (7, 1.0)], 10) == {5: 4, 6: 3, 7: 3}
-    assert sum(allocate_quotas([(1, 0.7), (2, 0.2), (3, 0.1)], 7).values()) == 7
-    assert allocate_quotas([], 5) == {}
+def test_allocate_dhondt_in_answer_order():
+    # weights 3, 1, 1: priorities 3, 1.5, 1 (ctx 1) and 1, 0.5 (ctx 2, 3); ties by chosen order
+    chosen = [(1, 3.0), (2, 1.0), (3, 1.0)]
+    assert allocate(chosen, 5) == [1, 1, 1, 2, 3]
+    assert slot_counts(allocate(chosen, 10)) == {1: 6, 2: 2, 3: 2}  # the weight shares, exactly
+    assert slot_counts(allocate([(5, 1.0), (6, 1.0), (7, 1.0)], 10)) == {5: 4, 6: 3, 7: 3}
+    assert allocate([], 5) == [] and allocate(chosen, 0) == []
+    # prefix-consistent: the slots for k are the first k slots for any larger k
+    w = [(1, 0.61), (2, 0.27), (3, 0.09), (4, 0.03)]
+    longest = allocate(w, 300)
+    assert all(allocate(w, k) == longest[:k] for k in range(1, 300, 7))
+    # a capped context gives its remaining slots to the others, in the same order rule
+    assert allocate(chosen, 5, caps={1: 1}) == [1, 2, 3, 2, 3]
+    assert allocate(chosen, 5, caps={1: 0, 2: 1}) == [2, 3, 3, 3, 3]
+    assert allocate([(1, 1.0)], 5, caps={1: 2}) == [1, 1]  # nothing left to fill
 
 
-def test_merge_respects_quotas_then_fills_by_score():
-    per = {
-        1: [Candidate(10, 0.9, 1), Candidate(11, 0.8, 1), Candidate(12, 0.7, 1)],
-        2: [Candidate(20, 0.5, 2), Candidate(21, 0.95, 2)],
-    }
-    # quota 1 each: best of ctx 1 (10) and best of ctx 2 (21); then one spare slot by score: 11
-    out = merge(per, {1: 1, 2: 1}, 3)
-    assert [c.item_id for c in out] == [21, 10, 11]
-    # excluded items are skipped and their slot goes to the next of the same context
-    out = merge(per, {1: 2, 2: 1}, 3, exclude={10})
-    assert [c.item_id for c in out] == [21, 11, 12]
-    # a context that cannot fill its quota gives its slots away
-    out = merge(per, {1: 1, 2: 3}, 4)
-    assert [c.item_id for c in out] == [21, 10, 11, 20]
-    # ties on score break by item id
-    tie = {1: [Candidate(5, 0.5, 1), Candidate(4, 0.5, 1)]}
-    assert [c.item_id for c in merge(tie, {1: 2}, 2)] == [4, 5]
+def test_emit_fills_slots_from_streams_in_order():
+    streams = {1: [Candidate(10, 0.9, 1), Candidate(11, 0.8, 1), Candidate(12, 0.7, 1)],
+               2: [Candidate(21, 0.95, 2), Candidate(20, 0.5, 2)]}
+    assert [c.item_id for c in emit([1, 2, 1, 1, 2], streams)] == [10, 21, 11, 12, 20]
+    assert [c.item_id for c in emit([2, 2, 2], streams)] == [21, 20]  # a short stream leaves slots empty
+    dup = {1: [Candidate(5, 0.5, 1)], 2: [Candidate(5, 0.4, 2), Candidate(6, 0.3, 2)]}
+    assert [c.item_id for c in emit([1, 2], dup)] == [5, 6]  # an item id appears once

@@ -86,7 +86,11 @@ def test_retrieve_offline_contract(bundle_dir):
         assert len(ids) == len(set(ids)) == min(10, len(b.item_ids) - len(set(u.items.tolist())))
         assert not set(ids) & set(u.items.tolist())  # seen excluded
         assert set(ids) <= set(b.item_ids.tolist())  # raw ids
-        assert [c.score for c in got] == sorted([c.score for c in got], reverse=True)
+        for c in {x.context for x in got}:  # slot order: each context's items best first
+            scores = [x.score for x in got if x.context == c]
+            assert scores == sorted(scores, reverse=True)
+        longer = retrieve_offline(b, u.items, u.ts, u.contexts, 30)
+        assert [c.item_id for c in longer[:10]] == ids  # prefix-consistent
         # shuffled input gives the same answer (canonical order is re-applied)
         p = np.random.default_rng(0).permutation(len(u))
         again = retrieve_offline(b, u.items[p], u.ts[p], u.contexts[p], 10)

@@ -136,7 +136,8 @@ def test_service_equals_export_reference_random_histories(choice):
         items = rng.choice(b.item_ids, size=n)  # repeats allowed
         ts = rng.integers(0, 20, size=n)  # timestamp ties exercise the canonical order
         st.add(user, items, ts)
-        cx = b.item_contexts[np.searchsorted(b.item_ids, items)]
+        s = st.sequence(user)  # the history as the state keeps it: an exact (item, ts) repeat once
+        items, ts, cx = s.items, s.ts, s.contexts
         for k, mc, ex in [(5, 8, True), (17, 2, True), (9, 1, False)]:
             want = pl.retrieve_offline(b, items, ts, cx, k, max_contexts=mc, exclude_seen=ex,
                                         context_choice=choice)
