@@ -31,6 +31,7 @@ from longretriever.export.context_predictor_train import train_context_predictor
 from longretriever.export.baselines import train_sasrec
 from longretriever.export.evaluate import (eval_longretriever, eval_sasrec, make_cases, mean_metrics, plan_cases,
                              quartiles, rank_metrics)
+from longretriever.export.device import default_threads
 from longretriever.export.parallel import parallel_map
 from longretriever.export.train import Split, TrainConfig, make_split, train_longretriever
 from longretriever.data.events import Dataset
@@ -58,7 +59,7 @@ def _job(args) -> dict[str, Any]:
     split, cfg, name, predictor, exclude_seen = args
     import torch
 
-    torch.set_num_threads(max(1, cfg.threads))
+    torch.set_num_threads(max(1, cfg.threads or default_threads()))
     val, test = make_cases(split, "val"), make_cases(split, "test")
     t0 = time.perf_counter()
     out: dict[str, Any] = {"variant": name, "seed": cfg.seed, "config": cfg.to_dict()}
@@ -90,7 +91,8 @@ def run_ablation(ds: Dataset, out_dir: Path, cfg: TrainConfig, seeds: int = 1, j
         variants[SASREC] = {}
     split: Split = make_split(ds)
     predictor, _ = train_context_predictor(split)
-    args = [(split, replace(cfg, seed=cfg.seed + s, **kw), name, predictor, exclude_seen)
+    threads = cfg.threads or default_threads(min(jobs, len(variants) * seeds))
+    args = [(split, replace(cfg, seed=cfg.seed + s, threads=threads, **kw), name, predictor, exclude_seen)
             for name, kw in variants.items() for s in range(seeds)]
     t0 = time.perf_counter()
     runs = parallel_map(_job, args, jobs)

@@ -22,12 +22,15 @@ import numpy as np
 
 from longretriever.export.baselines import train_multi_interest, train_sasrec
 from longretriever.export.context_predictor_train import compare_choices, pick_choice, train_context_predictor
+from longretriever.export.device import default_threads
 from longretriever.export.parallel import parallel_map
 from longretriever.export.evaluate import (METRICS, eval_longretriever, eval_multi_interest,
-                             eval_popularity, eval_sasrec, make_cases, mean_metrics, plan_cases,
+                             eval_oracle, eval_popularity, eval_sasrec, make_cases, mean_metrics, plan_cases,
                              quartiles, rank_metrics)
 from longretriever.export.train import Split, TrainConfig, make_split, train_longretriever
 from longretriever.data.events import Dataset
+from longretriever.data.synth import Truth
+from longretriever.export.buckets import length_buckets, mean_buckets, write_length_plot
 
 log = logging.getLogger(__name__)
 MODELS = ("popularity", "sasrec", "multi_interest", "longretriever")
@@ -41,14 +44,17 @@ def run_seed(split: Split, cfg: TrainConfig, progress: bool = False, predictor=N
     lp_val = plan_cases(split, val, cfg.k, cfg.w)
     lp_test = plan_cases(split, test, cfg.k, cfg.w)
     r100 = lambda rows: mean_metrics(rows)["recall@100"]  # noqa: E731
-    out: dict[str, Any] = {"models": {}, "quartiles": {}, "loss": {}, "val": {}, "seconds": {}, "notes": {}}
+    out: dict[str, Any] = {"models": {}, "quartiles": {}, "buckets": {}, "loss": {}, "val": {}, "seconds": {},
+                           "examples_per_s": {}, "notes": {}}
 
     def record(name: str, rows, res=None, t0=None):
         out["models"][name] = mean_metrics(rows)
         out["quartiles"][name] = quartiles(split, test, rows)
+        out["buckets"][name] = length_buckets(split, test, rows)
         if res is not None:
             out["loss"][name] = res.losses
             out["val"][name] = res.val_curve
+            out["examples_per_s"][name] = res.examples_per_s
         out["seconds"][name] = time.perf_counter() - t0 if t0 else 0.0
 
     t0 = time.perf_counter()
@@ -93,7 +99,7 @@ def _seed_job(args) -> dict[str, Any]:
     split, cfg, predictor, progress = args
     import torch
 
-    torch.set_num_threads(max(1, cfg.threads))
+    torch.set_num_threads(max(1, cfg.threads or default_threads()))
     t0 = time.perf_counter()
     r = run_seed(split, cfg, progress, predictor)
     r.pop("lr_model", None)
@@ -105,7 +111,10 @@ def run_seeds(split: Split, cfg: TrainConfig, seeds: int, progress: bool, predic
               jobs: int = 1) -> list[dict[str, Any]]:
     """Every seed's results, in seed order; ``jobs > 1`` runs seeds in parallel processes.
     Each seed is deterministic, so the results do not depend on ``jobs`` (tested)."""
-    args = [(split, replace(cfg, seed=cfg.seed + s), predictor, progress and jobs <= 1) for s in range(seeds)]
+    jobs = max(1, min(jobs, seeds))
+    threads = cfg.threads or default_threads(jobs)  # one seed uses its share of the cores
+    args = [(split, replace(cfg, seed=cfg.seed + s, threads=threads), predictor, progress and jobs <= 1)
+            for s in range(seeds)]
     return parallel_map(_seed_job, args, jobs)
 
 
@@ -119,17 +128,28 @@ def run_eval(ds: Dataset, out_dir: Path | str, cfg: TrainConfig, seeds: int = 3,
     predictor, pmetrics = train_context_predictor(split)
     pmetrics["seconds"] = time.perf_counter() - t0
     runs = run_seeds(split, cfg, seeds, progress, predictor, jobs)
+    models = MODELS
+    if ds.truth is not None:  # a synthetic set: the generator's own ranking is the ceiling
+        add_oracle(split, Truth.load(ds.truth), runs)
+        models = (*MODELS, "oracle")
     for s, r in enumerate(runs):
         log.warning("seed %d done in %.0fs: %s", cfg.seed + s, r["seed_seconds"],
-                    {m: round(r["models"][m]["recall@100"], 4) for m in MODELS})
+                    {m: round(r["models"][m]["recall@100"], 4) for m in models})
     wall = time.perf_counter() - t_all
     report = {
         "dataset": ds.name,
         "protocol": PROTOCOL.format(n=len(split.vocab), seeds=[cfg.seed + s for s in range(seeds)]),
-        "models": {m: {k: float(np.mean([r["models"][m][k] for r in runs])) for k in METRICS} for m in MODELS},
+        "models": {m: {k: float(np.mean([r["models"][m][k] for r in runs])) for k in METRICS} for m in models},
         "by_length_quartile": {m: [{k: float(np.mean([r["quartiles"][m][q][k] for r in runs])) for k in METRICS}
-                                   for q in range(4)] for m in MODELS},
+                                   for q in range(4)] for m in models},
+        "by_length_bucket": {m: mean_buckets([r["buckets"][m] for r in runs]) for m in models},
+        "train_examples_per_s": {m: float(np.mean([r["examples_per_s"][m] for r in runs]))
+                                 for m in MODELS if all(m in r.get("examples_per_s", {}) for r in runs)},
     }
+    if "oracle" in report["models"]:
+        report["fraction_of_oracle"] = {m: {k: report["models"][m][k] / report["models"]["oracle"][k]
+                                            for k in ("hr@10", "recall@100", "recall@200")
+                                            if report["models"]["oracle"][k] > 0} for m in MODELS}
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     details = {"config": cfg.to_dict(), "wall_seconds": wall, "jobs": jobs, "runs": runs, "users": len(split.users),
                "context_predictor": pmetrics,
@@ -137,7 +157,20 @@ def run_eval(ds: Dataset, out_dir: Path | str, cfg: TrainConfig, seeds: int = 3,
     (out_dir / "details.json").write_text(json.dumps(details, indent=1, default=float))
     write_markdown(out_dir, report, runs, cfg, wall, details)
     write_plots(out_dir, report, runs)
+    write_length_plot(out_dir, report)
     return report
+
+
+def add_oracle(split: Split, truth, runs: list[dict[str, Any]]) -> None:
+    """The ceiling row (the same for every seed): the generator's probabilities ranked
+    under the same protocol, on the same test cases."""
+    test = make_cases(split, "test")
+    rows = rank_metrics(eval_oracle(split, test, truth))
+    for r in runs:
+        r["models"]["oracle"] = mean_metrics(rows)
+        r["quartiles"]["oracle"] = quartiles(split, test, rows)
+        r["buckets"]["oracle"] = length_buckets(split, test, rows)
+        r["seconds"]["oracle"] = 0.0
 
 
 def _fmt(vals: list[float]) -> str:
@@ -150,14 +183,39 @@ def write_markdown(out_dir: Path, report: dict, runs: list[dict], cfg: TrainConf
              f"{details['users']} users, {details['items']} items, {details['events']} events; "
              f"{len(runs)} seeds ({details.get('jobs', 1)} in parallel); wall time {wall:.0f} s.", "",
              "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-    for m in MODELS:
+    models = list(report["models"])
+    for m in models:
         lines.append(f"| {m} | " + " | ".join(_fmt([r["models"][m][k] for r in runs]) for k in METRICS) + " |")
     lr, sr = report["models"]["longretriever"], report["models"]["sasrec"]
     ratio = lr["recall@100"] / sr["recall@100"] if sr["recall@100"] > 0 else float("nan")
-    lines += ["", f"longretriever / sasrec recall@100 = {ratio:.3f}; hr@10 {lr['hr@10']:.4f} vs "
-              f"{sr['hr@10']:.4f}.", "", "## recall@100 by history-length quartile (shortest first)", "",
+    hr = lr["hr@10"] / sr["hr@10"] if sr["hr@10"] > 0 else float("nan")
+    lines += ["", f"longretriever / sasrec: recall@100 {ratio:.3f}x, hr@10 {hr:.3f}x "
+              f"({lr['hr@10']:.4f} vs {sr['hr@10']:.4f})."]
+    if "fraction_of_oracle" in report:
+        lines += ["", "Share of the ceiling (the generator's own probabilities, `oracle`, same protocol):", "",
+                  "| model | hr@10 | recall@100 | recall@200 |", "|---|---|---|---|"]
+        for m, f in report["fraction_of_oracle"].items():
+            lines.append(f"| {m} | " + " | ".join(f"{f.get(k, float('nan')):.0%}"
+                                                  for k in ("hr@10", "recall@100", "recall@200")) + " |")
+    eps = report.get("train_examples_per_s", {})
+    if eps:
+        lines += ["", "Training examples/s (optimisation only, mean over seeds): "
+                  + ", ".join(f"{m} {v:,.0f}" for m, v in eps.items()) + "."]
+    buckets = report.get("by_length_bucket", {})
+    keys = list(buckets.get("longretriever", {}))
+    if len(keys) >= 2:
+        lines += ["", "## recall@100 by history length (events before the test target)", "",
+                  "| model | " + " | ".join(f"{k} (n={buckets['longretriever'][k]['users']})" for k in keys) + " |",
+                  "|---" * (len(keys) + 1) + "|"]
+        for m, b in buckets.items():
+            lines.append(f"| {m} | " + " | ".join(f"{b[k]['recall@100']:.4f}" if k in b else "-" for k in keys) + " |")
+        sb = buckets.get("sasrec", {})
+        lines.append("| longretriever / sasrec | " + " | ".join(
+            f"{buckets['longretriever'][k]['recall@100'] / sb[k]['recall@100']:.2f}x"
+            if k in sb and sb[k]["recall@100"] > 0 else "-" for k in keys) + " |")
+    lines += ["", "## recall@100 by history-length quartile (shortest first)", "",
               "| model | Q1 | Q2 | Q3 | Q4 |", "|---|---|---|---|---|"]
-    for m in MODELS:
+    for m in models:
         lines.append(f"| {m} | " + " | ".join(f"{q['recall@100']:.4f}" for q in report["by_length_quartile"][m]) + " |")
     lines += ["", "## Context choice (LongRetriever, same trained model)", "",
               "| choice | hr@10 | recall@100 | recall@200 | picked on validation (seeds) |", "|---|---|---|---|---|"]

@@ -31,6 +31,7 @@ def train_cmd(events: Path = typer.Option(..., help="events CSV or MovieLens fol
               context_choice: str = typer.Option("auto", help="how serving picks a user's contexts: "
                                                  "frequency | learned (next-context predictor) | "
                                                  "auto (the better on validation recall@100)"),
+              device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)"),
               progress: bool = True) -> None:
     """Train LongRetriever and write a verified model bundle."""
     from longretriever.export.bundle_writer import save_bundle
@@ -43,7 +44,7 @@ def train_cmd(events: Path = typer.Option(..., help="events CSV or MovieLens fol
         fail(ValueError(f"--context-choice must be auto, frequency or learned, got {context_choice!r}"))
     try:
         ds = load_dataset(events, items, format)  # type: ignore[arg-type]
-        cfg = TrainConfig(epochs=epochs, batch=batch, dim=dim, seed=seed, k=k, w=w, budget=budget)
+        cfg = TrainConfig(epochs=epochs, batch=batch, dim=dim, seed=seed, k=k, w=w, budget=budget, device=device)
         if contexts:
             from longretriever.export.learned_contexts import learn_contexts
 
@@ -82,10 +83,11 @@ def eval_cmd(events: Path = typer.Option(..., help="events CSV or MovieLens fold
              format: str = typer.Option("csv", "--format"),
              out: Path = typer.Option(..., help="report directory"),
              seed: int = 0, epochs: int = 6, seeds: int = 3, budget: int = 0,
-             jobs: int = typer.Option(2, help="seeds trained in parallel processes (1 torch thread each)"),
+             jobs: int = typer.Option(2, help="seeds trained in parallel processes (cores / jobs torch threads each)"),
              dim: int = 64, batch: int = 256, k: int = 256, w: int = 32,
              contexts: Optional[int] = typer.Option(None, help="learn K contexts instead of the "
                                                     "item table's categories"),
+             device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)"),
              progress: bool = False) -> None:
     """All models x seeds, leave-last-out full-corpus ranking -> report.json/.md + plots."""
     from longretriever.export.report import run_eval
@@ -95,7 +97,7 @@ def eval_cmd(events: Path = typer.Option(..., help="events CSV or MovieLens fold
     try:
         ds = load_dataset(events, items, format)  # type: ignore[arg-type]
         t0 = time.perf_counter()
-        cfg = TrainConfig(epochs=epochs, seed=seed, budget=budget, dim=dim, batch=batch, k=k, w=w)
+        cfg = TrainConfig(epochs=epochs, seed=seed, budget=budget, dim=dim, batch=batch, k=k, w=w, device=device)
         if contexts:
             from longretriever.export.learned_contexts import learn_contexts
 

@@ -100,12 +100,19 @@ def replay_cmd(events: Path = typer.Option(..., help="Events CSV or MovieLens fo
     typer.echo(f"sent {st.events} events in {st.messages} messages "
                f"({st.events_per_s:,.0f} events/s)")
 
+
 @app.command("synth")
-def synth_cmd(users: int = typer.Option(100), events_per_user: int = typer.Option(10_000),
-              items: int = typer.Option(50_000), contexts: int = typer.Option(20),
-              seed: int = typer.Option(0), out: Path = typer.Option(...)) -> None:
-    """Write a seeded synthetic ultra-long dataset (events CSV + <stem>.items.csv)."""
+def synth_cmd(users: int = typer.Option(100, help="number of users"),
+              events_per_user: int = typer.Option(10_000, help="events per user (the maximum with --min-events-per-user)"),
+              min_events_per_user: Optional[int] = typer.Option(
+                  None, help="spread history lengths log-uniformly from this many events up to --events-per-user"),
+              items: int = typer.Option(50_000, help="catalogue size"),
+              contexts: int = typer.Option(20, help="categories (the contexts)"),
+              seed: int = typer.Option(0, help="random seed: same arguments, same files"),
+              out: Path = typer.Option(..., help="events CSV to write; <stem>.items.csv and <stem>.truth.npz go next to it")) -> None:
+    """Write a seeded synthetic ultra-long dataset (events CSV, <stem>.items.csv, and the
+    generator's truth <stem>.truth.npz that `eval` turns into the oracle row)."""
     from longretriever.data.synth import write
 
-    ev, it = write(out, users, events_per_user, items, contexts, seed)
+    ev, it = write(out, users, events_per_user, items, contexts, seed, min_events_per_user)
     typer.echo(f"{ev}\n{it}")
