@@ -1,4 +1,4 @@
-"""``longretriever kafka fetch|start|stop|status``."""
+"""``longretriever kafka fetch|start|stop|status`` and ``longretriever milvus start|stop|status``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import typer
 from longretriever.infra.kafka import broker
 
 DEFAULT_DATA = Path(".kafka-data")
+DEFAULT_MILVUS_DATA = Path(".milvus-data")
 
-from longretriever.cli.app import app
+from longretriever.cli.app import app, fail
 
 
 kafka = typer.Typer(no_args_is_help=True, help="A local single-node Apache Kafka broker (KRaft).")
@@ -39,6 +40,47 @@ def status(data_dir: Path = typer.Option(DEFAULT_DATA)) -> None:
     info = broker.read_info(data_dir)
     if info and broker.is_alive(info):
         typer.echo(info.bootstrap)
+        return
+    typer.echo("not running", err=True)
+    raise typer.Exit(1)
+
+
+milvus = typer.Typer(no_args_is_help=True, help="A local Milvus standalone server (the `milvus` package; "
+                     "pip install 'longretriever[milvus]').")
+app.add_typer(milvus, name="milvus")
+
+
+@milvus.command("start")
+def milvus_start(port: int = typer.Option(0, help="gRPC port (0 = a free port)."),
+                 data_dir: Path = typer.Option(DEFAULT_MILVUS_DATA, help="Server data directory (kept).")) -> None:
+    """Start the server in the background (data kept in DATA_DIR); prints its URI."""
+    from longretriever.core.errors import LongRetrieverError
+    from longretriever.infra.milvus import server
+
+    try:
+        info = server.start(data_dir, port or None)
+    except LongRetrieverError as exc:
+        fail(exc)
+        return
+    typer.echo(info.uri)
+
+
+@milvus.command("stop")
+def milvus_stop(data_dir: Path = typer.Option(DEFAULT_MILVUS_DATA)) -> None:
+    """Stop the server started from DATA_DIR (its data stays)."""
+    from longretriever.infra.milvus import server
+
+    typer.echo("stopped" if server.stop(data_dir) else "not running")
+
+
+@milvus.command("status")
+def milvus_status(data_dir: Path = typer.Option(DEFAULT_MILVUS_DATA)) -> None:
+    """Print the URI if the server runs; exit 1 otherwise."""
+    from longretriever.infra.milvus import server
+
+    info = server.read_info(data_dir)
+    if info and server.is_alive(info):
+        typer.echo(info.uri)
         return
     typer.echo("not running", err=True)
     raise typer.Exit(1)
