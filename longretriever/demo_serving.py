@@ -53,7 +53,7 @@ async def _serve_and_query(sv, settings: Settings, ds: Dataset, cfg, console: Co
     from longretriever.retriever.server import build_server
     from longretriever.stream.worker import StreamWorker
 
-    worker = StreamWorker(settings, sv.store, on_applied=sv.refresher.on_applied)
+    worker = StreamWorker(settings, sv.store, on_applied=sv.on_applied)
     task = asyncio.create_task(worker.run())
     server, port, _ = build_server(sv.service)
     await server.start()

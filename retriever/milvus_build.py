@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -166,6 +167,10 @@ def build_versioned(ix: "MilvusIndex", bundle: Any, index: str, batch: int, prog
             ix._call("drop", lambda: c.drop_collection(name))
         ix._call("create_collection", lambda: c.create_collection(
             name, schema=_schema(bundle.version, dim), consistency_level=mr.CONSISTENCY))
+        path = Path(str(getattr(bundle, "path", "")))
+        if path.is_dir():  # where a serving process finds this version's bundle (rollout)
+            ix._call("properties", lambda: c.alter_collection_properties(
+                name, {mr.BUNDLE_PATH_PROPERTY: str(path.resolve())}))
         order = np.argsort(ctx, kind="stable")
         bar = _bar(ids.size, f"insert {name}", progress)
         for cc in np.unique(ctx).tolist():

@@ -39,6 +39,7 @@ LAYOUTS = ("partition", "filter")
 # newer writes: Strong costs a time tick (~200 ms on 2.3.5) per search, Bounded up to 5 s of
 # staleness that cannot occur here. Checks right after writing use Strong explicitly.
 CONSISTENCY = "Eventually"
+BUNDLE_PATH_PROPERTY = "longretriever.bundle_path"  # collection property: where its bundle was read from
 DEFAULT_HNSW_EF = 400  # recall@200 0.976 per partition on the measurement; see docs/milvus.md
 _DESC_PREFIX = "longretriever items; bundle_version="
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")

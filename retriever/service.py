@@ -64,38 +64,65 @@ def format_watermark(wm: dict[int, int] | None) -> str:
     return ",".join(f"{p}:{o}" for p, o in sorted((wm or {}).items()))
 
 
+@dataclass(frozen=True)
+class Generation:
+    """What one answer is computed from: one bundle, the planner's view of it, the Milvus
+    collection of that bundle version and its vector cache. Swapped as a whole (model rollout,
+    :mod:`longretriever.retriever.rollout`); a request reads it once, so no answer mixes two."""
+
+    bundle: Bundle
+    catalog: pl.Catalog
+    index: pl.Searcher
+    cache: VectorCache | None
+    names: tuple[str, ...]
+
+
 class RetrieverService:
     def __init__(self, bundle: Bundle, index: pl.Searcher, state: StateReader,
                  cache: VectorCache | None = None, window: int = DEFAULT_WINDOW,
                  context_choice: str | None = None) -> None:
-        self.bundle = bundle
-        self.index = index
         self.state = state
-        self.cache = cache
         self.window = window
+        self.context_choice = context_choice
+        self.gen = self.generation(bundle, index, cache)
+
+    def generation(self, bundle: Bundle, index: pl.Searcher, cache: VectorCache | None) -> Generation:
         # the planner's view of the bundle; the same Catalog.of as the offline reference
-        self.catalog = pl.Catalog.of(bundle, context_choice, window)
-        scorer = self.catalog.scorer
-        if scorer is not None and scorer.window > window:
+        catalog = pl.Catalog.of(bundle, self.context_choice, self.window)
+        scorer = catalog.scorer
+        if scorer is not None and scorer.window > self.window:
             raise BundleError(f"context predictor reads {scorer.window} events, the service "
-                              f"window is {window}")
-        self.names = list(bundle.context_names)
+                              f"window is {self.window}")
+        return Generation(bundle, catalog, index, cache, tuple(bundle.context_names))
+
+    def swap(self, gen: Generation) -> None:
+        """Serve ``gen`` from the next request on (requests in flight finish on the old one)."""
+        self.gen = gen
+
+    # the current generation's parts (callers outside a request)
+    bundle = property(lambda self: self.gen.bundle)
+    index = property(lambda self: self.gen.index)
+    cache = property(lambda self: self.gen.cache)
+    catalog = property(lambda self: self.gen.catalog)
+    names = property(lambda self: list(self.gen.names))
 
     @property
     def model_version(self) -> str:
         return str(self.bundle.version)
 
     def context_name(self, c: int) -> str:
-        return self.names[c] if 0 <= c < len(self.names) else str(c)
+        names = self.gen.names
+        return names[c] if 0 <= c < len(names) else str(c)
 
     def context_id(self, name: str) -> int:
         """A context name of the bundle, or its decimal id (ASCII digits, in range)."""
-        if name in self.names:
-            return self.names.index(name)
+        names = self.gen.names
+        if name in names:
+            return names.index(name)
         # str.isdigit() also accepts e.g. "²", which int() refuses: check ASCII explicitly
-        if name.isascii() and name.isdigit() and len(name) <= 6 and int(name) < len(self.names):
+        if name.isascii() and name.isdigit() and len(name) <= 6 and int(name) < len(names):
             return int(name)
-        raise InputError(f"unknown context {name[:100]!r}; known: {', '.join(self.names[:20])}")
+        raise InputError(f"unknown context {name[:100]!r}; known: {', '.join(names[:20])}")
 
     def watermark(self) -> str:
         try:
@@ -112,49 +139,52 @@ class RetrieverService:
     def _retrieve(self, user_id: int, k: int, max_contexts: int, exclude_seen: bool,
                   timeout: float | None) -> RetrieveResult:
         t0 = time.perf_counter()
+        gen = self.gen  # read once: the whole answer comes from one bundle version
+        version = str(gen.bundle.version)
         timings: dict[str, float] = {}
         history = StateHistory(self.state, user_id)
         wm = self.watermark()  # read before the state: the answer reflects at least this much
-        plan = pl.plan_query(history, k, max_contexts, self.catalog, exclude_seen)
+        plan = pl.plan_query(history, k, max_contexts, gen.catalog, exclude_seen)
         if plan is None:
-            cands = pl.fallback_candidates(self.bundle.popular, self.catalog.sizes, k, max_contexts)
+            cands = pl.fallback_candidates(gen.bundle.popular, gen.catalog.sizes, k, max_contexts)
             timings["total"] = (time.perf_counter() - t0) * 1000
             metrics.FALLBACKS.inc()
             metrics.observe_timings(timings)
-            return RetrieveResult(user_id, cands, self.model_version, wm, True, timings)
+            return RetrieveResult(user_id, cands, version, wm, True, timings)
         timings["state"] = (time.perf_counter() - t0) * 1000
 
         t1 = time.perf_counter()
-        vectors = self._vectors(user_id, plan, history)
+        vectors = self._vectors(gen, user_id, plan, history)
         timings["encode"] = (time.perf_counter() - t1) * 1000
 
         t2 = time.perf_counter()
         remaining = None if timeout is None else max(0.05, timeout - (time.perf_counter() - t0))
-        timed = _TimedSearch(self.index)
-        cands = pl.answer(plan, vectors, timed, history, self.catalog.sizes, remaining)
+        timed = _TimedSearch(gen.index)
+        cands = pl.answer(plan, vectors, timed, history, gen.catalog.sizes, remaining)
         timings["milvus"] = timed.ms
         timings["merge"] = (time.perf_counter() - t2) * 1000 - timed.ms  # exclusion + slot filling
         timings["total"] = (time.perf_counter() - t0) * 1000
         metrics.observe_timings(timings)
-        return RetrieveResult(user_id, cands, self.model_version, wm, False, timings)
+        return RetrieveResult(user_id, cands, version, wm, False, timings)
 
-    def _vectors(self, user_id: int, plan: pl.QueryPlan, history: StateHistory) -> dict[int, np.ndarray]:
+    def _vectors(self, gen: Generation, user_id: int, plan: pl.QueryPlan,
+                 history: StateHistory) -> dict[int, np.ndarray]:
         """The plan's query vectors: fresh cache entries, the rest in one encoder call."""
-        if self.cache is None:
-            return pl.encode_plan(plan, self.bundle)
+        if gen.cache is None:
+            return pl.encode_plan(plan, gen.bundle)
         seq = history.recent(self.window)
         stamp = window_stamp(seq.items, seq.ts)
         out: dict[int, np.ndarray] = {}
         missing = []
         for cq in plan.contexts:
-            v = self.cache.get(user_id, cq.context, stamp)
+            v = gen.cache.get(user_id, cq.context, stamp)
             if v is None:
                 missing.append(cq.context)
             else:
                 out[cq.context] = v
-        for c, v in pl.encode_plan(plan, self.bundle, only=missing).items():
+        for c, v in pl.encode_plan(plan, gen.bundle, only=missing).items():
             out[c] = v
-            self.cache.put(user_id, c, stamp, v.copy())
+            gen.cache.put(user_id, c, stamp, v.copy())
         return out
 
     def user_sequence(self, user_id: int, context: int | None = None) -> SequenceResult:

@@ -22,15 +22,22 @@ def index_cmd(bundle: Path = typer.Option(..., help="model bundle directory"),
               milvus_uri: str = typer.Option(DEFAULT_URI, help="Milvus Lite file or http://host:19530"),
               collection: str = typer.Option(DEFAULT_COLLECTION),
               index: str = typer.Option("flat", help="flat | hnsw | ivf (Milvus Lite: flat | ivf)"),
-              batch: int = typer.Option(5000, min=1)) -> None:
-    """Create / upsert the item collection from a bundle (idempotent)."""
+              batch: int = typer.Option(5000, min=1),
+              drop_old_after: float = typer.Option(
+                  30.0, help="Milvus server: seconds between switching the alias to the new "
+                  "collection and dropping older versions' collections (serving processes swap "
+                  "within their --rollout-poll)")) -> None:
+    """Write a bundle's items into Milvus; returns once they are searchable (idempotent).
+
+    On a Milvus server: a new collection per bundle version (one partition per context, index
+    built, loaded), then the alias COLLECTION is switched to it; on Milvus Lite: in place."""
     from longretriever.retriever.bundle import load_bundle
     from longretriever.retriever.milvus_index import MilvusIndex
 
     try:
         b = load_bundle(bundle)
         with MilvusIndex(milvus_uri, collection) as ix:
-            typer.echo(json.dumps(ix.build(b, index=index, batch=batch)))
+            typer.echo(json.dumps(ix.build(b, index=index, batch=batch, drop_old_after=drop_old_after)))
     except LongRetrieverError as exc:
         fail(exc)
 
@@ -80,7 +87,12 @@ def serve_cmd(bundle: Path = typer.Option(...),
                                                       "(default 127.0.0.1:PORT)"),
               context_choice: Optional[str] = typer.Option(
                   None, help="auto | frequency | learned: how a user's contexts are chosen "
-                  "(default: settings, else auto = the bundle's own choice, picked on validation)")) -> None:
+                  "(default: settings, else auto = the bundle's own choice, picked on validation)"),
+              rollout_poll: float = typer.Option(
+                  5.0, help="Milvus server: seconds between checks of the alias `index` switches; "
+                  "a new bundle version is swapped in between requests (0 = off; SIGHUP checks now)"),
+              ef: Optional[int] = typer.Option(None, min=1, help="HNSW search breadth (default 400, "
+                                               "at least the per-context limit)")) -> None:
     """Stream worker (Kafka -> RocksDB state) + gRPC endpoint in one process."""
     import asyncio
 
@@ -96,7 +108,7 @@ def serve_cmd(bundle: Path = typer.Option(...),
     try:
         asyncio.run(_serve(bundle, milvus_uri, collection, bootstrap, state_dir, port, host, items,
                            cache_entries, not no_worker, topic, group_id,
-                           advertise or f"127.0.0.1:{port}", tls, context_choice))
+                           advertise or f"127.0.0.1:{port}", tls, context_choice, rollout_poll, ef))
     except LongRetrieverError as exc:
         fail(exc)
 
@@ -105,7 +117,7 @@ async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap:
                  port: int, host: str, items: Path | None, cache_entries: int, with_worker: bool,
                  topic: str = "user-events", group_id: str = "longretriever-stream",
                  advertise: str = "127.0.0.1:50051", tls: tuple[bytes, bytes] | None = None,
-                 context_choice: str | None = None) -> None:
+                 context_choice: str | None = None, rollout_poll: float = 5.0, ef: int | None = None) -> None:
     import asyncio
     import logging
 
@@ -116,7 +128,15 @@ async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap:
     log = logging.getLogger("longretriever.retriever.serve")
     settings = load_settings(bootstrap=bootstrap, state_dir=state_dir, items_path=items, topic=topic,
                              dlq_topic=topic + ".dlq", group_id=group_id, context_choice=context_choice)
-    sv = open_serving(bundle_path, milvus_uri, collection, settings, cache_entries)
+    sv = open_serving(bundle_path, milvus_uri, collection, settings, cache_entries, ef=ef)
+    watcher = sv.watch_rollouts(bundle_path, rollout_poll, cache_entries)
+    if watcher is not None:
+        import signal
+
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, watcher.poke)
+        except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover - not on this OS
+            pass
     stop = asyncio.Event()
     router = None
     if with_worker:
@@ -130,7 +150,7 @@ async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap:
         from longretriever.stream.worker import StreamWorker
 
         worker = StreamWorker(settings, sv.store, client_id=client_id_for(advertise),
-                              on_applied=sv.refresher.on_applied if sv.refresher else None)
+                              on_applied=sv.on_applied if sv.refresher else None)
         tasks.append(asyncio.create_task(worker.run(), name="stream-worker"))
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

@@ -54,7 +54,7 @@ def test_grpc_answers_equal_offline_reference_then_follow_new_events(trained, ka
     truth = expected_sequences(ds.events, sv.store.contexts, 100_000)
 
     async def scenario():
-        worker = StreamWorker(settings, sv.store, on_applied=sv.refresher.on_applied)
+        worker = StreamWorker(settings, sv.store, on_applied=sv.on_applied)
         task = asyncio.create_task(worker.run())
         total = await asyncio.to_thread(_total_messages, kafka_bootstrap, topic_name)
         await wait_for(lambda: sum(sv.store.watermark().values()) >= total, timeout=120)
