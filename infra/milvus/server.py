@@ -36,6 +36,7 @@ TUNING: dict[str, Any] = {
     "log.level": "warn",
     "proxy.http.enabled": False,
     "queryNode.stats.publishInterval": 3000,
+    "common.gracefulStopTimeout": 5,  # seconds; default 1800 (stop would wait for SIGKILL)
 }
 
 
@@ -102,17 +103,46 @@ def is_alive(info: ServerInfo) -> bool:
     return _healthy(info.metrics_port)
 
 
-def _write_config(data_dir: Path, port: int, tuning: dict[str, Any]) -> dict[str, int]:
-    """milvus.yaml (+ glog.conf) under ``data_dir/configs`` with free ports; returns the ports."""
-    milvus = _milvus_package()
-    ports = {k: free_port() for k in ("etcd_port", "root_coord_port", "proxy_internal_port",
-                                      "query_coord_port", "query_node_port", "index_coord_port",
-                                      "index_node_port", "data_coord_port", "data_node_port")}
+_PORT_KEYS = ("etcd_port", "root_coord_port", "proxy_internal_port", "query_coord_port", "query_node_port",
+              "index_coord_port", "index_node_port", "data_coord_port", "data_node_port")
+# every component advertises (and is dialled by the others on) loopback, not the host's address
+_LOOPBACK = {f"{role}.ip": "127.0.0.1" for role in
+             ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")}
+
+
+def _ports(data_dir: Path, port: int) -> dict[str, int]:
+    """The server's ports: those of the last start on ``data_dir`` (the embedded etcd keeps its
+    peer URL in its data), else free ones."""
+    f = data_dir / "configs" / "ports.json"
+    ports = json.loads(f.read_text()) if f.exists() else {}
+    for k in (*_PORT_KEYS, "etcd_peer_port"):
+        ports.setdefault(k, free_port())
     ports["proxy_port"] = port
-    cfg = milvus.MilvusServerConfig(data_dir=str(data_dir), **ports)
-    for key, value in tuning.items():
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(ports))
+    return ports
+
+
+def _write_config(data_dir: Path, port: int, tuning: dict[str, Any]) -> dict[str, int]:
+    """milvus.yaml (+ glog.conf, the embedded etcd's config) under ``data_dir/configs``."""
+    milvus = _milvus_package()
+    ports = _ports(data_dir, port)
+    cfg = milvus.MilvusServerConfig(data_dir=str(data_dir), **{k: ports[k] for k in (*_PORT_KEYS, "proxy_port")})
+    for key, value in {**_LOOPBACK, **tuning}.items():
         cfg.set(key, value)
     cfg.resolve()  # storage dirs, ports checked bindable, configs/milvus.yaml written
+    # The embedded etcd listens on 2379/2380 unless given a config file (the package's template
+    # has no key for it): one per server, on its own ports, so servers can run side by side.
+    etcd_yaml = data_dir / "configs" / "embed-etcd.yaml"
+    client, peer = f"http://127.0.0.1:{ports['etcd_port']}", f"http://127.0.0.1:{ports['etcd_peer_port']}"
+    etcd_yaml.write_text("\n".join([
+        "name: longretriever", f"data-dir: {data_dir / 'data' / 'etcd.data'}",
+        f"listen-client-urls: {client}", f"advertise-client-urls: {client}",
+        f"listen-peer-urls: {peer}", f"initial-advertise-peer-urls: {peer}",
+        f"initial-cluster: longretriever={peer}", "initial-cluster-state: new", ""]))
+    yaml = data_dir / "configs" / "milvus.yaml"
+    text = yaml.read_text()
+    yaml.write_text(text.replace("\netcd:\n", f"\netcd:\n  config:\n    path: {etcd_yaml}\n", 1))
     return ports
 
 
@@ -168,7 +198,7 @@ def _wait_ready(info: ServerInfo, proc: subprocess.Popen, timeout: float) -> Non
                              f"{info.data_dir}/logs/milvus-stdout.log")
 
 
-def stop(data_dir: Path, timeout: float = 30.0) -> bool:
+def stop(data_dir: Path, timeout: float = 15.0) -> bool:
     """Stop the server of ``data_dir`` (SIGTERM to its process group, then SIGKILL). Returns
     False if none ran. The data stays: ``start`` on the same directory brings it back."""
     data_dir = Path(data_dir)
