@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from longretriever.cli.app import bench_app, fail
-from longretriever.core.errors import LongRetrieverError
+from longretriever.core.errors import ConfigError, LongRetrieverError
 
 
 @bench_app.command("ingest")
@@ -46,16 +46,26 @@ def bench_query_cmd(out: Path = typer.Option(..., help="JSON output file"),
                     items: str = typer.Option("100000", help="comma-separated item counts, e.g. 100000,1000000"),
                     contexts: int = typer.Option(8), k: int = typer.Option(200),
                     queries: int = typer.Option(100), concurrency: int = typer.Option(4),
-                    index: str = typer.Option("flat")) -> None:
-    """gRPC + Milvus Lite end-to-end latency on synthetic items."""
+                    index: str = typer.Option("flat", help="flat | hnsw | ivf"),
+                    backend: str = typer.Option("lite", help="lite (a Milvus Lite file) | server (a "
+                                                "private Milvus server started for the run)"),
+                    ef: str = typer.Option("", help="HNSW: comma-separated ef values, one run each"),
+                    load_levels: str = typer.Option("1,2,4,8,16", help="closed-loop load concurrencies"),
+                    load_seconds: float = typer.Option(4.0)) -> None:
+    """gRPC + Milvus end-to-end latency, recall vs exact and QPS at p99 <= 50 ms on synthetic items."""
     from longretriever.benchmarks.query import run_query_bench
 
+    if backend not in ("lite", "server"):
+        fail(ConfigError(f"--backend must be lite or server, got {backend!r}"))
+    efs = tuple(int(x) for x in ef.split(",") if x) or (None,)
+    levels = tuple(int(x) for x in load_levels.split(",") if x)
     runs = []
     for n in [int(x) for x in items.split(",") if x]:
-        r = run_query_bench(n, contexts, k, queries, concurrency=concurrency, index=index)
-        typer.echo(json.dumps(r))
-        runs.append(r)
-        out.write_text(json.dumps({"runs": runs}, indent=2))
+        for r in run_query_bench(n, contexts, k, queries, concurrency=concurrency, index=index,
+                                 backend=backend, efs=efs, load_levels=levels, load_seconds=load_seconds):
+            typer.echo(json.dumps({key: v for key, v in r.items() if key != "load"}))
+            runs.append(r)
+            out.write_text(json.dumps({"runs": runs}, indent=2))
 
 
 
