@@ -37,6 +37,9 @@ TUNING: dict[str, Any] = {
     "proxy.http.enabled": False,
     "queryNode.stats.publishInterval": 3000,
     "common.gracefulStopTimeout": 5,  # seconds; default 1800 (stop would wait for SIGKILL)
+    # after a crash the restarted node waits for the dead one's etcd session to expire before
+    # it serves (measured: ~30 s to the first answer with the default ttl of 30 s)
+    "common.session.ttl": 10,
 }
 
 
@@ -123,11 +126,25 @@ def _ports(data_dir: Path, port: int) -> dict[str, int]:
     return ports
 
 
+def _try_bind(port: int) -> socket.socket | None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+
 def _write_config(data_dir: Path, port: int, tuning: dict[str, Any]) -> dict[str, int]:
     """milvus.yaml (+ glog.conf, the embedded etcd's config) under ``data_dir/configs``."""
     milvus = _milvus_package()
     ports = _ports(data_dir, port)
     cfg = milvus.MilvusServerConfig(data_dir=str(data_dir), **{k: ports[k] for k in (*_PORT_KEYS, "proxy_port")})
+    cfg.try_bind_port = _try_bind  # the package's check binds without SO_REUSEADDR: after a
+    # restart, TIME_WAIT connections on a port would make it refuse a port Milvus itself can use
     for key, value in {**_LOOPBACK, **tuning}.items():
         cfg.set(key, value)
     cfg.resolve()  # storage dirs, ports checked bindable, configs/milvus.yaml written
