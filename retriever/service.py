@@ -80,15 +80,16 @@ class Generation:
 class RetrieverService:
     def __init__(self, bundle: Bundle, index: pl.Searcher, state: StateReader,
                  cache: VectorCache | None = None, window: int = DEFAULT_WINDOW,
-                 context_choice: str | None = None) -> None:
+                 context_choice: str | None = None, min_slots: int = 0) -> None:
         self.state = state
         self.window = window
         self.context_choice = context_choice
+        self.min_slots = min_slots  # adaptive contexts (planner.worth_a_search); 0 = off
         self.gen = self.generation(bundle, index, cache)
 
     def generation(self, bundle: Bundle, index: pl.Searcher, cache: VectorCache | None) -> Generation:
         # the planner's view of the bundle; the same Catalog.of as the offline reference
-        catalog = pl.Catalog.of(bundle, self.context_choice, self.window)
+        catalog = pl.Catalog.of(bundle, self.context_choice, self.window, self.min_slots)
         scorer = catalog.scorer
         if scorer is not None and scorer.window > self.window:
             raise BundleError(f"context predictor reads {scorer.window} events, the service "
