@@ -112,12 +112,12 @@ class RetrieverService:
         return str(self.bundle.version)
 
     def context_name(self, c: int) -> str:
-        names = self.gen.names
+        names = self.names
         return names[c] if 0 <= c < len(names) else str(c)
 
     def context_id(self, name: str) -> int:
         """A context name of the bundle, or its decimal id (ASCII digits, in range)."""
-        names = self.gen.names
+        names = self.names
         if name in names:
             return names.index(name)
         # str.isdigit() also accepts e.g. "²", which int() refuses: check ASCII explicitly
