@@ -23,6 +23,7 @@ import click
 import typer
 
 from longretriever.core.errors import ConfigError, LongRetrieverError
+from longretriever.core.multicontext import CHOICE_OPTIONS
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="LongRetriever: streaming multi-context retrieval over ultra-long sequences.")
@@ -42,6 +43,9 @@ class EventFormat(str, enum.Enum):
     csv = "csv"
     movielens = "movielens"
 
+
+#: ``--context-choice`` (:data:`longretriever.core.multicontext.CHOICE_OPTIONS`)
+ContextChoice = enum.Enum("ContextChoice", {c: c for c in CHOICE_OPTIONS}, type=str)
 
 FORMAT_HELP = ("csv: header user_id,item_id,timestamp[,action], timestamp in seconds; "
                "movielens: an ml-latest folder (ratings.csv + movies.csv)")
