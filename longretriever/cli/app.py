@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import logging
 import os
 import re
 import sys
@@ -22,6 +21,7 @@ from typing import NoReturn, Sequence
 import click
 import typer
 
+from longretriever.cli import logs
 from longretriever.core.errors import ConfigError, LongRetrieverError
 from longretriever.core.multicontext import CHOICE_OPTIONS
 
@@ -56,6 +56,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show the full trace
                                      "(also LONGRETRIEVER_DEBUG=1).")) -> None:
     global _debug
     _debug = _debug or debug
+    if _debug:
+        logs.show_all()
 
 
 def fail(exc: Exception) -> NoReturn:
@@ -147,9 +149,8 @@ def _exit(message: str, code: int) -> NoReturn:
 def run(args: Sequence[str] | None = None) -> NoReturn:
     """The console script: parse, run the command, and map whatever it raises (see the module
     docstring). Usage errors are one line too, with a pointer to the command's ``--help``."""
-    logging.basicConfig(level=os.environ.get("LONGRETRIEVER_LOG_LEVEL", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        logs.configure(debug_enabled())
         rc = app(args=args, prog_name=None, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError:
         sys.exit(EXIT_INPUT)  # the help was printed already
