@@ -114,7 +114,7 @@ def _compare_all(target, bundle, truth):
     mismatched = []
     with RetrieverClient(target, timeout=30) as client:
         for user, (items, ts, ctxs) in truth.items():
-            online = client.retrieve(user, K, 8, True)
+            online = client.retrieve(user, K, 8)
             assert not online["fallback"]
             ref = retrieve_offline(bundle, items, ts, ctxs, K, 8, True)
             if [c["item_id"] for c in online["candidates"]] != [c.item_id for c in ref]:
