@@ -91,6 +91,32 @@ def _release_dead_lite_server(uri: str) -> None:
         mgr.release_server(key)
 
 
+def _refuse_lite_file_in_use(uri: str) -> None:
+    """ConfigError if another process holds the Milvus Lite file of ``uri``. milvus-lite logs an
+    ERROR and pymilvus' next attempt then starts a second server on the same file (seen with
+    milvus-lite 2.5.1): two writers on one file. Probes the lock milvus-lite itself takes."""
+    import fcntl
+
+    try:
+        from milvus_lite.server_manager import server_manager_instance as mgr
+    except ImportError:  # pragma: no cover - milvus-lite not installed
+        return
+    db = Path(uri).absolute().resolve()
+    if str(db) in getattr(mgr, "_servers", {}):
+        return  # this process runs the server already
+    lock = db.parent / f".{db.name}.lock"
+    if not lock.exists():
+        return
+    with open(lock, "a") as fh:
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"Milvus Lite file {uri} is open in another process (a running "
+                              "`serve`?): stop it first, or use a Milvus server (--milvus-uri "
+                              "http://HOST:19530)") from None
+        fcntl.lockf(fh, fcntl.LOCK_UN)
+
+
 def _probe_tcp(uri: str, timeout: float) -> None:
     """ConnectionRefusedError / OSError at once if nothing accepts TCP connections at ``uri``."""
     u = urlparse(uri if "://" in uri else f"tcp://{uri}")
@@ -202,6 +228,7 @@ class MilvusIndex:
 
                 if mr.is_lite_uri(self.uri):
                     _release_dead_lite_server(self.uri)
+                    _refuse_lite_file_in_use(self.uri)
                 else:  # fail fast when nothing listens instead of waiting out the timeout
                     _probe_tcp(self.uri, wait)
                 # a private pymilvus connection alias: by default clients of one URI share a
