@@ -6,12 +6,10 @@ from pathlib import Path
 
 import typer
 
+from longretriever.cli.app import app
 from longretriever.infra.kafka import broker
 
 DEFAULT_DATA = Path(".kafka-data")
-
-from longretriever.cli.app import app
-
 
 kafka = typer.Typer(no_args_is_help=True, help="A local single-node Apache Kafka broker (KRaft).")
 app.add_typer(kafka, name="kafka")
@@ -22,19 +20,19 @@ def fetch() -> None:
     typer.echo(broker.fetch_jars())
 
 @kafka.command("start")
-def start(port: int = typer.Option(9092, help="Broker port (0 = a free port)."),
+def start(port: int = typer.Option(9092, min=0, max=65535, help="Broker port on 127.0.0.1 (0 = a free port)."),
           data_dir: Path = typer.Option(DEFAULT_DATA, help="Broker data directory.")) -> None:
     """Format storage (first time) and start the broker in the background."""
     info = broker.start(data_dir, port or None)
     typer.echo(info.bootstrap)
 
 @kafka.command("stop")
-def stop(data_dir: Path = typer.Option(DEFAULT_DATA)) -> None:
+def stop(data_dir: Path = typer.Option(DEFAULT_DATA, help="Broker data directory (as given to start).")) -> None:
     """Stop the broker started from DATA_DIR."""
     typer.echo("stopped" if broker.stop(data_dir) else "not running")
 
 @kafka.command("status")
-def status(data_dir: Path = typer.Option(DEFAULT_DATA)) -> None:
+def status(data_dir: Path = typer.Option(DEFAULT_DATA, help="Broker data directory (as given to start).")) -> None:
     """Print the bootstrap address if the broker runs; exit 1 otherwise."""
     info = broker.read_info(data_dir)
     if info and broker.is_alive(info):
