@@ -123,6 +123,9 @@ def check_port_free(port: int) -> None:
     """ConfigError naming the fix if ``127.0.0.1:port`` cannot be bound (checked before the
     broker starts: Kafka itself only says so deep in its log)."""
     with socket.socket() as s:
+        # like the broker's own listener: connections of a stopped broker in TIME_WAIT do not
+        # block a restart on the same port, a listening socket does
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError as exc:

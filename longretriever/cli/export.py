@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import click
 import typer
@@ -26,6 +26,14 @@ SINGLE_HELP = "train a one-context model when there is no item table (no multi-c
 K_HELP = "hard-search length: the newest K events of the target's context the user tower reads"
 W_HELP = "recent window: the newest W events of any context the user tower also reads"
 BUDGET_HELP = "training positions per user per epoch (0: all of them)"
+
+# the input options train, eval and ablate share
+Events = Annotated[Path, typer.Option(help=EVENTS_HELP)]
+Items = Annotated[Optional[Path], typer.Option(help=ITEMS_HELP)]
+Format = Annotated[EventFormat, typer.Option("--format", help=FORMAT_HELP)]
+Budget = Annotated[int, typer.Option(min=0, help=BUDGET_HELP)]
+Contexts = Annotated[Optional[int], typer.Option(help=CONTEXTS_HELP)]
+SingleContext = Annotated[bool, typer.Option(help=SINGLE_HELP)]
 
 
 def dataset(events: Path, items: Optional[Path], fmt: EventFormat, contexts: Optional[int] = None,
@@ -52,9 +60,9 @@ def dataset(events: Path, items: Optional[Path], fmt: EventFormat, contexts: Opt
 
 
 @app.command("train")
-def train_cmd(events: Path = typer.Option(..., help=EVENTS_HELP),
-              items: Optional[Path] = typer.Option(None, help=ITEMS_HELP),
-              fmt: EventFormat = typer.Option(EventFormat.csv, "--format", help=FORMAT_HELP),
+def train_cmd(events: Events,
+              items: Items = None,
+              fmt: Format = EventFormat.csv,
               out: Path = typer.Option(..., help="bundle directory to write"),
               epochs: int = typer.Option(6, min=1, help="training epochs"),
               batch: int = typer.Option(256, min=1, help="batch size (examples per step)"),
@@ -62,12 +70,12 @@ def train_cmd(events: Path = typer.Option(..., help=EVENTS_HELP),
               seed: int = typer.Option(0, help="random seed (training is deterministic per seed)"),
               k: int = typer.Option(256, min=0, help=K_HELP),
               w: int = typer.Option(32, min=0, help=W_HELP),
-              budget: int = typer.Option(0, min=0, help=BUDGET_HELP),
+              budget: Budget = 0,
               validate: bool = typer.Option(True, help="keep the best validation epoch"),
               quantize: Optional[str] = typer.Option(None, help="int8: also write encoder.int8.onnx",
                                                      click_type=click.Choice(["int8"])),
-              contexts: Optional[int] = typer.Option(None, help=CONTEXTS_HELP),
-              single_context: bool = typer.Option(False, help=SINGLE_HELP),
+              contexts: Contexts = None,
+              single_context: SingleContext = False,
               context_choice: ContextChoice = typer.Option(
                   ContextChoice.auto, help="how serving picks a user's contexts: frequency | "
                   "learned (next-context predictor) | auto (the better on validation recall@100)"),
@@ -113,21 +121,21 @@ def train_cmd(events: Path = typer.Option(..., help=EVENTS_HELP),
 
 
 @app.command("eval")
-def eval_cmd(events: Path = typer.Option(..., help=EVENTS_HELP),
-             items: Optional[Path] = typer.Option(None, help=ITEMS_HELP),
-             fmt: EventFormat = typer.Option(EventFormat.csv, "--format", help=FORMAT_HELP),
+def eval_cmd(events: Events,
+             items: Items = None,
+             fmt: Format = EventFormat.csv,
              out: Path = typer.Option(..., help="report directory (report.json/.md, details.json, plots)"),
              seed: int = typer.Option(0, help="first seed; seeds are SEED..SEED+SEEDS-1"),
              epochs: int = typer.Option(6, min=1, help="training epochs of every model"),
              seeds: int = typer.Option(3, min=1, help="seeds per model (mean ± std in the report)"),
-             budget: int = typer.Option(0, min=0, help=BUDGET_HELP),
+             budget: Budget = 0,
              jobs: int = typer.Option(2, min=1, help="seeds trained in parallel processes (1 torch thread each)"),
              dim: int = typer.Option(64, min=1, help="embedding dimension of every model"),
              batch: int = typer.Option(256, min=1, help="batch size of every model"),
              k: int = typer.Option(256, min=0, help=K_HELP),
              w: int = typer.Option(32, min=0, help=W_HELP),
-             contexts: Optional[int] = typer.Option(None, help=CONTEXTS_HELP),
-             single_context: bool = typer.Option(False, help=SINGLE_HELP),
+             contexts: Contexts = None,
+             single_context: SingleContext = False,
              progress: bool = typer.Option(False, help="show progress bars (only with --jobs 1)")) -> None:
     """All models x seeds, leave-last-out full-corpus ranking -> report.json/.md + plots."""
     ds, _ = dataset(events, items, fmt, contexts, single_context)
@@ -146,14 +154,14 @@ def eval_cmd(events: Path = typer.Option(..., help=EVENTS_HELP),
 
 
 @app.command("ablate")
-def ablate_cmd(events: Path = typer.Option(..., help=EVENTS_HELP),
-               items: Optional[Path] = typer.Option(None, help=ITEMS_HELP),
-               fmt: EventFormat = typer.Option(EventFormat.csv, "--format", help=FORMAT_HELP),
+def ablate_cmd(events: Events,
+               items: Items = None,
+               fmt: Format = EventFormat.csv,
                out: Path = typer.Option(..., help="directory for ablation.json / ablation.md"),
                seed: int = typer.Option(0, help="first seed"),
                seeds: int = typer.Option(1, min=1, help="seeds per variant"),
                epochs: int = typer.Option(6, min=1, help="training epochs per variant"),
-               budget: int = typer.Option(0, min=0, help=BUDGET_HELP),
+               budget: Budget = 0,
                jobs: int = typer.Option(2, min=1, help="variants trained in parallel processes"),
                include_seen: bool = typer.Option(False, help="score seen items too (repeat-"
                                                  "consumption protocol), for every row")) -> None:
