@@ -65,7 +65,7 @@ async def _serve_and_query(sv, settings: Settings, ds: Dataset, cfg, console: Co
         with RetrieverClient(f"127.0.0.1:{port}", timeout=30) as client:
             for u in users:
                 t0 = time.perf_counter()
-                r = client.retrieve(u, 20, 4, True)
+                r = client.retrieve(u, 20, 4)
                 out.append((u, r, (time.perf_counter() - t0) * 1000))
         return out
 

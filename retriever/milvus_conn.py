@@ -23,7 +23,7 @@ import numpy as np
 from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_attempt,
                       stop_before_delay, wait_exponential)
 
-from longretriever.core.errors import LongRetrieverError, ServiceUnavailable
+from longretriever.core.errors import ConfigError, LongRetrieverError, ServiceUnavailable
 from longretriever.retriever import milvus_requests as mr
 
 # milvus-lite 2.5.1 imports pkg_resources (pinned setuptools<81 keeps it) and warns on import
@@ -84,6 +84,32 @@ def _release_dead_lite_server(uri: str) -> None:
         log.warning("Milvus Lite server for %s exited (code %s); it will be restarted",
                     key, None if proc is None else proc.returncode)
         mgr.release_server(key)
+
+
+def _refuse_lite_file_in_use(uri: str) -> None:
+    """ConfigError if another process holds the Milvus Lite file of ``uri``. milvus-lite logs an
+    ERROR and pymilvus' next attempt then starts a second server on the same file (seen with
+    milvus-lite 2.5.1): two writers on one file. Probes the lock milvus-lite itself takes."""
+    import fcntl
+
+    try:
+        from milvus_lite.server_manager import server_manager_instance as mgr
+    except ImportError:  # pragma: no cover - milvus-lite not installed
+        return
+    db = Path(uri).absolute().resolve()
+    if str(db) in getattr(mgr, "_servers", {}):
+        return  # this process runs the server already
+    lock = db.parent / f".{db.name}.lock"
+    if not lock.exists():
+        return
+    with open(lock, "a") as fh:
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"Milvus Lite file {uri} is open in another process (a running "
+                              "`serve`?): stop it first, or use a Milvus server (--milvus-uri "
+                              "http://HOST:19530)") from None
+        fcntl.lockf(fh, fcntl.LOCK_UN)
 
 
 def _probe_tcp(uri: str, timeout: float) -> None:
@@ -193,6 +219,7 @@ class MilvusConnection:
 
                 if mr.is_lite_uri(self.uri):
                     _release_dead_lite_server(self.uri)
+                    _refuse_lite_file_in_use(self.uri)
                 else:  # fail fast when nothing listens instead of waiting out the timeout
                     _probe_tcp(self.uri, wait)
                 # a private pymilvus connection alias: by default clients of one URI share a

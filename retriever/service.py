@@ -19,6 +19,7 @@ from longretriever.core import planner as pl
 from longretriever.core.bundle import Bundle
 from longretriever.core.errors import BundleError, InputError
 from longretriever.core.multicontext import DEFAULT_WINDOW, Candidate
+from longretriever.core.sequence import UserSequence
 from longretriever.retriever import metrics
 from longretriever.retriever.history import StateHistory, StateReader
 from longretriever.retriever.refresh import VectorCache, window_stamp
@@ -40,9 +41,10 @@ class RetrieveResult:
 class SequenceResult:
     user_id: int
     items: np.ndarray
-    ts: np.ndarray
+    ts: np.ndarray  # ms since the epoch
     contexts: np.ndarray
     watermark: str
+    total: int | None = None  # events stored (in the context); None: len(items)
 
 
 class _TimedSearch:
@@ -188,12 +190,26 @@ class RetrieverService:
             gen.cache.put(user_id, c, stamp, v.copy())
         return out
 
-    def user_sequence(self, user_id: int, context: int | None = None) -> SequenceResult:
+    def user_sequence(self, user_id: int, context: int | None = None,
+                      limit: int | None = None) -> SequenceResult:
+        """The user's newest ``limit`` events (all when None), optionally of one context,
+        oldest first; reads only the tail segments it needs. ``total`` counts them all."""
         if user_id < 0:
             raise InputError(f"user_id must be >= 0, got {user_id}")
+        if limit is not None and limit < 1:
+            raise InputError(f"limit must be >= 1, got {limit}")
         wm = self.watermark()
-        seq = self.state.sequence(user_id, context)
+        with self.state.reading():
+            counts = self.state.context_counts(user_id)
+            total = counts.get(context, 0) if context is not None else sum(counts.values())
+            if limit is None:
+                seq = self.state.sequence(user_id, context)
+            elif context is None:
+                seq = self.state.recent(user_id, limit)
+            else:
+                items, ts = self.state.context_tail(user_id, context, limit)
+                seq = UserSequence(items, ts, np.full(items.size, context, np.int32))
         if seq is None:
             e = np.zeros(0, np.int64)
-            return SequenceResult(user_id, e, e, np.zeros(0, np.int32), wm)
-        return SequenceResult(user_id, seq.items, seq.ts, seq.contexts, wm)
+            return SequenceResult(user_id, e, e, np.zeros(0, np.int32), wm, 0)
+        return SequenceResult(user_id, seq.items, seq.ts, seq.contexts, wm, total)

@@ -121,14 +121,21 @@ def _scrape_metrics_endpoint(queries: int, events: int) -> None:
 
 
 def _compare_all(target, bundle, truth):
+    """Users whose gRPC answer differs from the offline reference. Through the same real path:
+    a plain request (the wire default) excludes every seen item, and smaller k are prefixes."""
     mismatched = []
     with RetrieverClient(target, timeout=30) as client:
-        for user, (items, ts, ctxs) in truth.items():
-            online = client.retrieve(user, K, 8, True)
+        for n, (user, (items, ts, ctxs)) in enumerate(truth.items()):
+            online = client.retrieve(user, K, 8)
             assert not online["fallback"]
+            ids = [c["item_id"] for c in online["candidates"]]
             ref = retrieve_offline(bundle, items, ts, ctxs, K, 8, True)
-            if [c["item_id"] for c in online["candidates"]] != [c.item_id for c in ref]:
+            if ids != [c.item_id for c in ref]:
                 mismatched.append(user)
+            assert not set(ids) & set(items.tolist()), f"user {user}: seen items returned by default"
+            if n < 10:
+                for k in (1, 7, 20):
+                    assert [c["item_id"] for c in client.retrieve(user, k, 8)["candidates"]] == ids[:k], (user, k)
     return mismatched
 
 
