@@ -13,7 +13,7 @@ from longretriever.core.errors import ConfigError
 
 @app.command("demo")
 def demo(data: Optional[Path] = typer.Option(None, help="MovieLens folder or events CSV (default: "
-                                             f"{DEFAULT_MOVIELENS} when present, else synthetic)"),
+                                             "../shared/data/ml-latest-small next to the checkout when present, else synthetic)"),
          synthetic: bool = typer.Option(False, help="Use the synthetic generator instead"),
          out: Path = typer.Option(Path("demo-out"), help="Working directory"),
          small: bool = typer.Option(False, help="A quick smoke run (CI)")) -> None:
