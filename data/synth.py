@@ -48,6 +48,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from longretriever.core.errors import ConfigError
+from longretriever.data.events import items_next_to
+
 START_TS = 1_420_070_400  # 2015-01-01T00:00:00Z
 ITEM_BASE, ITEM_STRIDE = 1000, 7
 LATENT_DIM = 8
@@ -138,11 +141,12 @@ def generate_with_truth(users: int, events_per_user: int, items: int, contexts: 
                         min_events: int | None = None) -> SynthData:
     """Events, items and the generator's truth (see the module docstring)."""
     if users < 1 or events_per_user < 1:
-        raise ValueError("users and events_per_user must be >= 1")
+        raise ConfigError(f"users and events per user must be >= 1, got {users} and {events_per_user}")
     if contexts < 1 or items < contexts:
-        raise ValueError("need contexts >= 1 and items >= contexts (every category non-empty)")
+        raise ConfigError(f"need contexts >= 1 and items >= contexts (every category non-empty), "
+                          f"got {contexts} contexts and {items} items")
     if min_events is not None and not 1 <= min_events <= events_per_user:
-        raise ValueError("min_events must be in [1, events_per_user]")
+        raise ConfigError(f"min events per user must be in [1, events per user], got {min_events}")
     rng = np.random.default_rng(seed)
     U, N, C = int(users), int(items), int(contexts)
 
@@ -364,9 +368,9 @@ def generate(users: int, events_per_user: int, items: int, contexts: int, seed: 
 
 
 def items_path_for(out: Path | str) -> Path:
-    """``events.csv`` -> ``events.items.csv`` (same folder, ``<stem>.items.csv``)."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.items.csv")
+    """``events.csv`` -> ``events.items.csv`` (same folder, ``<stem>.items.csv``): the
+    convention :func:`longretriever.data.events.items_next_to` finds the table by."""
+    return items_next_to(out)
 
 
 def truth_path_for(out: Path | str) -> Path:
