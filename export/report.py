@@ -40,83 +40,103 @@ PROTOCOL = ("leave-last-out (last event = test, second-to-last = validation, res
             "validation recall@100; mean over seeds {seeds}")
 
 
-def run_seed(split: Split, cfg: TrainConfig, progress: bool = False, predictor=None) -> dict[str, Any]:
+#: one training job each (a seed is these four jobs); longest first so parallel workers end together
+TASKS = ("longretriever", "sasrec200", "sasrec50", "multi_interest")
+
+
+def run_task(split: Split, cfg: TrainConfig, task: str, predictor=None, progress: bool = False) -> dict[str, Any]:
+    """Train one model of one seed (``task`` in :data:`TASKS`) and score it on the test cases:
+    its summaries only (metrics, length quartiles and buckets, loss and validation curves,
+    examples/s, seconds), so the job can run in another process."""
     val, test = make_cases(split, "val"), make_cases(split, "test")
-    lp_val = plan_cases(split, val, cfg.k, cfg.w)
-    lp_test = plan_cases(split, test, cfg.k, cfg.w)
     r100 = lambda rows: mean_metrics(rows)["recall@100"]  # noqa: E731
-    out: dict[str, Any] = {"models": {}, "quartiles": {}, "buckets": {}, "loss": {}, "val": {}, "seconds": {},
-                           "examples_per_s": {}, "notes": {}}
-
-    def record(name: str, rows, res=None, t0=None):
-        out["models"][name] = mean_metrics(rows)
-        out["quartiles"][name] = quartiles(split, test, rows)
-        out["buckets"][name] = length_buckets(split, test, rows)
-        if res is not None:
-            out["loss"][name] = res.losses
-            out["val"][name] = res.val_curve
-            out["examples_per_s"][name] = res.examples_per_s
-        out["seconds"][name] = time.perf_counter() - t0 if t0 else 0.0
-
     t0 = time.perf_counter()
-    record("popularity", rank_metrics(eval_popularity(split, test)), t0=t0)
-
-    best = None
-    for n in (50, 200):
-        t0 = time.perf_counter()
+    out: dict[str, Any] = {"task": task, "notes": {}}
+    if task.startswith("sasrec"):
+        n = int(task[len("sasrec"):])
         res = train_sasrec(split, cfg, n, lambda m: r100(rank_metrics(eval_sasrec(m, split, val))), progress)
-        v = max(res.val_curve) if res.val_curve else 0.0
-        out["notes"][f"sasrec{n}_val_recall@100"] = v
-        if best is None or v > best[0]:
-            best = (v, n, res, t0)
-    _, n, res, t0 = best
-    out["notes"]["sasrec_n"] = n
-    record("sasrec", rank_metrics(eval_sasrec(res.model, split, test)), res, t0)
-
-    t0 = time.perf_counter()
-    res = train_multi_interest(split, cfg, 50, 4,
-                               lambda m: r100(rank_metrics(eval_multi_interest(m, split, val))), progress)
-    record("multi_interest", rank_metrics(eval_multi_interest(res.model, split, test)), res, t0)
-
-    t0 = time.perf_counter()
-    res = train_longretriever(split, cfg, lambda m: r100(eval_longretriever(m, split, val, lp_val)), progress)
-    rows = {"frequency": eval_longretriever(res.model, split, test, lp_test)}
-    choice = "frequency"
-    if predictor is not None:
-        val_by = compare_choices(res.model, split, val, cfg.k, cfg.w, predictor)
-        lt = plan_cases(split, test, cfg.k, cfg.w, scorer=predictor)
-        rows["learned"] = eval_longretriever(res.model, split, test, lt)
-        choice = pick_choice(val_by)
-        out["notes"]["context_choice_val"] = {c: m["recall@100"] for c, m in val_by.items()}
-    out["notes"]["context_choice"] = choice
-    out["by_choice"] = {c: mean_metrics(r) for c, r in rows.items()}
-    record("longretriever", rows[choice], res, t0)
-    out["lr_model"] = res.model
+        rows = rank_metrics(eval_sasrec(res.model, split, test))
+        out["val_best"] = max(res.val_curve) if res.val_curve else 0.0
+    elif task == "multi_interest":
+        res = train_multi_interest(split, cfg, 50, 4,
+                                   lambda m: r100(rank_metrics(eval_multi_interest(m, split, val))), progress)
+        rows = rank_metrics(eval_multi_interest(res.model, split, test))
+    elif task == "longretriever":
+        lp_val, lp_test = plan_cases(split, val, cfg.k, cfg.w), plan_cases(split, test, cfg.k, cfg.w)
+        res = train_longretriever(split, cfg, lambda m: r100(eval_longretriever(m, split, val, lp_val)), progress)
+        by_rows = {"frequency": eval_longretriever(res.model, split, test, lp_test)}
+        choice = "frequency"
+        if predictor is not None:
+            val_by = compare_choices(res.model, split, val, cfg.k, cfg.w, predictor)
+            lt = plan_cases(split, test, cfg.k, cfg.w, scorer=predictor)
+            by_rows["learned"] = eval_longretriever(res.model, split, test, lt)
+            choice = pick_choice(val_by)
+            out["notes"]["context_choice_val"] = {c: m["recall@100"] for c, m in val_by.items()}
+        out["notes"]["context_choice"] = choice
+        out["by_choice"] = {c: mean_metrics(r) for c, r in by_rows.items()}
+        rows = by_rows[choice]
+    else:
+        raise ValueError(f"unknown evaluation task {task!r}")
+    out.update(metrics=mean_metrics(rows), quartiles=quartiles(split, test, rows),
+               buckets=length_buckets(split, test, rows), loss=res.losses, val=res.val_curve,
+               examples_per_s=res.examples_per_s, seconds=time.perf_counter() - t0)
     return out
 
 
-def _seed_job(args) -> dict[str, Any]:
-    """One seed (in a worker process when parallel): results only, the model stays behind."""
-    split, cfg, predictor, progress = args
+def _task_job(args) -> dict[str, Any]:
+    """One (seed, model) job, in a worker process when parallel."""
+    split, cfg, task, predictor, progress = args
     import torch
 
     torch.set_num_threads(max(1, cfg.threads or default_threads()))
-    t0 = time.perf_counter()
-    r = run_seed(split, cfg, progress, predictor)
-    r.pop("lr_model", None)
-    r["seed_seconds"] = time.perf_counter() - t0
-    return r
+    return run_task(split, cfg, task, predictor, progress)
+
+
+def assemble_seed(split: Split, tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One seed's results from its jobs: popularity scored here, SASRec's N picked on
+    validation (the better of N=50 and N=200)."""
+    out: dict[str, Any] = {"models": {}, "quartiles": {}, "buckets": {}, "loss": {}, "val": {}, "seconds": {},
+                           "examples_per_s": {}, "notes": {}}
+    test = make_cases(split, "test")
+    rows = rank_metrics(eval_popularity(split, test))
+    out["models"]["popularity"] = mean_metrics(rows)
+    out["quartiles"]["popularity"] = quartiles(split, test, rows)
+    out["buckets"]["popularity"] = length_buckets(split, test, rows)
+    out["seconds"]["popularity"] = 0.0
+    for n in (50, 200):
+        out["notes"][f"sasrec{n}_val_recall@100"] = tasks[f"sasrec{n}"]["val_best"]
+    n = 200 if tasks["sasrec200"]["val_best"] > tasks["sasrec50"]["val_best"] else 50
+    out["notes"]["sasrec_n"] = n
+    chosen = {"sasrec": tasks[f"sasrec{n}"], "multi_interest": tasks["multi_interest"],
+              "longretriever": tasks["longretriever"]}
+    for name, t in chosen.items():
+        out["models"][name] = t["metrics"]
+        for key in ("quartiles", "buckets", "loss", "val", "examples_per_s"):
+            out[key][name] = t[key]
+        out["notes"].update(t["notes"])
+    out["seconds"].update({"sasrec": tasks["sasrec50"]["seconds"] + tasks["sasrec200"]["seconds"],
+                           "multi_interest": tasks["multi_interest"]["seconds"],
+                           "longretriever": tasks["longretriever"]["seconds"]})
+    out["by_choice"] = tasks["longretriever"]["by_choice"]
+    out["seed_seconds"] = sum(t["seconds"] for t in tasks.values())
+    return out
 
 
 def run_seeds(split: Split, cfg: TrainConfig, seeds: int, progress: bool, predictor,
               jobs: int = 1) -> list[dict[str, Any]]:
-    """Every seed's results, in seed order; ``jobs > 1`` runs seeds in parallel processes.
-    Each seed is deterministic, so the results do not depend on ``jobs`` (tested)."""
-    jobs = max(1, min(jobs, seeds))
-    threads = cfg.threads or default_threads(jobs)  # one seed uses its share of the cores
-    args = [(split, replace(cfg, seed=cfg.seed + s, threads=threads), predictor, progress and jobs <= 1)
-            for s in range(seeds)]
-    return parallel_map(_seed_job, args, jobs)
+    """Every seed's results, in seed order. The unit of parallel work is one model of one
+    seed (:data:`TASKS`), so ``--jobs 2`` keeps both cores busy with one seed too; each job is
+    deterministic, so the results do not depend on ``jobs`` (tested)."""
+    jobs = max(1, jobs)
+    threads = cfg.threads or default_threads(min(jobs, seeds * len(TASKS)))
+    keys = [(s, t) for s in range(seeds) for t in TASKS]
+    args = [(split, replace(cfg, seed=cfg.seed + s, threads=threads), t, predictor, progress and jobs <= 1)
+            for s, t in keys]
+    results = parallel_map(_task_job, args, jobs)
+    by_seed: list[dict[str, dict[str, Any]]] = [{} for _ in range(seeds)]
+    for (s, t), r in zip(keys, results):
+        by_seed[s][t] = r
+    return [assemble_seed(split, tasks) for tasks in by_seed]
 
 
 def run_eval(ds: Dataset, out_dir: Path | str, cfg: TrainConfig, seeds: int = 3,
@@ -134,7 +154,7 @@ def run_eval(ds: Dataset, out_dir: Path | str, cfg: TrainConfig, seeds: int = 3,
         add_oracle(split, Truth.load(ds.truth), runs)
         models = (*MODELS, "oracle")
     for s, r in enumerate(runs):
-        log.warning("seed %d done in %.0fs: %s", cfg.seed + s, r["seed_seconds"],
+        log.info("seed %d: %.0f s of training: %s", cfg.seed + s, r["seed_seconds"],
                     {m: round(r["models"][m]["recall@100"], 4) for m in models})
     wall = time.perf_counter() - t_all
     report = {
@@ -182,7 +202,7 @@ def write_markdown(out_dir: Path, report: dict, runs: list[dict], cfg: TrainConf
                    details: dict) -> None:
     lines = [f"# Evaluation: {report['dataset']}", "", f"Protocol: {report['protocol']}.", "",
              f"{details['users']} users, {details['items']} items, {details['events']} events; "
-             f"{len(runs)} seeds ({details.get('jobs', 1)} in parallel); wall time {wall:.0f} s.", "",
+             f"{len(runs)} seed(s), {details.get('jobs', 1)} training job(s) in parallel; wall time {wall:.0f} s.", "",
              "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     models = list(report["models"])
     for m in models:

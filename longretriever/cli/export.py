@@ -143,14 +143,15 @@ def eval_cmd(events: Events,
              epochs: int = typer.Option(6, min=1, help="training epochs of every model"),
              seeds: int = typer.Option(3, min=1, help="seeds per model (mean ± std in the report)"),
              budget: Budget = 0,
-             jobs: int = typer.Option(2, min=1, help="seeds trained in parallel processes "
-                                        "(cores / jobs torch threads each)"),
+             jobs: int = typer.Option(2, min=1, help="training jobs (one model of one seed "
+                                        "each) run in parallel processes, cores / jobs torch threads each"),
              dim: int = typer.Option(64, min=1, help="embedding dimension of every model"),
              batch: int = typer.Option(256, min=1, help="batch size of every model"),
              k: int = typer.Option(256, min=0, help=K_HELP),
              w: int = typer.Option(32, min=0, help=W_HELP),
              contexts: Contexts = None,
              single_context: SingleContext = False,
+             device: Device = DeviceChoice.auto,
              progress: bool = typer.Option(False, help="show progress bars (only with --jobs 1)")) -> None:
     """All models x seeds, leave-last-out full-corpus ranking -> report.json/.md + plots."""
     ds, _ = dataset(events, items, fmt, contexts, single_context)
