@@ -10,7 +10,12 @@ trained model is also scored with the learned context choice and with fewer cont
 * ``W=0`` -- no recent cross-context window;
 * ``no in-context negatives`` -- in-batch negatives only;
 * ``W=64`` -- a longer recent window (sensitivity, not a removal);
-* ``learned choice`` / ``M=1`` / ``M=4`` -- the full model served differently;
+* ``no co-occurrence init`` -- item embeddings from a random start instead of the per-context
+  PPMI-SVD vectors (``export.pretrain``);
+* ``frequency choice`` / ``M=1`` / ``M=4`` -- the full model served differently.
+
+Every LongRetriever row is served with the learned next-context predictor choosing M=8
+contexts (what ``eval`` picks on validation on every set measured), unless the row says otherwise;
 * ``sasrec (N=50, reference)`` -- the single-vector baseline, trained in the same run.
 
 ``exclude_seen=False`` scores every item, seen ones included (a repeat-consumption protocol:
@@ -43,8 +48,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "W=0 (no recent window)": {"w": 0},
     "no in-context negatives": {"n_ctx_neg": 0},
     "W=64 (longer recent window)": {"w": 64},
+    "no co-occurrence init": {"pretrain": "none"},
 }
-SERVING = {"learned choice": ("learned", 8), "M=1": ("frequency", 1), "M=4": ("frequency", 4)}
+SERVING = {"frequency choice": ("frequency", 8), "M=1": ("learned", 1), "M=4": ("learned", 4)}
 SHOWN = ("hr@10", "recall@50", "recall@100", "recall@200", "recall@100 Q4")
 SASREC = "sasrec (N=50, reference)"
 
@@ -72,7 +78,7 @@ def _job(args) -> dict[str, Any]:
     lp_val = plan_cases(split, val, cfg.k, cfg.w, exclude_seen=exclude_seen)
     res = train_longretriever(split, cfg, lambda m: mean_metrics(
         eval_longretriever(m, split, val, lp_val))["recall@100"], progress=False)
-    lp_test = plan_cases(split, test, cfg.k, cfg.w, exclude_seen=exclude_seen)
+    lp_test = plan_cases(split, test, cfg.k, cfg.w, scorer=predictor, exclude_seen=exclude_seen)
     out.update(model=res.model.cfg.to_dict(), seconds=time.perf_counter() - t0, val_curve=res.val_curve,
                test={name: _scored(split, test, eval_longretriever(res.model, split, test, lp_test))})
     if name == "full":

@@ -47,8 +47,6 @@ class ModelConfig:
     n_ctx_neg: int = 64
     ctx_neg_alpha: float = 0.75  # in-context negatives ~ freq ** alpha
     dropout: float = 0.1
-    mean_skip: bool = False  # add the masked mean of the searched items to the user vector
-    item_bias: bool = False  # a learned per-item bias, served as one more vector dimension
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,7 +58,6 @@ class LongRetrieverModel(nn.Module):
         self.cfg = cfg
         d, h = cfg.dim, cfg.heads
         self.item_emb = nn.Embedding(cfg.num_items + 1, d, padding_idx=0)
-        self.item_b = nn.Embedding(cfg.num_items + 1, 1, padding_idx=0) if cfg.item_bias else None
         self.item_ctx_emb = nn.Embedding(cfg.num_contexts, d)
         self.user_ctx_emb = nn.Embedding(cfg.num_contexts, d)
         self.age_bias = nn.Embedding(AGE_BUCKETS, 1)  # recency-bucket bias on attention scores
@@ -84,10 +81,7 @@ class LongRetrieverModel(nn.Module):
     def item_vectors(self, idx1: torch.Tensor) -> torch.Tensor:
         """``idx1`` = dense index + 1 (embedding row)."""
         v = self.item_emb(idx1) + self.item_ctx_emb(self.item_ctx[idx1])
-        v = F.normalize(v, dim=-1, eps=1e-6)
-        if self.item_b is not None:  # [v, tau * b]: with a user vector [u, 1], IP = u.v + tau * b
-            v = torch.cat([v, self.cfg.tau * self.item_b(idx1)], dim=-1)
-        return v
+        return F.normalize(v, dim=-1, eps=1e-6)
 
     def all_item_vectors(self) -> torch.Tensor:
         return self.item_vectors(torch.arange(1, self.cfg.num_items + 1, device=self.item_ctx.device))
@@ -109,12 +103,7 @@ class LongRetrieverModel(nn.Module):
         mean_w = mask / mask.sum(-1, keepdim=True).clamp(min=1.0)  # masked mean as one more head
         pooled = torch.matmul(torch.cat([att, mean_w], dim=1), e).reshape(b, (h + 1) * d)
         u = self.out(torch.cat([pooled, c, r], dim=-1)) + c
-        if self.cfg.mean_skip:
-            u = u + pooled[:, h * d:]  # the masked-mean head, straight through
-        u = F.normalize(u, dim=-1, eps=1e-6)
-        if self.item_b is not None:
-            u = torch.cat([u, torch.ones_like(u[:, :1])], dim=-1)
-        return u
+        return F.normalize(u, dim=-1, eps=1e-6)
 
     def recent(self, items: torch.Tensor, age: torch.Tensor, mask: torch.Tensor,
                c: torch.Tensor) -> torch.Tensor:

@@ -99,11 +99,8 @@ class TrainConfig:
     bucket: int = 32  # length bucketing: sort pools of bucket*batch examples by length (<2 = off)
     threads: int = 0  # intra-op threads; 0 = the machine's cores / parallel jobs (export.device)
     device: str = "cpu"  # cpu | cuda | auto
-    pretrain: str = "none"  # item embeddings initialised from: none | ppmi (export.pretrain)
+    pretrain: str = "ppmi"  # item embeddings initialised from: ppmi (export.pretrain) | none
     pretrain_window: int = 50  # co-occurrence window of the ppmi pretraining, in per-context events
-    item_lr: float = 1.0  # learning rate of the item embeddings relative to lr (0 = frozen)
-    mean_skip: bool = False  # model: masked mean of the searched items added to the user vector
-    item_bias: bool = False  # model: a learned per-item bias (one more served dimension)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -184,12 +181,12 @@ class FitResult:
 def fit(model: torch.nn.Module, batches: Callable[[int], Iterator[Callable[[], torch.Tensor]]],
         epochs: int, lr: float, weight_decay: float = 0.0,
         val_fn: Callable[[torch.nn.Module], float] | None = None, desc: str = "train",
-        progress: bool = True, param_groups: list[dict] | None = None) -> FitResult:
+        progress: bool = True) -> FitResult:
     """Generic loop shared by every model of the evaluator (same optimiser, same epoch budget,
     same model selection): Adam, ``epochs`` passes, keep the epoch with the best ``val_fn``
     (higher is better). ``batches(epoch)`` yields ``(closure, examples)``: the closure returns
     the batch loss, ``examples`` counts the batch's training targets (for examples/s)."""
-    opt = torch.optim.Adam(param_groups or model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     losses, steps, curve = [], [], []
     best, best_state, best_epoch = -np.inf, None, epochs - 1
     t0 = time.perf_counter()
@@ -270,8 +267,7 @@ def context_lengths(split: Split, k: int) -> Callable[[np.ndarray, np.ndarray], 
 def build_model(split: Split, cfg: TrainConfig) -> LongRetrieverModel:
     mcfg = ModelConfig(num_items=len(split.vocab), num_contexts=split.table.num_contexts,
                        dim=cfg.dim, heads=cfg.heads, hidden=cfg.hidden, tau=cfg.tau,
-                       n_ctx_neg=cfg.n_ctx_neg, dropout=cfg.dropout, mean_skip=cfg.mean_skip,
-                       item_bias=cfg.item_bias)
+                       n_ctx_neg=cfg.n_ctx_neg, dropout=cfg.dropout)
     model = LongRetrieverModel(mcfg, split.item_contexts)
     if cfg.pretrain == "ppmi":
         from longretriever.export.pretrain import cooccurrence_embeddings
@@ -314,9 +310,4 @@ def train_longretriever(split: Split, cfg: TrainConfig,
                                             torch.as_tensor(pctx, device=device), gen)
             yield closure, ub.size
 
-    groups = None
-    if cfg.item_lr != 1.0:  # e.g. keep pretrained item vectors (nearly) as they are
-        items = [model.item_emb.weight]
-        rest = [p for p in model.parameters() if p is not model.item_emb.weight]
-        groups = [{"params": rest}, {"params": items, "lr": cfg.lr * cfg.item_lr}]
-    return fit(model, batches, cfg.epochs, cfg.lr, cfg.weight_decay, val_fn, "longretriever", progress, groups)
+    return fit(model, batches, cfg.epochs, cfg.lr, cfg.weight_decay, val_fn, "longretriever", progress)
