@@ -109,9 +109,10 @@ def history_rows(split: Split, cases: Cases, idx: np.ndarray, n: int) -> list[np
     return out
 
 
-def eval_popularity(split: Split, cases: Cases) -> np.ndarray:
+def eval_popularity(split: Split, cases: Cases, exclude_seen: bool = True) -> np.ndarray:
     pop = split.train_freq.astype(np.float64)
-    return ranks_from_scores(split, cases, lambda idx: np.broadcast_to(pop, (idx.size, pop.size)))
+    return ranks_from_scores(split, cases, lambda idx: np.broadcast_to(pop, (idx.size, pop.size)),
+                             exclude_seen=exclude_seen)
 
 
 def eval_oracle(split: Split, cases: Cases, truth, exclude_seen: bool = True) -> np.ndarray:
@@ -150,7 +151,7 @@ def eval_sasrec(model, split: Split, cases: Cases, exclude_seen: bool = True) ->
 
 
 @torch.no_grad()
-def eval_multi_interest(model, split: Split, cases: Cases) -> np.ndarray:
+def eval_multi_interest(model, split: Split, cases: Cases, exclude_seen: bool = True) -> np.ndarray:
     """Merge of per-interest full rankings by max score (ComiRec's aggregation)."""
     model.eval()
     emb = model.items.all().cpu().numpy()
@@ -158,7 +159,7 @@ def eval_multi_interest(model, split: Split, cases: Cases) -> np.ndarray:
     def scores(idx):
         ints = model.interests(history_rows(split, cases, idx, model.n)).cpu().numpy()  # B,K,d
         return (ints @ emb.T).max(axis=1)
-    return ranks_from_scores(split, cases, scores)
+    return ranks_from_scores(split, cases, scores, exclude_seen=exclude_seen)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from longretriever.export.buckets import length_buckets, mean_buckets, write_len
 log = logging.getLogger(__name__)
 MODELS = ("popularity", "sasrec", "multi_interest", "longretriever")
 PROTOCOL = ("leave-last-out (last event = test, second-to-last = validation, rest = train); "
-            "full-corpus ranking over all {n} items, seen items excluded; epoch chosen on "
+            "full-corpus ranking over all {n} items, {seen}; epoch chosen on "
             "validation recall@100; mean over seeds {seeds}")
 
 
@@ -44,31 +44,35 @@ PROTOCOL = ("leave-last-out (last event = test, second-to-last = validation, res
 TASKS = ("longretriever", "sasrec200", "sasrec50", "multi_interest")
 
 
-def run_task(split: Split, cfg: TrainConfig, task: str, predictor=None, progress: bool = False) -> dict[str, Any]:
+def run_task(split: Split, cfg: TrainConfig, task: str, predictor=None, progress: bool = False,
+             exclude_seen: bool = True) -> dict[str, Any]:
     """Train one model of one seed (``task`` in :data:`TASKS`) and score it on the test cases:
     its summaries only (metrics, length quartiles and buckets, loss and validation curves,
-    examples/s, seconds), so the job can run in another process."""
+    examples/s, seconds), so the job can run in another process. ``exclude_seen=False`` is the
+    repeat-consumption protocol (seen items ranked too), for validation and test alike."""
+    xs = exclude_seen
     val, test = make_cases(split, "val"), make_cases(split, "test")
     r100 = lambda rows: mean_metrics(rows)["recall@100"]  # noqa: E731
     t0 = time.perf_counter()
     out: dict[str, Any] = {"task": task, "notes": {}}
     if task.startswith("sasrec"):
         n = int(task[len("sasrec"):])
-        res = train_sasrec(split, cfg, n, lambda m: r100(rank_metrics(eval_sasrec(m, split, val))), progress)
-        rows = rank_metrics(eval_sasrec(res.model, split, test))
+        res = train_sasrec(split, cfg, n, lambda m: r100(rank_metrics(eval_sasrec(m, split, val, xs))), progress)
+        rows = rank_metrics(eval_sasrec(res.model, split, test, xs))
         out["val_best"] = max(res.val_curve) if res.val_curve else 0.0
     elif task == "multi_interest":
         res = train_multi_interest(split, cfg, 50, 4,
-                                   lambda m: r100(rank_metrics(eval_multi_interest(m, split, val))), progress)
-        rows = rank_metrics(eval_multi_interest(res.model, split, test))
+                                   lambda m: r100(rank_metrics(eval_multi_interest(m, split, val, xs))), progress)
+        rows = rank_metrics(eval_multi_interest(res.model, split, test, xs))
     elif task == "longretriever":
-        lp_val, lp_test = plan_cases(split, val, cfg.k, cfg.w), plan_cases(split, test, cfg.k, cfg.w)
+        lp_val = plan_cases(split, val, cfg.k, cfg.w, exclude_seen=xs)
+        lp_test = plan_cases(split, test, cfg.k, cfg.w, exclude_seen=xs)
         res = train_longretriever(split, cfg, lambda m: r100(eval_longretriever(m, split, val, lp_val)), progress)
         by_rows = {"frequency": eval_longretriever(res.model, split, test, lp_test)}
         choice = "frequency"
         if predictor is not None:
-            val_by = compare_choices(res.model, split, val, cfg.k, cfg.w, predictor)
-            lt = plan_cases(split, test, cfg.k, cfg.w, scorer=predictor)
+            val_by = compare_choices(res.model, split, val, cfg.k, cfg.w, predictor, exclude_seen=xs)
+            lt = plan_cases(split, test, cfg.k, cfg.w, scorer=predictor, exclude_seen=xs)
             by_rows["learned"] = eval_longretriever(res.model, split, test, lt)
             choice = pick_choice(val_by)
             out["notes"]["context_choice_val"] = {c: m["recall@100"] for c, m in val_by.items()}
@@ -85,20 +89,20 @@ def run_task(split: Split, cfg: TrainConfig, task: str, predictor=None, progress
 
 def _task_job(args) -> dict[str, Any]:
     """One (seed, model) job, in a worker process when parallel."""
-    split, cfg, task, predictor, progress = args
+    split, cfg, task, predictor, progress, exclude_seen = args
     import torch
 
     torch.set_num_threads(max(1, cfg.threads or default_threads()))
-    return run_task(split, cfg, task, predictor, progress)
+    return run_task(split, cfg, task, predictor, progress, exclude_seen)
 
 
-def assemble_seed(split: Split, tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def assemble_seed(split: Split, tasks: dict[str, dict[str, Any]], exclude_seen: bool = True) -> dict[str, Any]:
     """One seed's results from its jobs: popularity scored here, SASRec's N picked on
     validation (the better of N=50 and N=200)."""
     out: dict[str, Any] = {"models": {}, "quartiles": {}, "buckets": {}, "loss": {}, "val": {}, "seconds": {},
                            "examples_per_s": {}, "notes": {}}
     test = make_cases(split, "test")
-    rows = rank_metrics(eval_popularity(split, test))
+    rows = rank_metrics(eval_popularity(split, test, exclude_seen))
     out["models"]["popularity"] = mean_metrics(rows)
     out["quartiles"]["popularity"] = quartiles(split, test, rows)
     out["buckets"]["popularity"] = length_buckets(split, test, rows)
@@ -123,24 +127,24 @@ def assemble_seed(split: Split, tasks: dict[str, dict[str, Any]]) -> dict[str, A
 
 
 def run_seeds(split: Split, cfg: TrainConfig, seeds: int, progress: bool, predictor,
-              jobs: int = 1) -> list[dict[str, Any]]:
+              jobs: int = 1, exclude_seen: bool = True) -> list[dict[str, Any]]:
     """Every seed's results, in seed order. The unit of parallel work is one model of one
     seed (:data:`TASKS`), so ``--jobs 2`` keeps both cores busy with one seed too; each job is
     deterministic, so the results do not depend on ``jobs`` (tested)."""
     jobs = max(1, jobs)
     threads = cfg.threads or default_threads(min(jobs, seeds * len(TASKS)))
     keys = [(s, t) for s in range(seeds) for t in TASKS]
-    args = [(split, replace(cfg, seed=cfg.seed + s, threads=threads), t, predictor, progress and jobs <= 1)
-            for s, t in keys]
+    args = [(split, replace(cfg, seed=cfg.seed + s, threads=threads), t, predictor, progress and jobs <= 1,
+             exclude_seen) for s, t in keys]
     results = parallel_map(_task_job, args, jobs)
     by_seed: list[dict[str, dict[str, Any]]] = [{} for _ in range(seeds)]
     for (s, t), r in zip(keys, results):
         by_seed[s][t] = r
-    return [assemble_seed(split, tasks) for tasks in by_seed]
+    return [assemble_seed(split, tasks, exclude_seen) for tasks in by_seed]
 
 
 def run_eval(ds: Dataset, out_dir: Path | str, cfg: TrainConfig, seeds: int = 3,
-             progress: bool = True, jobs: int = 1) -> dict[str, Any]:
+             progress: bool = True, jobs: int = 1, exclude_seen: bool = True) -> dict[str, Any]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
@@ -148,10 +152,10 @@ def run_eval(ds: Dataset, out_dir: Path | str, cfg: TrainConfig, seeds: int = 3,
     t0 = time.perf_counter()
     predictor, pmetrics = train_context_predictor(split)
     pmetrics["seconds"] = time.perf_counter() - t0
-    runs = run_seeds(split, cfg, seeds, progress, predictor, jobs)
+    runs = run_seeds(split, cfg, seeds, progress, predictor, jobs, exclude_seen)
     models = MODELS
     if ds.truth is not None:  # a synthetic set: the generator's own ranking is the ceiling
-        add_oracle(split, Truth.load(ds.truth), runs)
+        add_oracle(split, Truth.load(ds.truth), runs, exclude_seen)
         models = (*MODELS, "oracle")
     for s, r in enumerate(runs):
         log.info("seed %d: %.0f s of training: %s", cfg.seed + s, r["seed_seconds"],
@@ -159,7 +163,9 @@ def run_eval(ds: Dataset, out_dir: Path | str, cfg: TrainConfig, seeds: int = 3,
     wall = time.perf_counter() - t_all
     report = {
         "dataset": ds.name,
-        "protocol": PROTOCOL.format(n=len(split.vocab), seeds=[cfg.seed + s for s in range(seeds)]),
+        "protocol": PROTOCOL.format(n=len(split.vocab), seeds=[cfg.seed + s for s in range(seeds)],
+                                    seen="seen items excluded" if exclude_seen else
+                                    "seen items ranked too (repeat-consumption protocol, --include-seen)"),
         "models": {m: {k: float(np.mean([r["models"][m][k] for r in runs])) for k in METRICS} for m in models},
         "by_length_quartile": {m: [{k: float(np.mean([r["quartiles"][m][q][k] for r in runs])) for k in METRICS}
                                    for q in range(4)] for m in models},
@@ -182,11 +188,11 @@ def run_eval(ds: Dataset, out_dir: Path | str, cfg: TrainConfig, seeds: int = 3,
     return report
 
 
-def add_oracle(split: Split, truth, runs: list[dict[str, Any]]) -> None:
+def add_oracle(split: Split, truth, runs: list[dict[str, Any]], exclude_seen: bool = True) -> None:
     """The ceiling row (the same for every seed): the generator's probabilities ranked
     under the same protocol, on the same test cases."""
     test = make_cases(split, "test")
-    rows = rank_metrics(eval_oracle(split, test, truth))
+    rows = rank_metrics(eval_oracle(split, test, truth, exclude_seen))
     for r in runs:
         r["models"]["oracle"] = mean_metrics(rows)
         r["quartiles"]["oracle"] = quartiles(split, test, rows)

@@ -152,6 +152,8 @@ def eval_cmd(events: Events,
              contexts: Contexts = None,
              single_context: SingleContext = False,
              device: Device = DeviceChoice.auto,
+             include_seen: bool = typer.Option(False, help="rank seen items too (repeat-consumption "
+                                               "protocol) for every model; default: seen items excluded"),
              progress: bool = typer.Option(False, help="show progress bars (only with --jobs 1)")) -> None:
     """All models x seeds, leave-last-out full-corpus ranking -> report.json/.md + plots."""
     ds, _ = dataset(events, items, fmt, contexts, single_context)
@@ -165,7 +167,7 @@ def eval_cmd(events: Events,
         from longretriever.export.learned_contexts import learn_contexts
 
         ds = learn_contexts(ds, contexts, cfg, progress)
-    rep = run_eval(ds, out, cfg, seeds, progress, jobs)
+    rep = run_eval(ds, out, cfg, seeds, progress, jobs, exclude_seen=not include_seen)
     typer.echo(json.dumps({"report": str(out / "report.json"), "seconds": round(time.perf_counter() - t0, 1),
                            "models": rep["models"]}, indent=1))
 
@@ -183,7 +185,7 @@ def ablate_cmd(events: Events,
                include_seen: bool = typer.Option(False, help="score seen items too (repeat-"
                                                  "consumption protocol), for every row")) -> None:
     """Retrain LongRetriever without each part (hard search, recent window, in-context
-    negatives) and serve the full model differently (learned choice, fewer contexts)."""
+    negatives) and serve the full model differently (frequency choice, fewer contexts)."""
     ds, _ = dataset(events, items, fmt)
     from longretriever.export.ablation import run_ablation
     from longretriever.export.train import TrainConfig
