@@ -49,6 +49,7 @@ class Dataset:
     events: EventLog
     contexts: ContextTable
     titles: dict[int, str]
+    truth: Path | None = None  # the generator's truth (``<stem>.truth.npz``) of a synthetic set
 
 
 def _sorted_log(df: pd.DataFrame, has_action: bool) -> EventLog:
@@ -108,7 +109,9 @@ def load_dataset(events: Path | str, items: Path | str | None = None, fmt: Forma
         return ds
     if fmt != "csv":
         raise ConfigError(f"unknown format {fmt!r}; use csv or movielens")
-    return Dataset(events.stem, load_csv_events(events), ContextTable.from_csv(items), {})
+    truth = events.with_name(f"{events.stem}.truth.npz")  # written by `longretriever synth`
+    return Dataset(events.stem, load_csv_events(events), ContextTable.from_csv(items), {},
+                   truth if truth.is_file() else None)
 
 
 def items_next_to(events: Path | str) -> Path:

@@ -10,7 +10,12 @@ trained model is also scored with the learned context choice and with fewer cont
 * ``W=0`` -- no recent cross-context window;
 * ``no in-context negatives`` -- in-batch negatives only;
 * ``W=64`` -- a longer recent window (sensitivity, not a removal);
-* ``learned choice`` / ``M=1`` / ``M=4`` -- the full model served differently;
+* ``no co-occurrence init`` -- item embeddings from a random start instead of the per-context
+  PPMI-SVD vectors (``export.pretrain``);
+* ``frequency choice`` / ``M=1`` / ``M=4`` -- the full model served differently.
+
+Every LongRetriever row is served with the learned next-context predictor choosing M=8
+contexts (what ``eval`` picks on validation on every set measured), unless the row says otherwise;
 * ``sasrec (N=50, reference)`` -- the single-vector baseline, trained in the same run.
 
 ``exclude_seen=False`` scores every item, seen ones included (a repeat-consumption protocol:
@@ -31,6 +36,7 @@ from longretriever.export.context_predictor_train import train_context_predictor
 from longretriever.export.baselines import train_sasrec
 from longretriever.export.evaluate import (eval_longretriever, eval_sasrec, make_cases, mean_metrics, plan_cases,
                              quartiles, rank_metrics)
+from longretriever.export.device import default_threads
 from longretriever.export.parallel import parallel_map
 from longretriever.export.train import Split, TrainConfig, make_split, train_longretriever
 from longretriever.data.events import Dataset
@@ -42,8 +48,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "W=0 (no recent window)": {"w": 0},
     "no in-context negatives": {"n_ctx_neg": 0},
     "W=64 (longer recent window)": {"w": 64},
+    "no co-occurrence init": {"pretrain": "none"},
 }
-SERVING = {"learned choice": ("learned", 8), "M=1": ("frequency", 1), "M=4": ("frequency", 4)}
+SERVING = {"frequency choice": ("frequency", 8), "M=1": ("learned", 1), "M=4": ("learned", 4)}
 SHOWN = ("hr@10", "recall@50", "recall@100", "recall@200", "recall@100 Q4")
 SASREC = "sasrec (N=50, reference)"
 
@@ -58,7 +65,7 @@ def _job(args) -> dict[str, Any]:
     split, cfg, name, predictor, exclude_seen = args
     import torch
 
-    torch.set_num_threads(max(1, cfg.threads))
+    torch.set_num_threads(max(1, cfg.threads or default_threads()))
     val, test = make_cases(split, "val"), make_cases(split, "test")
     t0 = time.perf_counter()
     out: dict[str, Any] = {"variant": name, "seed": cfg.seed, "config": cfg.to_dict()}
@@ -71,7 +78,7 @@ def _job(args) -> dict[str, Any]:
     lp_val = plan_cases(split, val, cfg.k, cfg.w, exclude_seen=exclude_seen)
     res = train_longretriever(split, cfg, lambda m: mean_metrics(
         eval_longretriever(m, split, val, lp_val))["recall@100"], progress=False)
-    lp_test = plan_cases(split, test, cfg.k, cfg.w, exclude_seen=exclude_seen)
+    lp_test = plan_cases(split, test, cfg.k, cfg.w, scorer=predictor, exclude_seen=exclude_seen)
     out.update(model=res.model.cfg.to_dict(), seconds=time.perf_counter() - t0, val_curve=res.val_curve,
                test={name: _scored(split, test, eval_longretriever(res.model, split, test, lp_test))})
     if name == "full":
@@ -90,7 +97,8 @@ def run_ablation(ds: Dataset, out_dir: Path, cfg: TrainConfig, seeds: int = 1, j
         variants[SASREC] = {}
     split: Split = make_split(ds)
     predictor, _ = train_context_predictor(split)
-    args = [(split, replace(cfg, seed=cfg.seed + s, **kw), name, predictor, exclude_seen)
+    threads = cfg.threads or default_threads(min(jobs, len(variants) * seeds))
+    args = [(split, replace(cfg, seed=cfg.seed + s, threads=threads, **kw), name, predictor, exclude_seen)
             for name, kw in variants.items() for s in range(seeds)]
     t0 = time.perf_counter()
     runs = parallel_map(_job, args, jobs)

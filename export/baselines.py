@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longretriever.export.device import resolve_device
 from longretriever.export.train import (FitResult, Split, TrainConfig, example_batches, fit, item_log_q,
                           seed_everything)
 
@@ -33,7 +34,7 @@ class ItemTower(nn.Module):
         return F.normalize(self.emb(idx1) + self.ctx(self.item_ctx[idx1]), dim=-1, eps=1e-6)
 
     def all(self) -> torch.Tensor:
-        return self(torch.arange(1, self.num_items + 1))
+        return self(torch.arange(1, self.num_items + 1, device=self.item_ctx.device))
 
 
 def inbatch_loss(user: torch.Tensor, pos: torch.Tensor, items: ItemTower, log_q: torch.Tensor,
@@ -41,18 +42,18 @@ def inbatch_loss(user: torch.Tensor, pos: torch.Tensor, items: ItemTower, log_q:
     """Sampled softmax over in-batch positives with logQ correction (``pos`` dense ids)."""
     b = pos.shape[0]
     logits = user @ items(pos + 1).T / tau - (log_q[pos] + float(np.log(b))).unsqueeze(0)
-    dup = (pos.unsqueeze(0) == pos.unsqueeze(1)) & ~torch.eye(b, dtype=torch.bool)
-    return F.cross_entropy(logits.masked_fill(dup, -NEG), torch.arange(b))
+    dup = (pos.unsqueeze(0) == pos.unsqueeze(1)) & ~torch.eye(b, dtype=torch.bool, device=pos.device)
+    return F.cross_entropy(logits.masked_fill(dup, -NEG), torch.arange(b, device=pos.device))
 
 
-def left_pad(rows: list[np.ndarray], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[np.ndarray], n: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Dense+1 ids, newest ``n`` per row, right-aligned (newest in the last column)."""
     out = np.zeros((len(rows), n), np.int64)
     for i, r in enumerate(rows):
         r = r[-n:]
         if r.size:
             out[i, n - r.size:] = r + 1
-    x = torch.as_tensor(out)
+    x = torch.as_tensor(out, device=device)
     return x, (x > 0).float()
 
 
@@ -83,7 +84,7 @@ class SASRec(nn.Module):
         return F.normalize(self.norm(h), dim=-1, eps=1e-6)
 
     def user_vectors(self, rows: list[np.ndarray]) -> torch.Tensor:
-        x, m = left_pad(rows, self.n)
+        x, m = left_pad(rows, self.n, self.causal.device)
         return self.seq_states(x, m)[:, -1]
 
 
@@ -101,7 +102,7 @@ class MultiInterest(nn.Module):
         self.proj = nn.Linear(d, d)
 
     def interests(self, rows: list[np.ndarray]) -> torch.Tensor:
-        x, m = left_pad(rows, self.n)
+        x, m = left_pad(rows, self.n, self.pos.weight.device)
         e = self.items.emb(x)
         a = self.att(e + self.pos.weight.unsqueeze(0)).transpose(1, 2)  # B,K,n
         a = torch.softmax(a + (m.unsqueeze(1) - 1.0) * NEG, dim=-1) * m.unsqueeze(1)
@@ -113,10 +114,11 @@ def train_sasrec(split: Split, cfg: TrainConfig, n: int, val_fn=None, progress=T
     """Each epoch covers every training target once: each user's training prefix is cut
     into windows of ``n`` (newest first); the loss uses up to ``max_targets`` random
     positions of the batch (in-batch negatives)."""
-    seed_everything(cfg.seed, cfg.threads)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.threads, device)
     rng = np.random.default_rng(cfg.seed)
-    model = SASRec(split, cfg, n)
-    log_q = item_log_q(split)
+    model = SASRec(split, cfg, n).to(device)
+    log_q = item_log_q(split).to(device)
     seqs = []
     for u in split.users:
         lo, hi = split.train_range(u)
@@ -132,15 +134,16 @@ def train_sasrec(split: Split, cfg: TrainConfig, n: int, val_fn=None, progress=T
             chunk = [seqs[i] for i in perm[s:s + win_batch]]
 
             def closure(chunk=chunk):
-                x, m = left_pad([c[:-1] for c in chunk], n)
-                y, _ = left_pad([c[1:] for c in chunk], n)
+                x, m = left_pad([c[:-1] for c in chunk], n, device)
+                y, _ = left_pad([c[1:] for c in chunk], n, device)
                 h = model.seq_states(x, m)
                 valid = (y > 0).reshape(-1).nonzero().squeeze(1)
                 if valid.numel() > max_targets:
-                    valid = valid[torch.as_tensor(rng.choice(valid.numel(), max_targets, replace=False))]
+                    valid = valid[torch.as_tensor(rng.choice(valid.numel(), max_targets, replace=False), device=device)]
                 user = h.reshape(-1, h.shape[-1])[valid]
                 return inbatch_loss(user, y.reshape(-1)[valid] - 1, model.items, log_q, cfg.tau)
-            yield closure
+            targets = sum(max(0, len(c) - 1) for c in chunk)
+            yield closure, min(targets, max_targets)
 
     return fit(model, batches, cfg.epochs, cfg.lr, cfg.weight_decay, val_fn, f"sasrec{n}", progress)
 
@@ -149,22 +152,23 @@ def train_multi_interest(split: Split, cfg: TrainConfig, n: int = 50, n_int: int
                          val_fn=None, progress=True) -> FitResult:
     """Same sampled (user, t) examples as LongRetriever; the interest closest to the target
     is trained (ComiRec's hard selection)."""
-    seed_everything(cfg.seed, cfg.threads)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.threads, device)
     rng = np.random.default_rng(cfg.seed)
-    model = MultiInterest(split, cfg, n, n_int)
-    log_q = item_log_q(split)
+    model = MultiInterest(split, cfg, n, n_int).to(device)
+    log_q = item_log_q(split).to(device)
 
     def batches(epoch: int):
         for ub, tb in example_batches(split, cfg, rng):
             def closure(ub=ub, tb=tb):
                 rows = [split.vocab.dense(split.users[i].items[max(0, t - n):t]) for i, t in zip(ub, tb)]
                 pos = torch.as_tensor(split.vocab.dense(
-                    np.array([split.users[i].items[t] for i, t in zip(ub, tb)])))
+                    np.array([split.users[i].items[t] for i, t in zip(ub, tb)])), device=device)
                 ints = model.interests(rows)
                 with torch.no_grad():
                     pick = (ints @ model.items(pos + 1).unsqueeze(-1)).squeeze(-1).argmax(1)
-                user = ints[torch.arange(ints.shape[0]), pick]
+                user = ints[torch.arange(ints.shape[0], device=device), pick]
                 return inbatch_loss(user, pos, model.items, log_q, cfg.tau)
-            yield closure
+            yield closure, ub.size
 
     return fit(model, batches, cfg.epochs, cfg.lr, cfg.weight_decay, val_fn, "multi_interest", progress)

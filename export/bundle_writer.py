@@ -58,6 +58,7 @@ def save_bundle(out_dir: Path | str, model, vocab: ItemVocab, item_contexts: np.
     import torch
 
     out_dir = Path(out_dir)
+    model = model.to("cpu")  # a model trained on a GPU exports from the CPU
     if quantize not in (None, "int8"):
         raise BundleError(f"unsupported quantisation {quantize!r}; use int8")
     if "k" not in config or "w" not in config:

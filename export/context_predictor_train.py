@@ -118,13 +118,13 @@ def train_context_predictor(split: Split, taus=DEFAULT_TAUS, window: int = DEFAU
 
 
 def compare_choices(model, split: Split, cases, k: int, w: int, predictor: ContextPredictor,
-                    max_contexts: int = 8) -> dict[str, dict[str, float]]:
+                    max_contexts: int = 8, exclude_seen: bool = True) -> dict[str, dict[str, float]]:
     """Metrics of the trained model on ``cases`` under each context choice."""
     from longretriever.export.evaluate import eval_longretriever, mean_metrics, plan_cases
 
     out = {}
     for name, scorer in (("frequency", None), ("learned", predictor)):
-        lp = plan_cases(split, cases, k, w, max_contexts, scorer=scorer)
+        lp = plan_cases(split, cases, k, w, max_contexts, scorer=scorer, exclude_seen=exclude_seen)
         out[name] = mean_metrics(eval_longretriever(model, split, cases, lp))
     return out
 

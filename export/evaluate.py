@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from longretriever.core.errors import ConfigError
 from longretriever.core.features import INPUT_NAMES, build_encoder_inputs
 from longretriever.core.planner import (Catalog, ExactSearch, ItemContexts, SequenceHistory, UserPlan, answer,
                                         context_sizes, plan_user)
@@ -108,31 +109,57 @@ def history_rows(split: Split, cases: Cases, idx: np.ndarray, n: int) -> list[np
     return out
 
 
-def eval_popularity(split: Split, cases: Cases) -> np.ndarray:
+def eval_popularity(split: Split, cases: Cases, exclude_seen: bool = True) -> np.ndarray:
     pop = split.train_freq.astype(np.float64)
-    return ranks_from_scores(split, cases, lambda idx: np.broadcast_to(pop, (idx.size, pop.size)))
+    return ranks_from_scores(split, cases, lambda idx: np.broadcast_to(pop, (idx.size, pop.size)),
+                             exclude_seen=exclude_seen)
+
+
+def eval_oracle(split: Split, cases: Cases, truth, exclude_seen: bool = True) -> np.ndarray:
+    """The ceiling of a synthetic set: the generator's own probabilities of each case's
+    target position (:func:`longretriever.data.synth.oracle_scores`), ranked under the same
+    protocol as every model. ``truth`` is a :class:`longretriever.data.synth.Truth`."""
+    from longretriever.data.synth import oracle_scores
+
+    row_of = {int(u): i for i, u in enumerate(truth.user_ids.tolist())}
+    cols = split.vocab.dense(truth.item_ids)  # generator item index -> dense id (-1: never in the data)
+    keep = cols >= 0
+
+    def scores(idx):
+        out = np.zeros((idx.size, len(split.vocab)))
+        for r, j in enumerate(idx):
+            u = split.users[cases.users[j]]
+            ui, e = row_of.get(u.user_id), int(cases.ends[j])
+            if ui is None:
+                raise ConfigError(f"the truth file has no user {u.user_id}: it belongs to another data set")
+            base = int(truth.ev_offset[ui])
+            if not np.array_equal(truth.item_ids[truth.ev_item[base:base + e]], u.items[:e]):
+                raise ConfigError(f"user {u.user_id}: the truth file does not match the events (regenerate both)")
+            out[r, cols[keep]] = oracle_scores(truth, ui, e)[keep]
+        return out
+    return ranks_from_scores(split, cases, scores, exclude_seen=exclude_seen)
 
 
 @torch.no_grad()
 def eval_sasrec(model, split: Split, cases: Cases, exclude_seen: bool = True) -> np.ndarray:
     model.eval()
-    emb = model.items.all().numpy()
+    emb = model.items.all().cpu().numpy()
 
     def scores(idx):
-        return model.user_vectors(history_rows(split, cases, idx, model.n)).numpy() @ emb.T
+        return model.user_vectors(history_rows(split, cases, idx, model.n)).cpu().numpy() @ emb.T
     return ranks_from_scores(split, cases, scores, exclude_seen=exclude_seen)
 
 
 @torch.no_grad()
-def eval_multi_interest(model, split: Split, cases: Cases) -> np.ndarray:
+def eval_multi_interest(model, split: Split, cases: Cases, exclude_seen: bool = True) -> np.ndarray:
     """Merge of per-interest full rankings by max score (ComiRec's aggregation)."""
     model.eval()
-    emb = model.items.all().numpy()
+    emb = model.items.all().cpu().numpy()
 
     def scores(idx):
-        ints = model.interests(history_rows(split, cases, idx, model.n)).numpy()  # B,K,d
+        ints = model.interests(history_rows(split, cases, idx, model.n)).cpu().numpy()  # B,K,d
         return (ints @ emb.T).max(axis=1)
-    return ranks_from_scores(split, cases, scores)
+    return ranks_from_scores(split, cases, scores, exclude_seen=exclude_seen)
 
 
 @dataclass
@@ -179,10 +206,11 @@ def eval_longretriever(model, split: Split, cases: Cases, lp: LRPlans,
     """Per-case metrics from the planner's multi-context answers, under the plans' protocol
     (``lp.exclude_seen``). An answer for ``K`` is the first ``K`` of the longest one."""
     model.eval()
-    vecs = [model(*[torch.as_tensor(x[n]) for n in INPUT_NAMES]).numpy() for x in lp.inputs]
+    dev = model.item_ctx.device
+    vecs = [model(*[torch.as_tensor(x[n], device=dev) for n in INPUT_NAMES]).cpu().numpy() for x in lp.inputs]
     vecs = np.concatenate(vecs) if vecs else np.zeros((0, model.cfg.dim), np.float32)
     ids = split.vocab.item_ids
-    search = ExactSearch(ids, split.item_contexts, model.all_item_vectors().numpy())
+    search = ExactSearch(ids, split.item_contexts, model.all_item_vectors().cpu().numpy())
     starts = np.searchsorted(lp.row_owner, np.arange(len(lp.plans)))
     longest = max(max(cutoffs), 200)
     out = []

@@ -59,7 +59,7 @@ def learn_contexts(ds: Dataset, k: int, cfg, progress: bool = False) -> Dataset:
     import torch
 
     with torch.no_grad():
-        emb = model.all_item_vectors().numpy()
+        emb = model.all_item_vectors().cpu().numpy()
     labels = kmeans(emb, k, seed=cfg.seed)
     names = [f"k{j:02d}" for j in range(k)]
     mapping = {int(i): names[int(lbl)] for i, lbl in zip(split.vocab.item_ids.tolist(), labels.tolist())}

@@ -84,7 +84,7 @@ class LongRetrieverModel(nn.Module):
         return F.normalize(v, dim=-1, eps=1e-6)
 
     def all_item_vectors(self) -> torch.Tensor:
-        return self.item_vectors(torch.arange(1, self.cfg.num_items + 1))
+        return self.item_vectors(torch.arange(1, self.cfg.num_items + 1, device=self.item_ctx.device))
 
     # ---- user tower -------------------------------------------------------------------
     def forward(self, ctx_items: torch.Tensor, ctx_age: torch.Tensor, ctx_mask: torch.Tensor,
@@ -144,10 +144,15 @@ class ContextNegativeSampler:
         self.totals = torch.as_tensor(totals, dtype=torch.float64)
         self.prob = torch.as_tensor(w / np.maximum(totals[ctx], 1e-12), dtype=torch.float32)
 
+    def to(self, device: torch.device) -> "ContextNegativeSampler":
+        for name in ("order", "cum", "starts", "totals", "prob"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
     def sample(self, contexts: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
         """Dense indices [B, n] drawn from each row's context (rows of empty contexts get
         arbitrary items that the caller masks via ``prob``)."""
-        u = torch.rand(contexts.shape[0], n, generator=gen, dtype=torch.float64)
+        u = torch.rand(contexts.shape[0], n, generator=gen, dtype=torch.float64, device=self.cum.device)
         target = self.starts[contexts].unsqueeze(1) + u * self.totals[contexts].unsqueeze(1)
         pos = torch.searchsorted(self.cum, target, right=True).clamp(max=self.cum.numel() - 1)
         return self.order[pos]
@@ -162,7 +167,7 @@ def sampled_softmax_loss(model: LongRetrieverModel, user: torch.Tensor, pos: tor
     b = pos.shape[0]
     v_pos = model.item_vectors(pos + 1)
     logits = user @ v_pos.T / cfg.tau - (log_q[pos] + float(np.log(b))).unsqueeze(0)
-    dup = (pos.unsqueeze(0) == pos.unsqueeze(1)) & ~torch.eye(b, dtype=torch.bool)
+    dup = (pos.unsqueeze(0) == pos.unsqueeze(1)) & ~torch.eye(b, dtype=torch.bool, device=pos.device)
     logits = logits.masked_fill(dup, -MASK_NEG)
     parts = [logits]
     if sampler is not None and cfg.n_ctx_neg > 0:
@@ -173,7 +178,7 @@ def sampled_softmax_loss(model: LongRetrieverModel, user: torch.Tensor, pos: tor
         nl = nl.masked_fill(neg == pos.unsqueeze(1), -MASK_NEG)
         parts.append(nl)
     full = torch.cat(parts, dim=1)
-    return F.cross_entropy(full, torch.arange(b))
+    return F.cross_entropy(full, torch.arange(b, device=full.device))
 
 
 def eager_encoder(state_path, model_config: dict, item_contexts: np.ndarray, threads: int = 1):

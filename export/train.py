@@ -22,8 +22,10 @@ import torch
 from tqdm import tqdm
 
 from longretriever.core.features import INPUT_NAMES, ItemVocab, build_encoder_inputs
+from longretriever.export.device import default_threads, resolve_device
 from longretriever.export.model import ContextNegativeSampler, LongRetrieverModel, ModelConfig, sampled_softmax_loss
 from longretriever.core.contexts import ContextTable
+from longretriever.core.errors import ConfigError
 from longretriever.data.events import Dataset
 from longretriever.core.sequence import canonical_order, context_positions, hard_search_positions, recent_window
 
@@ -95,18 +97,23 @@ class TrainConfig:
     n_ctx_neg: int = 64
     dropout: float = 0.1
     bucket: int = 32  # length bucketing: sort pools of bucket*batch examples by length (<2 = off)
-    threads: int = 1  # 1 is fastest on a shared 2-core box (measured 3-10x vs 2 under load)
+    threads: int = 0  # intra-op threads; 0 = the machine's cores / parallel jobs (export.device)
+    device: str = "cpu"  # cpu | cuda | auto
+    pretrain: str = "ppmi"  # item embeddings initialised from: ppmi (export.pretrain) | none
+    pretrain_window: int = 50  # co-occurrence window of the ppmi pretraining, in per-context events
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def seed_everything(seed: int, threads: int = 2) -> torch.Generator:
+def seed_everything(seed: int, threads: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    """Seeds torch and numpy, sets the intra-op thread count (0: cores / jobs), returns a
+    generator on ``device`` for the samplers."""
     torch.manual_seed(seed)
     np.random.seed(seed % (2 ** 32))
-    torch.set_num_threads(max(1, threads))
-    return torch.Generator().manual_seed(seed)
+    torch.set_num_threads(threads if threads > 0 else default_threads())
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def sample_examples(split: Split, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -151,8 +158,8 @@ def batch_inputs(split: Split, uidx: np.ndarray, tpos: np.ndarray, k: int, w: in
     return inputs, split.vocab.dense(np.asarray(pos, np.int64)), np.asarray(ctxs, np.int64)
 
 
-def to_torch(inputs: dict[str, np.ndarray]) -> list[torch.Tensor]:
-    return [torch.as_tensor(inputs[n]) for n in INPUT_NAMES]
+def to_torch(inputs: dict[str, np.ndarray], device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    return [torch.as_tensor(inputs[n], device=device) for n in INPUT_NAMES]
 
 
 @dataclass
@@ -163,6 +170,12 @@ class FitResult:
     val_curve: list[float]  # validation score per epoch (empty without a val_fn)
     best_epoch: int
     seconds: float
+    examples: int = 0  # training examples (targets) seen, all epochs
+    train_seconds: float = 0.0  # optimisation time alone (validation excluded)
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
 def fit(model: torch.nn.Module, batches: Callable[[int], Iterator[Callable[[], torch.Tensor]]],
@@ -171,24 +184,28 @@ def fit(model: torch.nn.Module, batches: Callable[[int], Iterator[Callable[[], t
         progress: bool = True) -> FitResult:
     """Generic loop shared by every model of the evaluator (same optimiser, same epoch budget,
     same model selection): Adam, ``epochs`` passes, keep the epoch with the best ``val_fn``
-    (higher is better). ``batches(epoch)`` yields closures that return the batch loss."""
+    (higher is better). ``batches(epoch)`` yields ``(closure, examples)``: the closure returns
+    the batch loss, ``examples`` counts the batch's training targets (for examples/s)."""
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     losses, steps, curve = [], [], []
     best, best_state, best_epoch = -np.inf, None, epochs - 1
     t0 = time.perf_counter()
+    examples, train_s = 0, 0.0
     for ep in range(epochs):
         model.train()
         tot, n = 0.0, 0
+        t_ep = time.perf_counter()
         bar = tqdm(batches(ep), desc=f"{desc} ep{ep + 1}/{epochs}", disable=not progress, leave=False)
-        for closure in bar:
+        for closure, k in bar:
             opt.zero_grad(set_to_none=True)
             loss = closure()
             loss.backward()
             opt.step()
             v = float(loss.detach())
             steps.append(v)
-            tot, n = tot + v, n + 1
+            tot, n, examples = tot + v, n + 1, examples + int(k)
             bar.set_postfix(loss=f"{v:.3f}")
+        train_s += time.perf_counter() - t_ep
         losses.append(tot / max(n, 1))
         model.eval()
         if val_fn is not None:
@@ -201,7 +218,7 @@ def fit(model: torch.nn.Module, batches: Callable[[int], Iterator[Callable[[], t
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(model, losses, steps, curve, best_epoch, time.perf_counter() - t0)
+    return FitResult(model, losses, steps, curve, best_epoch, time.perf_counter() - t0, examples, train_s)
 
 
 def item_log_q(split: Split) -> torch.Tensor:
@@ -251,7 +268,24 @@ def build_model(split: Split, cfg: TrainConfig) -> LongRetrieverModel:
     mcfg = ModelConfig(num_items=len(split.vocab), num_contexts=split.table.num_contexts,
                        dim=cfg.dim, heads=cfg.heads, hidden=cfg.hidden, tau=cfg.tau,
                        n_ctx_neg=cfg.n_ctx_neg, dropout=cfg.dropout)
-    return LongRetrieverModel(mcfg, split.item_contexts)
+    model = LongRetrieverModel(mcfg, split.item_contexts)
+    if cfg.pretrain == "ppmi":
+        from longretriever.export.pretrain import cooccurrence_embeddings
+
+        init_item_embeddings(model.item_emb, cooccurrence_embeddings(split, cfg.dim, cfg.pretrain_window, cfg.seed))
+    elif cfg.pretrain != "none":
+        raise ConfigError(f"unknown pretraining {cfg.pretrain!r}; use none or ppmi")
+    return model
+
+
+def init_item_embeddings(emb: torch.nn.Embedding, vectors: np.ndarray) -> None:
+    """Rows 1.. of an item embedding table (row 0 is padding) from ``vectors`` (dense order),
+    rescaled to the norm of the default initialisation."""
+    target = float(emb.weight.detach()[1:].norm(dim=1).mean())
+    v = torch.as_tensor(vectors, dtype=emb.weight.dtype)
+    norm = float(v.norm(dim=1).mean()) or 1.0
+    with torch.no_grad():
+        emb.weight[1:] = v * (target / norm)
 
 
 def train_longretriever(split: Split, cfg: TrainConfig,
@@ -259,20 +293,21 @@ def train_longretriever(split: Split, cfg: TrainConfig,
                         progress: bool = True) -> FitResult:
     """Train the multi-context model; returns the model (best validation epoch when
     ``val_fn`` is given, else the last) and its loss curve."""
-    gen = seed_everything(cfg.seed, cfg.threads)
+    device = resolve_device(cfg.device)
+    gen = seed_everything(cfg.seed, cfg.threads, device)
     rng = np.random.default_rng(cfg.seed)
-    model = build_model(split, cfg)
-    log_q = item_log_q(split)
+    model = build_model(split, cfg).to(device)
+    log_q = item_log_q(split).to(device)
     sampler = ContextNegativeSampler(split.item_contexts, split.train_freq,
-                                     split.table.num_contexts, model.cfg.ctx_neg_alpha)
+                                     split.table.num_contexts, model.cfg.ctx_neg_alpha).to(device)
 
     def batches(epoch: int):
         for ub, tb in example_batches(split, cfg, rng, context_lengths(split, cfg.k)):
             def closure(ub=ub, tb=tb):
                 inputs, pos, pctx = batch_inputs(split, ub, tb, cfg.k, cfg.w)
-                user = model(*to_torch(inputs))
-                return sampled_softmax_loss(model, user, torch.as_tensor(pos), log_q, sampler,
-                                            torch.as_tensor(pctx), gen)
-            yield closure
+                user = model(*to_torch(inputs, device))
+                return sampled_softmax_loss(model, user, torch.as_tensor(pos, device=device), log_q, sampler,
+                                            torch.as_tensor(pctx, device=device), gen)
+            yield closure, ub.size
 
     return fit(model, batches, cfg.epochs, cfg.lr, cfg.weight_decay, val_fn, "longretriever", progress)

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
+import enum
+
 import click
 import typer
 
@@ -34,6 +36,16 @@ Format = Annotated[EventFormat, typer.Option("--format", help=FORMAT_HELP)]
 Budget = Annotated[int, typer.Option(min=0, help=BUDGET_HELP)]
 Contexts = Annotated[Optional[int], typer.Option(help=CONTEXTS_HELP)]
 SingleContext = Annotated[bool, typer.Option(help=SINGLE_HELP)]
+
+
+class DeviceChoice(str, enum.Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
+
+
+Device = Annotated[DeviceChoice, typer.Option(help="where torch trains: cpu | cuda | auto (a GPU when "
+                                              "one is visible, else the CPU)")]
 
 
 def dataset(events: Path, items: Optional[Path], fmt: EventFormat, contexts: Optional[int] = None,
@@ -79,6 +91,7 @@ def train_cmd(events: Events,
               context_choice: ContextChoice = typer.Option(
                   ContextChoice.auto, help="how serving picks a user's contexts: frequency | "
                   "learned (next-context predictor) | auto (the better on validation recall@100)"),
+              device: Device = DeviceChoice.auto,
               progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """Train LongRetriever and write a verified model bundle."""
     ds, items_used = dataset(events, items, fmt, contexts, single_context)
@@ -87,7 +100,8 @@ def train_cmd(events: Events,
     from longretriever.export.evaluate import eval_longretriever, make_cases, mean_metrics, plan_cases
     from longretriever.export.train import TrainConfig, make_split, train_longretriever
 
-    cfg = TrainConfig(epochs=epochs, batch=batch, dim=dim, seed=seed, k=k, w=w, budget=budget)
+    cfg = TrainConfig(epochs=epochs, batch=batch, dim=dim, seed=seed, k=k, w=w, budget=budget,
+                      device=device.value)
     if contexts:
         from longretriever.export.learned_contexts import learn_contexts
 
@@ -129,13 +143,17 @@ def eval_cmd(events: Events,
              epochs: int = typer.Option(6, min=1, help="training epochs of every model"),
              seeds: int = typer.Option(3, min=1, help="seeds per model (mean ± std in the report)"),
              budget: Budget = 0,
-             jobs: int = typer.Option(2, min=1, help="seeds trained in parallel processes (1 torch thread each)"),
+             jobs: int = typer.Option(2, min=1, help="training jobs (one model of one seed "
+                                        "each) run in parallel processes, cores / jobs torch threads each"),
              dim: int = typer.Option(64, min=1, help="embedding dimension of every model"),
              batch: int = typer.Option(256, min=1, help="batch size of every model"),
              k: int = typer.Option(256, min=0, help=K_HELP),
              w: int = typer.Option(32, min=0, help=W_HELP),
              contexts: Contexts = None,
              single_context: SingleContext = False,
+             device: Device = DeviceChoice.auto,
+             include_seen: bool = typer.Option(False, help="rank seen items too (repeat-consumption "
+                                               "protocol) for every model; default: seen items excluded"),
              progress: bool = typer.Option(False, help="show progress bars (only with --jobs 1)")) -> None:
     """All models x seeds, leave-last-out full-corpus ranking -> report.json/.md + plots."""
     ds, _ = dataset(events, items, fmt, contexts, single_context)
@@ -143,12 +161,13 @@ def eval_cmd(events: Events,
     from longretriever.export.train import TrainConfig
 
     t0 = time.perf_counter()
-    cfg = TrainConfig(epochs=epochs, seed=seed, budget=budget, dim=dim, batch=batch, k=k, w=w)
+    cfg = TrainConfig(epochs=epochs, seed=seed, budget=budget, dim=dim, batch=batch, k=k, w=w,
+                      device=device.value)
     if contexts:
         from longretriever.export.learned_contexts import learn_contexts
 
         ds = learn_contexts(ds, contexts, cfg, progress)
-    rep = run_eval(ds, out, cfg, seeds, progress, jobs)
+    rep = run_eval(ds, out, cfg, seeds, progress, jobs, exclude_seen=not include_seen)
     typer.echo(json.dumps({"report": str(out / "report.json"), "seconds": round(time.perf_counter() - t0, 1),
                            "models": rep["models"]}, indent=1))
 
@@ -166,7 +185,7 @@ def ablate_cmd(events: Events,
                include_seen: bool = typer.Option(False, help="score seen items too (repeat-"
                                                  "consumption protocol), for every row")) -> None:
     """Retrain LongRetriever without each part (hard search, recent window, in-context
-    negatives) and serve the full model differently (learned choice, fewer contexts)."""
+    negatives) and serve the full model differently (frequency choice, fewer contexts)."""
     ds, _ = dataset(events, items, fmt)
     from longretriever.export.ablation import run_ablation
     from longretriever.export.train import TrainConfig

@@ -122,16 +122,25 @@ def replay_cmd(events: Path = typer.Option(..., help="events CSV or MovieLens fo
 
 @app.command("synth")
 def synth_cmd(users: int = typer.Option(100, min=1, help="users"),
-              events_per_user: int = typer.Option(10_000, min=1, help="events per user"),
+              events_per_user: int = typer.Option(10_000, min=1, help="events per user (the maximum "
+                                                  "with --min-events-per-user)"),
+              min_events_per_user: Optional[int] = typer.Option(
+                  None, min=1, help="spread history lengths log-uniformly from this many events up "
+                  "to --events-per-user"),
               items: int = typer.Option(50_000, min=1, help="items in the catalogue (>= --contexts)"),
               contexts: int = typer.Option(20, min=1, help="contexts (item categories c00, c01, ...)"),
               seed: int = typer.Option(0, help="random seed (the output is deterministic per seed)"),
               out: Path = typer.Option(..., help="events CSV to write; the item table goes next to "
-                                       "it as <stem>.items.csv")) -> None:
-    """Write a seeded synthetic ultra-long dataset (events CSV + <stem>.items.csv)."""
+                                       "it as <stem>.items.csv, the generator's truth as "
+                                       "<stem>.truth.npz")) -> None:
+    """Write a seeded synthetic ultra-long dataset (events CSV, <stem>.items.csv, and the
+    generator's truth <stem>.truth.npz that `eval` turns into the oracle row)."""
     from longretriever.data.synth import write
 
     if items < contexts:
         raise ConfigError(f"--items ({items}) must be >= --contexts ({contexts}): every category needs an item")
-    ev, it = write(out, users, events_per_user, items, contexts, seed)
+    if min_events_per_user is not None and min_events_per_user > events_per_user:
+        raise ConfigError(f"--min-events-per-user ({min_events_per_user}) must be <= --events-per-user "
+                          f"({events_per_user})")
+    ev, it = write(out, users, events_per_user, items, contexts, seed, min_events_per_user)
     typer.echo(f"{ev}\n{it}")

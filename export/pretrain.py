@@ -1,0 +1,94 @@
+"""Item representations from co-occurrence, before any gradient step: per-context PPMI-SVD.
+
+Two items are neighbours when a user consumes them close together *in the same context*
+(within ``window`` events of the user's per-context subsequence -- the sequence the hard
+search reads). For each context, the positive pointwise mutual information of those
+co-occurrence counts (context-distribution smoothing 0.75, as word2vec's negative sampling
+implicitly factorises; Levy & Goldberg 2014) is factorised by a truncated SVD; an item's
+vector is ``U[:, :dim] * sqrt(S[:dim])`` of its context's block. Only training positions are
+counted (the split's train ranges), so validation and test events never shape the vectors.
+
+Each context gets its own basis: retrieval ranks items inside one context at a time, and a
+shared low-rank space would let large contexts crowd out the small ones. The result
+initialises the two-tower model's item embeddings (``TrainConfig.pretrain``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from longretriever.export.train import Split
+
+SMOOTHING = 0.75
+
+
+def context_pairs(split: Split, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense item ids (a, b) of every ordered pair of training events of one user and one
+    context that are at most ``window`` apart in that user's per-context subsequence."""
+    left, right = [], []
+    for u in split.users:
+        _, hi = split.train_range(u)
+        d = split.vocab.dense(u.items[:hi])
+        for pos in u.pos_by_ctx.values():
+            s = d[pos[pos < hi]]
+            s = s[s >= 0]
+            for off in range(1, min(window, s.size - 1) + 1):
+                left.append(s[:-off])
+                right.append(s[off:])
+    if not left:
+        z = np.zeros(0, np.int64)
+        return z, z
+    return np.concatenate(left), np.concatenate(right)
+
+
+def ppmi_svd(rows: np.ndarray, cols: np.ndarray, n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """``[n, dim]`` vectors from symmetric co-occurrence pairs of ``n`` local ids."""
+    out = np.zeros((n, dim))
+    if rows.size == 0 or n < 2:
+        return out
+    key = np.concatenate([rows * n + cols, cols * n + rows])
+    uniq, counts = np.unique(key, return_counts=True)
+    a, b = uniq // n, uniq % n
+    c = counts.astype(np.float64)
+    total = c.sum()
+    row_sum = np.bincount(a, weights=c, minlength=n)
+    ctx = row_sum ** SMOOTHING
+    ctx = ctx / ctx.sum() * total
+    pmi = np.log(c * total / (row_sum[a] * ctx[b]))
+    keep = pmi > 0
+    if not keep.any():
+        return out
+    k = min(dim, n - 1)
+    if n <= 2048:  # small blocks: exact SVD of the dense block
+        m = np.zeros((n, n))
+        m[a[keep], b[keep]] = pmi[keep]
+        u, s, _ = np.linalg.svd(m, full_matrices=False)
+    else:  # large blocks: randomised SVD of the sparse block (seeded)
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        idx = torch.as_tensor(np.stack([a[keep], b[keep]]))
+        sp = torch.sparse_coo_tensor(idx, torch.as_tensor(pmi[keep]), (n, n)).coalesce()
+        u_t, s_t, _ = torch.svd_lowrank(sp, q=k + 8, niter=4)
+        torch.random.set_rng_state(gen_state)
+        u, s = u_t.numpy(), s_t.numpy()
+    out[:, :k] = u[:, :k] * np.sqrt(s[:k])
+    return out
+
+
+def cooccurrence_embeddings(split: Split, dim: int, window: int = 50, seed: int = 0) -> np.ndarray:
+    """float32 ``[N, dim]`` per-context PPMI-SVD vectors of the split's items (dense order),
+    scaled to unit mean norm (items never co-occurring with another stay zero)."""
+    rows, cols = context_pairs(split, window)
+    ictx = np.asarray(split.item_contexts, np.int64)
+    emb = np.zeros((len(split.vocab), dim))
+    local = np.full(len(split.vocab), -1, np.int64)
+    for c in np.unique(ictx).tolist():
+        members = np.flatnonzero(ictx == c)
+        local[:] = -1
+        local[members] = np.arange(members.size)
+        m = ictx[rows] == c
+        emb[members] = ppmi_svd(local[rows[m]], local[cols[m]], members.size, dim, seed)
+    norms = np.linalg.norm(emb, axis=1)
+    scale = norms[norms > 0].mean() if (norms > 0).any() else 1.0
+    return (emb / scale).astype(np.float32)
