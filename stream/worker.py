@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Callable
 
 import msgpack
@@ -28,7 +29,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from longretriever.core.errors import ServiceUnavailable
 from longretriever.core.settings import Settings
 from longretriever.stream import metrics
-from longretriever.core.codec import Rejection, decode_columns
+from longretriever.core.codec import Rejection, decode_many
 from longretriever.stream.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 OnApplied = Callable[[dict[int, set[int]]], None]
 _FETCH_BYTES = 8 * 1_048_576  # consumer max_partition_fetch_bytes
 _MAX_REASON = 512  # bytes of the lr.reason header (reasons can quote attacker-sized keys)
+_VALUE, _KEY = attrgetter("value"), attrgetter("key")
 
 
 @dataclass
@@ -189,33 +191,24 @@ class StreamWorker:
         self.stats.last_batch_at = time.monotonic()
 
     def _decode_and_stage(self, data: dict[TopicPartition, list], now_ms: int):
-        users: list[int] = []
-        items: list[int] = []
-        ts: list[int] = []
-        origin: list[tuple] = []  # (message, position in its micro-batch) per valid event
-        rejected: list[tuple] = []
+        msgs: list = []
         offsets: dict[int, int] = {}
-        for tp, msgs in data.items():
+        for tp, part in data.items():
             start = self.store.next_offset(tp.partition) or 0
-            for msg in msgs:
-                if msg.offset < start:
-                    continue  # re-delivered: already in the state
-                c, bad = decode_columns(msg.value, msg.key, now_ms, self.s.max_message_bytes,
-                                        self.s.max_batch_events)
-                if c.users:
-                    users += c.users
-                    items += c.items
-                    ts += c.ts
-                    origin += [(msg, i) for i in c.index]
-                rejected.extend((msg, r) for r in bad)
-                offsets[tp.partition] = msg.offset + 1
+            if part and part[0].offset < start:
+                part = [m for m in part if m.offset >= start]  # re-delivered: already in the state
+            if part:
+                msgs += part
+                offsets[tp.partition] = part[-1].offset + 1
         if not offsets:
             return None
-        wb, res = self.store.prepare(np.array(users, np.int64), np.array(items, np.int64),
-                                     np.array(ts, np.int64), offsets)
+        d = decode_many(list(map(_VALUE, msgs)), list(map(_KEY, msgs)), now_ms,
+                        self.s.max_message_bytes, self.s.max_batch_events)
+        rejected = [(msgs[m], r) for m, r in d.rejected]
+        wb, res = self.store.prepare(d.users, d.items, d.ts, offsets)
         for i in res.late:
-            msg, pos = origin[i]
-            raw, index = _element(msg.value, pos)
+            msg = msgs[int(d.message[i])]
+            raw, index = _element(msg.value, int(d.index[i]))
             rejected.append((msg, Rejection(
                 f"late event: older than the user's newest event minus "
                 f"{self.s.late_tolerance_ms} ms", raw, index)))
