@@ -106,6 +106,8 @@ class StreamWorker:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._stop = asyncio.Event()
+        self._commit_task: asyncio.Task | None = None
+        self._summary = _Summary(self.stats)
 
     def stop(self) -> None:
         self._stop.set()
@@ -136,6 +138,7 @@ class StreamWorker:
                                                    max_records=self.s.fetch_max_records)
                 if data:
                     await self._process(data)
+                self._summary.maybe_log()
                 if targets is not None and self._caught_up(targets):
                     break
                 if max_seconds is not None and time.monotonic() - t0 > max_seconds:
@@ -144,6 +147,9 @@ class StreamWorker:
                     break
         finally:
             self.stats.seconds = time.monotonic() - t0
+            self._summary.maybe_log(force=True)
+            if self._commit_task is not None:
+                await asyncio.gather(self._commit_task, return_exceptions=True)
             await self.producer.stop()
             await self.consumer.stop()
         return self.stats
@@ -184,7 +190,8 @@ class StreamWorker:
             hw = self.consumer.highwater(TopicPartition(self.s.topic, p))
             if hw is not None:
                 metrics.LAG.labels(str(p)).set(max(0, hw - off))
-        await self._commit_kafka(offsets)
+        if self._commit_task is None or self._commit_task.done():  # informational: never waited for
+            self._commit_task = asyncio.create_task(self._commit_kafka(offsets))
         if self.on_applied and res.touched:
             self.on_applied(res.touched)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
@@ -248,6 +255,29 @@ class StreamWorker:
             await self.consumer.commit({TopicPartition(self.s.topic, p): o for p, o in offsets.items()})
         except (CommitFailedError, KafkaError) as exc:
             log.debug("informational offset commit skipped: %s", exc)
+
+
+class _Summary:
+    """One INFO line per ``every`` seconds with the outcomes since the previous line."""
+
+    FIELDS = ("messages", "applied", "duplicates", "late", "dead_lettered", "evicted")
+
+    def __init__(self, stats: WorkerStats, every: float = 60.0) -> None:
+        self.stats, self.every = stats, every
+        self.last = time.monotonic()
+        self.seen = {f: 0 for f in self.FIELDS}
+
+    def maybe_log(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every:
+            return
+        cur = {f: getattr(self.stats, f) for f in self.FIELDS}
+        delta = {f: cur[f] - self.seen[f] for f in self.FIELDS}
+        if any(delta.values()) or not force:
+            log.info("last %.0f s: %s; partitions %s", now - self.last,
+                     ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in delta.items()),
+                     sorted(self.stats.assigned))
+        self.last, self.seen = now, cur
 
 
 def _element(value: bytes, index: int) -> tuple[bytes, int | None]:

@@ -22,7 +22,8 @@ def open_store(state_dir: Path, items: Optional[Path], read_only: bool = False, 
                       segment_events=s.segment_events, late_tolerance_ms=s.late_tolerance_ms,
                       read_only=read_only, **kw), s
 
-from longretriever.cli.app import app
+from longretriever.cli.app import app, fail
+from longretriever.core.errors import LongRetrieverError
 
 
 @app.command("stream")
@@ -33,12 +34,18 @@ def stream_cmd(bootstrap: str = typer.Option(..., help="Kafka HOST:PORT"),
                group_id: str = typer.Option("longretriever-stream"),
                until_caught_up: bool = typer.Option(False, help="Exit 0 once the end offsets "
                                                     "that existed at start are processed"),
-               metrics_port: int = typer.Option(0, help="Prometheus port (0 = off)")) -> None:
+               metrics_port: int = typer.Option(0, help="Prometheus port (0 = off)"),
+               reindex_contexts: bool = typer.Option(False, help="The state was built with another "
+                                                     "item -> context table: re-derive every user's "
+                                                     "contexts from the stored events (else refused)")) -> None:
     """Run the stream worker: user-events -> per-user rolling sequences."""
     from longretriever.stream.replay import ensure_topic
     from longretriever.stream.worker import run_worker
 
-    store, s = open_store(state_dir, items)
+    try:
+        store, s = open_store(state_dir, items, reindex_contexts=reindex_contexts)
+    except LongRetrieverError as exc:
+        fail(exc)
     s = s.model_copy(update={"bootstrap": bootstrap, "topic": topic, "group_id": group_id})
     ensure_topic(s.bootstrap, s.topic, security=s.kafka_security())
     if metrics_port:
