@@ -84,18 +84,16 @@ def apply_deltas(items: np.ndarray, counts: np.ndarray, d_items: np.ndarray,
     """Add ``d_counts`` (signed; ``d_items`` sorted, unique) to a bucket; items that reach 0
     leave it. A count below 0 means the index and the sequence disagree: refuse loudly."""
     pos = np.searchsorted(items, d_items)
-    hit = pos < items.size
-    hit[hit] = items[pos[hit]] == d_items[hit]
+    hit = items[np.minimum(pos, max(items.size - 1, 0))] == d_items if items.size else np.zeros(d_items.size, bool)
     counts = counts.copy()
     counts[pos[hit]] += d_counts[hit]
-    new = ~hit
-    if new.any():
-        if (d_counts[new] < 0).any():
-            raise AssertionError("seen-item count below zero: state corrupted")
-        items = np.insert(items, pos[new], d_items[new])
-        counts = np.insert(counts, pos[new], d_counts[new])
-    if (counts <= 0).any():
-        if (counts < 0).any():
+    if not hit.all():
+        items = np.concatenate([items, d_items[~hit]])
+        counts = np.concatenate([counts, d_counts[~hit]])
+        order = np.argsort(items, kind="stable")
+        items, counts = items[order], counts[order]
+    if counts.min(initial=1) <= 0:
+        if counts.min() < 0:
             raise AssertionError("seen-item count below zero: state corrupted")
         keep = counts > 0
         items, counts = items[keep], counts[keep]

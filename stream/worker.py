@@ -59,6 +59,14 @@ class WorkerStats:
         if self.assigned_at is None or self.last_batch_at is None or self.last_batch_at <= self.assigned_at:
             return 0.0
         return self.applied / (self.last_batch_at - self.assigned_at)
+
+    def taken_eps(self) -> float:
+        """Valid events taken per second (applied, duplicates and late alike), same window as
+        :meth:`ingest_eps`: the rate of a pass that stores nothing new (a re-sent history)."""
+        if self.assigned_at is None or self.last_batch_at is None or self.last_batch_at <= self.assigned_at:
+            return 0.0
+        return (self.applied + self.duplicates + self.late) / (self.last_batch_at - self.assigned_at)
+
     assigned: set[int] = field(default_factory=set)
 
 

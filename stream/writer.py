@@ -300,9 +300,13 @@ class BatchWriter:
         if d_items.size >= n * TARGET // 2:  # a big change (a backfill): rebuild all n buckets
             return self._seen_rebuild(wb, user, m, d_items, d_counts, load)
         bk = bucket_of(d_items, n)
-        order = np.argsort(bk, kind="stable")
-        sb = bk[order]
-        for grp in np.split(order, np.flatnonzero(sb[1:] != sb[:-1]) + 1):
+        if bk.size == 1 or (bk == bk[0]).all():
+            groups = [np.arange(bk.size)]
+        else:
+            order = np.argsort(bk, kind="stable")
+            sb = bk[order]
+            groups = np.split(order, np.flatnonzero(sb[1:] != sb[:-1]) + 1)
+        for grp in groups:
             b = int(bk[grp[0]])
             items, counts = load(b)
             new_items, new_counts = apply_deltas(items, counts, d_items[grp], d_counts[grp])

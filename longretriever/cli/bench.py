@@ -19,11 +19,12 @@ def bench_ingest(out: Path = typer.Option(..., help="JSON output file"),
                  bootstrap: Optional[str] = typer.Option(None, help="Existing broker "
                                                          "(default: start a local one)"),
                  refresh: bool = typer.Option(True, help="Also measure the worker with the "
-                                              "event-driven vector refresh attached")) -> None:
-    """Ingest benchmark on a real local broker; writes JSON."""
+                                              "event-driven vector refresh attached"),
+                 faust: bool = typer.Option(True, help="Also measure the faust-streaming agent path")) -> None:
+    """Ingest benchmark on a real local broker (micro-batched and single-event topics); writes JSON."""
     from longretriever.benchmarks.ingest import run_ingest_bench
 
-    result = run_ingest_bench(users, events_per_user, bootstrap, refresh)
+    result = run_ingest_bench(users, events_per_user, bootstrap, refresh, faust)
     out.write_text(json.dumps(result, indent=2))
     typer.echo(json.dumps(result, indent=2))
 
