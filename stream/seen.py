@@ -71,12 +71,10 @@ def decode_bucket(buf: bytes) -> tuple[np.ndarray, np.ndarray]:
     return items, counts
 
 
-def contains(bucket_items: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Membership of each ``query`` id in one bucket's sorted ids."""
-    if bucket_items.size == 0:
-        return np.zeros(query.shape, bool)
-    pos = np.minimum(np.searchsorted(bucket_items, query), bucket_items.size - 1)
-    return bucket_items[pos] == query
+def bucket_items(buf: bytes) -> np.ndarray:
+    """The ids of an encoded bucket (int32 or int64 view, no copy): what a membership test needs."""
+    flags, n = _HEADER.unpack_from(buf, 0)
+    return np.frombuffer(buf, "<i8" if flags & _ITEMS64 else "<i4", n, _HEADER.size)
 
 
 def apply_deltas(items: np.ndarray, counts: np.ndarray, d_items: np.ndarray,

@@ -42,7 +42,7 @@ from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 from longretriever.core.contexts import ContextTable
 from longretriever.core.errors import ConfigError, ServiceUnavailable
 from longretriever.core.sequence import UserSequence, canonical_order
-from longretriever.stream.seen import bucket_of, contains, decode_bucket
+from longretriever.stream.seen import bucket_items, bucket_of, decode_bucket
 from longretriever.stream.segments import decode_segment
 
 log = logging.getLogger(__name__)
@@ -208,8 +208,14 @@ class StateStore:
 
     # ---- reads ---------------------------------------------------------------------------
     def _load_meta(self, user: int) -> UserMeta | None:
+        memo = getattr(self._tls, "metas", None)  # inside reading(): a user's meta cannot change
+        if memo is not None and user in memo:
+            return memo[user]
         v = self._get(mkey(user))
-        return None if v is None else UserMeta.unpack(v)
+        m = None if v is None else UserMeta.unpack(v)
+        if memo is not None:
+            memo[user] = m
+        return m
 
     def _meta(self, user: int) -> dict[int, list[int]] | None:
         m = self._load_meta(user)
@@ -223,10 +229,11 @@ class StateStore:
             yield
             return
         self._tls.view = self.db.snapshot()
+        self._tls.metas = {}
         try:
             yield
         finally:
-            self._tls.view = None
+            self._tls.view = self._tls.metas = None
 
     def _get(self, key: bytes) -> bytes | None:
         view = getattr(self._tls, "view", None)
@@ -281,14 +288,11 @@ class StateStore:
                 return out
             if m.buckets is None:  # written before the seen-item index: reindex rebuilds it
                 return np.isin(items, self.sequence(user).items)
-            b = bucket_of(items, m.buckets)
-            order = np.argsort(b, kind="stable")
-            sb = b[order]
-            for grp in np.split(order, np.flatnonzero(sb[1:] != sb[:-1]) + 1):
-                v = self._get(hkey(user, int(b[grp[0]])))
-                if v is not None:
-                    out[grp] = contains(decode_bucket(v)[0], items[grp])
-        return out
+            # an id can only be in its own bucket: membership in the union of the buckets read
+            # is membership in the sequence (one vectorised isin, no per-bucket numpy work)
+            parts = [bucket_items(v) for b in np.unique(bucket_of(items, m.buckets)).tolist()
+                     if (v := self._get(hkey(user, b))) is not None]
+            return np.isin(items, np.concatenate(parts)) if parts else out
 
     def seen_items(self, user: int) -> tuple[np.ndarray, np.ndarray]:
         """(distinct items, occurrence counts) from the seen-item buckets (tests, reindex)."""
@@ -323,37 +327,45 @@ class StateStore:
             return _merged(items, ts, cs)
 
     def recent(self, user: int, n: int = 1000) -> UserSequence | None:
-        """Newest ``n`` events across all contexts, oldest first; reads only tail segments."""
+        """Newest ``n`` events across all contexts, oldest first; reads only tail segments:
+        each context is read backwards from its tail while its oldest loaded event is not
+        older than the n-th newest event loaded so far (O(n + contexts x segment))."""
         with self.reading():
             meta = self._meta(user)
             if meta is None:
                 return None
-            loaded: dict[int, tuple[list, list, int]] = {}
+            if n <= 0:
+                return _merged([], [], [])
+            loaded: dict[int, list] = {}  # ctx -> [items parts, ts parts, lowest segment read]
             for c, (first, last, skip, _) in meta.items():
                 i, t = self._segment(user, c, last, skip if last == first else 0)
-                loaded[c] = ([i], [t], last)
+                loaded[c] = [[i], [t], last]
             while True:
-                merged = _merged([np.concatenate(v[0]) for v in loaded.values()],
-                                 [np.concatenate(v[1]) for v in loaded.values()],
-                                 [np.full(sum(x.size for x in v[0]), c, np.int32) for c, v in loaded.items()])
-                if len(merged) <= n:
-                    cutoff = None
-                else:
-                    cutoff = (merged.ts[-n], merged.items[-n])
+                all_ts = np.concatenate([p for v in loaded.values() for p in v[1]])
+                cut = np.partition(all_ts, all_ts.size - n)[all_ts.size - n] if all_ts.size > n else None
                 grew = False
-                for c, (parts_i, parts_t, seg) in loaded.items():
+                for c, v in loaded.items():
                     first, _, skip, _ = meta[c]
-                    if seg == first:
-                        continue
-                    oldest = (parts_t[0][0], parts_i[0][0]) if parts_i[0].size else None
-                    if cutoff is None or (oldest is not None and oldest >= cutoff):
-                        i, t = self._segment(user, c, seg - 1, skip if seg - 1 == first else 0)
-                        parts_i.insert(0, i)
-                        parts_t.insert(0, t)
-                        loaded[c] = (parts_i, parts_t, seg - 1)
-                        grew = True
+                    if v[2] == first or (cut is not None and v[1][0].size and v[1][0][0] < cut):
+                        continue  # everything older in this context is older than the cut
+                    i, t = self._segment(user, c, v[2] - 1, skip if v[2] - 1 == first else 0)
+                    v[0].insert(0, i)
+                    v[1].insert(0, t)
+                    v[2] -= 1
+                    grew = True
                 if not grew:
-                    return UserSequence(merged.items[-n:], merged.ts[-n:], merged.contexts[-n:])
+                    break
+            items, ts, cs = [], [], []
+            for c, v in loaded.items():
+                i, t = np.concatenate(v[0]), np.concatenate(v[1])
+                if cut is not None:  # only events at or after the cut can be among the newest n
+                    lo = int(np.searchsorted(t, cut, "left"))
+                    i, t = i[lo:], t[lo:]
+                items.append(i)
+                ts.append(t)
+                cs.append(np.full(i.size, c, np.int32))
+            merged = _merged(items, ts, cs)
+            return UserSequence(merged.items[-n:], merged.ts[-n:], merged.contexts[-n:])
 
     def users(self) -> Iterator[int]:
         it = self.db.keys(from_key=b"u")

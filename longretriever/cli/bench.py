@@ -47,8 +47,21 @@ def bench_query_cmd(out: Path = typer.Option(..., help="JSON output file"),
                     items: str = typer.Option("100000", help="comma-separated item counts, e.g. 100000,1000000"),
                     contexts: int = typer.Option(8), k: int = typer.Option(200),
                     queries: int = typer.Option(100), concurrency: int = typer.Option(4),
-                    index: str = typer.Option("flat")) -> None:
-    """gRPC + Milvus Lite end-to-end latency on synthetic items."""
+                    index: str = typer.Option("flat"),
+                    real_path: bool = typer.Option(False, help="Real path instead: RocksDB state filled "
+                                                   "through Kafka, a trained ONNX bundle, by history length"),
+                    history: str = typer.Option("1000,10000,100000", help="--real-path: events per user, "
+                                                "comma-separated"),
+                    users_per_length: int = typer.Option(20, help="--real-path: users per history length")) -> None:
+    """gRPC + Milvus Lite end-to-end latency on synthetic items (or --real-path)."""
+    if real_path:
+        from longretriever.benchmarks.query_realpath import run_realpath_query_bench
+
+        r = run_realpath_query_bench(tuple(int(x) for x in history.split(",") if x), users_per_length,
+                                     queries, k, contexts)
+        out.write_text(json.dumps(r, indent=2))
+        typer.echo(json.dumps(r, indent=2))
+        return
     from longretriever.benchmarks.query import run_query_bench
 
     runs = []
