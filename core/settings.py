@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     late_tolerance_ms: int = Field(7 * 24 * 3600 * 1000, ge=0)
     fetch_max_records: int = Field(20_000, ge=1)
     fetch_timeout_ms: int = Field(200, ge=1)
+    # recovery of a partition this worker never had: "source" replays the source topic from
+    # offset 0; "changelog" also publishes every state commit to <topic>.state-changelog and
+    # restores from it (stream.changelog); standby: also follow the changelog of the other
+    # partitions, so taking one over is a short delta restore
+    restore: Literal["source", "changelog"] = "source"
+    standby: bool = False
 
     # serving: how contexts are chosen (core.multicontext.CHOICE_OPTIONS); "auto" = the choice
     # the bundle records (picked on validation when it was trained)

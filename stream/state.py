@@ -2,7 +2,9 @@
 
 Keys (big-endian so iteration is ordered):
 
+- ``P<partition:4><user:8>``     the users of a source partition (to drop or restore one)
 - ``c``                          the state's record: item -> context table fingerprint, names
+- ``l<partition:4>``             changelog offset the state reflects (``stream.changelog``)
 - ``o<partition:4>``             next source offset to consume for that partition
 - ``u<user:8>h<bucket:4>``       one bucket of the user's seen items (``stream.seen``)
 - ``u<user:8>m``                 user meta (msgpack): ``[newest_ts, {ctx: [first_seg, last_seg,
@@ -107,6 +109,14 @@ def okey(partition: int) -> bytes:
     return b"o" + _P.pack(partition)
 
 
+def lkey(partition: int) -> bytes:
+    return b"l" + _P.pack(partition)
+
+
+def pkey(partition: int, user: int) -> bytes:
+    return b"P" + _P.pack(partition) + _U.pack(user)
+
+
 def pack_offset(offset: int) -> bytes:
     return _U.pack(offset)
 
@@ -205,6 +215,46 @@ class StateStore:
                 break
             out[_P.unpack(k[1:5])[0]] = int(_U.unpack(v)[0])
         return out
+
+    def changelog_offset(self, partition: int) -> int | None:
+        """The changelog offset this state reflects for ``partition`` (None: never restored or
+        published)."""
+        v = self.db.get(lkey(partition))
+        return None if v is None else int(_U.unpack(v)[0])
+
+    def partition_users(self, partition: int) -> list[int]:
+        prefix = b"P" + _P.pack(partition)
+        return [_U.unpack(k[5:13])[0] for k in self._keys(prefix)]
+
+    def _keys(self, prefix: bytes) -> Iterator[bytes]:
+        for k in self.db.keys(from_key=prefix):
+            if not k.startswith(prefix):
+                break
+            yield k
+
+    def commit_restore(self, wb: WriteBatch, partition: int, written_users: set[bytes],
+                       changelog_end: int | None = None) -> None:
+        """Write restored changelog records plus the partition's user index (and, at the end of
+        a restore, the changelog offset reached)."""
+        for u in written_users:
+            wb.put(b"P" + _P.pack(partition) + u[1:9], b"")
+        if changelog_end is not None:
+            wb.put(lkey(partition), _U.pack(changelog_end))
+        self.db.write(wb, self._wopts)
+
+    def drop_partition(self, partition: int, users: set[bytes] = frozenset()) -> None:
+        """Delete every user of ``partition`` (its index plus ``users``, ``u<user>`` prefixes) and
+        its offsets: the partition is then rebuilt from scratch."""
+        wb = WriteBatch(raw_mode=True)
+        prefixes = {ukey(u) for u in self.partition_users(partition)} | set(users)
+        for pre in prefixes:
+            for k in self._keys(pre):
+                wb.delete(k)
+        for k in self._keys(b"P" + _P.pack(partition)):
+            wb.delete(k)
+        wb.delete(okey(partition))
+        wb.delete(lkey(partition))
+        self.db.write(wb, self._wopts)
 
     # ---- reads ---------------------------------------------------------------------------
     def _load_meta(self, user: int) -> UserMeta | None:
@@ -406,12 +456,22 @@ class StateStore:
         self.commit(wb)
         return res
 
-    def prepare(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray,
-                offsets: dict[int, int]) -> tuple[WriteBatch, ApplyResult]:
+    def prepare(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray, offsets: dict[int, int],
+                partition_of: dict[int, int] | None = None) -> tuple[WriteBatch, ApplyResult]:
         """Stage a batch of valid events plus ``offsets`` (partition -> next offset) without
-        writing; see :meth:`longretriever.stream.writer.BatchWriter.prepare`. Call
-        :meth:`commit` next."""
-        return self._writer.prepare(users, items, ts, offsets)
+        writing; see :meth:`longretriever.stream.writer.BatchWriter.prepare`. ``partition_of``
+        (user -> source partition) indexes new users by partition. Call :meth:`commit` next;
+        :attr:`staged` holds the changed user records until then."""
+        return self._writer.prepare(users, items, ts, offsets, partition_of)
+
+    @property
+    def staged(self) -> dict[bytes, bytes | None]:
+        """Every record the staged batch changes (None: deleted), for the changelog."""
+        return self._pending
+
+    def set_changelog_offsets(self, wb: WriteBatch, ends: dict[int, int]) -> None:
+        for p, off in ends.items():
+            wb.put(lkey(p), _U.pack(off))
 
     def commit(self, wb: WriteBatch) -> None:
         """Atomically write a staged batch (state and offsets together)."""

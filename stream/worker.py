@@ -77,14 +77,25 @@ class _Rebalance(ConsumerRebalanceListener):
         self.w = worker
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.w.batch_lock:  # a batch in flight commits (and publishes) before we give it up
+            pass
         for tp in revoked:
             self.w.stats.assigned.discard(tp.partition)
+        if self.w.standby is not None:
+            self.w.standby.follow({tp.partition for tp in revoked})
         metrics.ASSIGNED.set(len(self.w.stats.assigned))
         log.info("revoked %s", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         fresh = []
+        # nothing of these is consumed until each is restored and positioned (aiokafka starts
+        # fetching newly assigned partitions while this callback runs)
+        self.w.consumer.pause(*assigned)
+        if self.w.standby is not None:
+            self.w.standby.stop_following({tp.partition for tp in assigned})
         for tp in assigned:
+            if self.w.s.restore == "changelog":
+                await self.w.restore_partition(tp.partition)
             off = self.w.store.next_offset(tp.partition)
             if off is None:
                 fresh.append(tp)
@@ -92,6 +103,7 @@ class _Rebalance(ConsumerRebalanceListener):
                 self.w.consumer.seek(tp, off)
         if fresh:
             await self.w.consumer.seek_to_beginning(*fresh)
+        self.w.consumer.resume(*assigned)
         # Only now: aiokafka already fetches the partitions positioned above while the seek to
         # the beginning of the others is pending, so adding them one by one let
         # ``_caught_up`` (which looks at ``stats.assigned``) end an ``until_caught_up`` run
@@ -116,6 +128,10 @@ class StreamWorker:
         self._stop = asyncio.Event()
         self._commit_task: asyncio.Task | None = None
         self._summary = _Summary(self.stats)
+        self.publisher = None  # stream.changelog.ChangelogPublisher when restore == "changelog"
+        self.standby = None  # stream.changelog.Standby when standby
+        self.restores: list = []  # stream.changelog.RestoreResult, one per assigned partition
+        self.batch_lock = asyncio.Lock()  # one batch at a time; a revocation waits for it
 
     def stop(self) -> None:
         self._stop.set()
@@ -135,6 +151,8 @@ class StreamWorker:
         # MessageSizeTooLargeError and crashed the worker on every restart (poison message)
         self.producer = AIOKafkaProducer(bootstrap_servers=self.s.bootstrap, acks="all",
                                          linger_ms=5, max_request_size=_FETCH_BYTES + 65_536, **sec)
+        if self.s.restore == "changelog":
+            await self._start_changelog(sec)
         self.consumer.subscribe([self.s.topic], listener=_Rebalance(self))
         await self.consumer.start()
         await self.producer.start()
@@ -158,9 +176,38 @@ class StreamWorker:
             self._summary.maybe_log(force=True)
             if self._commit_task is not None:
                 await asyncio.gather(self._commit_task, return_exceptions=True)
+            if self.standby is not None:
+                await self.standby.stop()
             await self.producer.stop()
             await self.consumer.stop()
+            if self.publisher is not None:
+                await self.publisher.stop()
         return self.stats
+
+    async def _start_changelog(self, security: dict) -> None:
+        import hashlib
+
+        from longretriever.stream import changelog as cl
+
+        parts = await asyncio.to_thread(cl.ensure_changelog, self.s.bootstrap, self.s.topic, security)
+        # a stable id per (group, state directory): a restarted worker fences its zombie
+        tid = f"lr-{self.s.group_id}-{hashlib.sha256(str(self.store.path.resolve()).encode()).hexdigest()[:12]}"
+        self.publisher = cl.ChangelogPublisher(self.s.bootstrap, self.s.topic, tid, security)
+        await self.publisher.start()
+        if self.s.standby:
+            self.standby = cl.Standby(self.store, self.s.bootstrap, self.s.topic, parts, security)
+            await self.standby.start()
+
+    async def restore_partition(self, partition: int) -> None:
+        from longretriever.stream import changelog as cl
+
+        full = self.store.next_offset(partition) is None
+        res = await cl.restore(self.store, self.s.bootstrap, self.s.topic, partition, self.s.kafka_security(), full)
+        self.restores.append(res)
+        if res.garbled_key is not None:  # tombstone it: compaction then drops the garbled record
+            await self.publisher.publish({partition: [(res.garbled_key, None)]}, {})
+        metrics.RESTORES.labels(res.how).inc()
+        metrics.RESTORE_SECONDS.observe(res.seconds)
 
     async def _end_offsets(self) -> dict[int, int]:
         parts = None
@@ -182,16 +229,26 @@ class StreamWorker:
         return all((self.store.next_offset(p) or 0) >= targets.get(p, 0) for p in self.stats.assigned)
 
     async def _process(self, data: dict[TopicPartition, list]) -> None:
+        async with self.batch_lock:
+            owned = self.consumer.assignment()
+            data = {tp: m for tp, m in data.items() if tp in owned}  # revoked since the fetch: not ours
+            if data:
+                await self._process_owned(data)
+
+    async def _process_owned(self, data: dict[TopicPartition, list]) -> None:
         """Decode + stage in a worker thread (the event loop stays free for gRPC and
-        heartbeats), dead-letter, then commit state and offsets atomically."""
+        heartbeats), dead-letter, publish to the changelog, then commit state and offsets
+        atomically."""
         t0 = time.perf_counter()
         staged = await asyncio.to_thread(self._decode_and_stage, data, int(time.time() * 1000))
         self.stats.messages += sum(len(m) for m in data.values())
         metrics.MESSAGES.inc(sum(len(m) for m in data.values()))
         if staged is None:
             return
-        wb, res, rejected, offsets = staged
+        wb, res, rejected, offsets, records = staged
         await self._dead_letter(rejected)  # before the state commit: nothing is lost on a crash
+        if self.publisher is not None:  # the changelog transaction first (stream.changelog)
+            self.store.set_changelog_offsets(wb, await self.publisher.publish(records, offsets))
         await asyncio.to_thread(self.store.commit, wb)
         self._account(res, len(rejected))
         for p, off in offsets.items():
@@ -220,14 +277,22 @@ class StreamWorker:
         d = decode_many(list(map(_VALUE, msgs)), list(map(_KEY, msgs)), now_ms,
                         self.s.max_message_bytes, self.s.max_batch_events)
         rejected = [(msgs[m], r) for m, r in d.rejected]
-        wb, res = self.store.prepare(d.users, d.items, d.ts, offsets)
+        u, first = np.unique(d.users, return_index=True)  # a user's messages are in one partition
+        parts = np.fromiter((msgs[int(i)].partition for i in d.message[first]), np.int64, u.size)
+        partition_of = dict(zip(u.tolist(), parts.tolist()))
+        wb, res = self.store.prepare(d.users, d.items, d.ts, offsets, partition_of)
+        records = None
+        if self.publisher is not None:
+            from longretriever.stream.changelog import records_of
+
+            records = records_of(self.store.staged, partition_of)
         for i in res.late:
             msg = msgs[int(d.message[i])]
             raw, index = _element(msg.value, int(d.index[i]))
             rejected.append((msg, Rejection(
                 f"late event: older than the user's newest event minus "
                 f"{self.s.late_tolerance_ms} ms", raw, index)))
-        return wb, res, rejected, offsets
+        return wb, res, rejected, offsets, records
 
     def _account(self, res, n_rejected: int) -> None:
         st = self.stats

@@ -52,12 +52,12 @@ class BatchWriter:
         self.st._pending[key] = None
         wb.delete(key)
 
-    def prepare(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray,
-                offsets: dict[int, int]) -> tuple[WriteBatch, "ApplyResult"]:
+    def prepare(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray, offsets: dict[int, int],
+                partition_of: dict[int, int] | None = None) -> tuple[WriteBatch, "ApplyResult"]:
         """Stage a batch of valid events plus ``offsets`` (partition -> next offset) without
         writing (see the module docstring for the rules). ``ApplyResult.late`` lists the input
         indices to dead-letter. Call ``StateStore.commit`` next."""
-        from longretriever.stream.state import ApplyResult, okey, pack_offset
+        from longretriever.stream.state import ApplyResult, okey, pack_offset, pkey
 
         st = self.st
         res = ApplyResult()
@@ -72,7 +72,9 @@ class BatchWriter:
                 order = np.argsort(users, kind="stable")
                 su = users[order]
                 for idx in np.split(order, np.flatnonzero(su[1:] != su[:-1]) + 1):
-                    self._user(wb, int(users[idx[0]]), idx, items, ts, ctxs, res)
+                    user = int(users[idx[0]])
+                    if self._user(wb, user, idx, items, ts, ctxs, res) and partition_of is not None:
+                        wb.put(pkey(partition_of[user], user), b"")  # a new user: index it
             for p, off in offsets.items():
                 self._put(wb, okey(p), pack_offset(off))
         except BaseException:
@@ -81,11 +83,13 @@ class BatchWriter:
         return wb, res
 
     def _user(self, wb: WriteBatch, user: int, idx: np.ndarray, items: np.ndarray, ts: np.ndarray,
-              ctxs: np.ndarray, res: "ApplyResult") -> None:
+              ctxs: np.ndarray, res: "ApplyResult") -> bool:
+        """Stage one user's events; True when the user is new to the state."""
         from longretriever.stream.state import UserMeta, mkey
 
         st = self.st
-        m = st._load_meta(user) or UserMeta(None, {}, 1, 0)
+        old = st._load_meta(user)
+        m = old or UserMeta(None, {}, 1, 0)
         u_ts, u_items, u_ctx = ts[idx], items[idx], ctxs[idx]
         start = u_ts[0] if m.newest is None else m.newest
         seen_max = np.maximum.accumulate(np.concatenate([[start], u_ts]))[:-1]
@@ -120,7 +124,7 @@ class BatchWriter:
         evicted = self._evict(wb, user, m)
         res.evicted += evicted.size
         if not n_added and not evicted.size:
-            return
+            return False
         if touched:
             res.touched[user] = touched
         m.newest = newest if n_added else m.newest
@@ -129,6 +133,7 @@ class BatchWriter:
             self._put(wb, mkey(user), m.pack())
         else:
             self._delete(wb, mkey(user))
+        return old is None
 
     # ---- one context ---------------------------------------------------------------------
     def _context(self, wb: WriteBatch, user: int, c: int, m: "UserMeta", ri: np.ndarray, rt: np.ndarray,
