@@ -83,7 +83,11 @@ def serve_cmd(bundle: Path = typer.Option(...),
                   "(default: settings, else auto = the bundle's own choice, picked on validation)"),
               reindex_contexts: bool = typer.Option(False, help="The state was built with another "
                                                     "item -> context table than the bundle's: re-derive "
-                                                    "every user's contexts from the stored events")) -> None:
+                                                    "every user's contexts from the stored events"),
+              restore: Optional[str] = typer.Option(None, help="source | changelog (see `stream --restore`)"),
+              standby: Optional[bool] = typer.Option(None, "--standby/--no-standby",
+                                                     help="With --restore changelog: follow the other "
+                                                     "partitions' changelog too")) -> None:
     """Stream worker (Kafka -> RocksDB state) + gRPC endpoint in one process."""
     import asyncio
 
@@ -99,7 +103,8 @@ def serve_cmd(bundle: Path = typer.Option(...),
     try:
         asyncio.run(_serve(bundle, milvus_uri, collection, bootstrap, state_dir, port, host, items,
                            cache_entries, not no_worker, topic, group_id,
-                           advertise or f"127.0.0.1:{port}", tls, context_choice, reindex_contexts))
+                           advertise or f"127.0.0.1:{port}", tls, context_choice, reindex_contexts,
+                           {"restore": restore, "standby": standby}))
     except LongRetrieverError as exc:
         fail(exc)
 
@@ -108,7 +113,8 @@ async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap:
                  port: int, host: str, items: Path | None, cache_entries: int, with_worker: bool,
                  topic: str = "user-events", group_id: str = "longretriever-stream",
                  advertise: str = "127.0.0.1:50051", tls: tuple[bytes, bytes] | None = None,
-                 context_choice: str | None = None, reindex_contexts: bool = False) -> None:
+                 context_choice: str | None = None, reindex_contexts: bool = False,
+                 recovery: dict | None = None) -> None:
     import asyncio
     import logging
 
@@ -118,7 +124,8 @@ async def _serve(bundle_path: Path, milvus_uri: str, collection: str, bootstrap:
 
     log = logging.getLogger("longretriever.retriever.serve")
     settings = load_settings(bootstrap=bootstrap, state_dir=state_dir, items_path=items, topic=topic,
-                             dlq_topic=topic + ".dlq", group_id=group_id, context_choice=context_choice)
+                             dlq_topic=topic + ".dlq", group_id=group_id, context_choice=context_choice,
+                             **(recovery or {}))
     sv = open_serving(bundle_path, milvus_uri, collection, settings, cache_entries,
                       reindex_contexts=reindex_contexts)
     stop = asyncio.Event()

@@ -14,16 +14,20 @@ from longretriever.core.settings import load_settings
 FORMAT_HELP = "csv (user_id,item_id,timestamp[,action]; seconds) or movielens (ml-latest folder)"
 
 
-def open_store(state_dir: Path, items: Optional[Path], read_only: bool = False, **kw):
+def open_store(state_dir: Path, items: Optional[Path], read_only: bool = False, restore: Optional[str] = None,
+               standby: Optional[bool] = None, **kw):
     from longretriever.stream.state import StateStore
 
-    s = load_settings(state_dir=state_dir, items_path=items)
+    try:
+        s = load_settings(state_dir=state_dir, items_path=items, restore=restore, standby=standby)
+    except ValueError as exc:  # pydantic's ValidationError (e.g. --restore other)
+        raise ConfigError(str(exc).splitlines()[0] + ": " + str(exc).splitlines()[-1].strip()) from exc
     return StateStore(s.state_dir, ContextTable.from_csv(s.items_path), max_len=s.max_sequence_len,
                       segment_events=s.segment_events, late_tolerance_ms=s.late_tolerance_ms,
                       read_only=read_only, **kw), s
 
 from longretriever.cli.app import app, fail
-from longretriever.core.errors import LongRetrieverError
+from longretriever.core.errors import ConfigError, LongRetrieverError
 
 
 @app.command("stream")
@@ -37,23 +41,45 @@ def stream_cmd(bootstrap: str = typer.Option(..., help="Kafka HOST:PORT"),
                metrics_port: int = typer.Option(0, help="Prometheus port (0 = off)"),
                reindex_contexts: bool = typer.Option(False, help="The state was built with another "
                                                      "item -> context table: re-derive every user's "
-                                                     "contexts from the stored events (else refused)")) -> None:
+                                                     "contexts from the stored events (else refused)"),
+               restore: Optional[str] = typer.Option(None, help="source | changelog: how a partition this "
+                                                     "worker never had is rebuilt (changelog: also publish "
+                                                     "every commit to <topic>.state-changelog)"),
+               standby: Optional[bool] = typer.Option(None, "--standby/--no-standby",
+                                                      help="With --restore changelog: also follow the "
+                                                      "changelog of the other partitions (fast failover)"),
+               engine: str = typer.Option("bulk", help="bulk (aiokafka getmany) | faust (a faust-streaming "
+                                          "agent; needs the [faust] extra)")) -> None:
     """Run the stream worker: user-events -> per-user rolling sequences."""
     from longretriever.stream.replay import ensure_topic
     from longretriever.stream.worker import run_worker
 
     try:
-        store, s = open_store(state_dir, items, reindex_contexts=reindex_contexts)
+        store, s = open_store(state_dir, items, reindex_contexts=reindex_contexts, restore=restore, standby=standby)
     except LongRetrieverError as exc:
         fail(exc)
     s = s.model_copy(update={"bootstrap": bootstrap, "topic": topic, "group_id": group_id})
+    if engine not in ("bulk", "faust"):
+        store.close()
+        fail(ConfigError(f"--engine must be bulk or faust, got {engine!r}"))
+    if s.standby and s.restore != "changelog":
+        store.close()
+        fail(ConfigError("--standby follows the changelog: it needs --restore changelog"))
     ensure_topic(s.bootstrap, s.topic, security=s.kafka_security())
     if metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port)
     try:
-        st = run_worker(s, store, until_caught_up=until_caught_up)
+        if engine == "faust":
+            from longretriever.stream.faust_engine import run_faust_worker
+
+            st = run_faust_worker(s, store, until_caught_up=until_caught_up)
+        else:
+            st = run_worker(s, store, until_caught_up=until_caught_up)
+    except LongRetrieverError as exc:
+        store.close()
+        fail(exc)
     except KeyboardInterrupt:
         raise typer.Exit(130)
     finally:
