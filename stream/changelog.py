@@ -215,6 +215,7 @@ async def restore(store: "StateStore", bootstrap: str, topic: str, partition: in
     await c.start()
     written: set[bytes] = set()
     n = 0
+    log.info("restoring partition %d from %s offset %d (%s)", partition, ctopic, start, "full" if full else "delta")
     try:
         await c.topics()  # refreshes the metadata
         parts = c.partitions_for_topic(ctopic)
