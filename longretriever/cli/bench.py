@@ -113,3 +113,15 @@ def bench_probe_cmd(out: Path = typer.Option(...), items: int = typer.Option(100
                     tuple(layouts.split(",")), uri)
     out.write_text(json.dumps(rep, indent=2))
     typer.echo(format_table(rep))
+
+
+@bench_app.command("restore")
+def bench_restore_cmd(out: Path = typer.Option(..., help="JSON output file"),
+                      users: int = typer.Option(100), lifetime_events: int = typer.Option(10_000),
+                      cap: int = typer.Option(1_000, help="events kept per user")) -> None:
+    """Changelog restore vs source replay, ingest with the changelog, failover with/without standby."""
+    from longretriever.benchmarks.restore import run_restore_bench
+
+    r = run_restore_bench(users, lifetime_events, cap)
+    out.write_text(json.dumps(r, indent=2))
+    typer.echo(json.dumps(r, indent=2))
