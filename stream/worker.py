@@ -209,6 +209,17 @@ class StreamWorker:
         metrics.RESTORES.labels(res.how).inc()
         metrics.RESTORE_SECONDS.observe(res.seconds)
 
+    async def _end_offsets_admin(self) -> dict[int, int]:
+        """End offsets of the source topic from a short-lived consumer of our own."""
+        c = AIOKafkaConsumer(bootstrap_servers=self.s.bootstrap, group_id=None, **self.s.kafka_security())
+        await c.start()
+        try:
+            await c.topics()
+            tps = [TopicPartition(self.s.topic, p) for p in c.partitions_for_topic(self.s.topic) or ()]
+            return {tp.partition: o for tp, o in (await c.end_offsets(tps)).items()}
+        finally:
+            await c.stop()
+
     async def _end_offsets(self) -> dict[int, int]:
         parts = None
         for _ in range(100):
