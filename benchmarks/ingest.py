@@ -11,6 +11,10 @@ and on the micro-batched topic also:
 
 - ``resent_worker_eps``: the whole history produced again into the same topic and consumed by
   the worker on top of its state (every event a duplicate; ``resent_vs_first`` vs ``worker_eps``)
+- ``worker_eps_changelog``: the worker publishing every commit to the changelog (a transaction
+  per batch, ``--restore changelog``; ``changelog_vs_plain`` vs ``worker_eps``)
+- ``faust_engine_eps`` / ``single_event_faust_engine_eps``: the faust engine (the same state
+  path as a faust-streaming agent, ``stream --engine faust``) on both topics
 - ``backfill_eps``: ``longretriever stream --until-caught-up`` as a whole process (startup incl.)
 - ``faust_agent_eps``: the faust-streaming agent path (``stream.take``), decode only
 - ``worker_with_refresh_eps``: the worker with the event-driven vector refresh attached
@@ -74,15 +78,23 @@ def _faust_eps(bootstrap: str, topic: str, total: int) -> float | None:
 
 
 def _worker_pass(bootstrap: str, topic: str, store: StateStore, group: str, total: int | None = None,
-                 on_applied=None) -> StreamWorker:
+                 on_applied=None, **kw) -> StreamWorker:
     """The in-process worker until ``total`` events are applied (or, with None, until caught up)."""
-    s = Settings(bootstrap=bootstrap, topic=topic, dlq_topic=topic + ".dlq", group_id=group)
+    s = Settings(bootstrap=bootstrap, topic=topic, dlq_topic=topic + ".dlq", group_id=group, **kw)
     w = StreamWorker(s, store, on_applied=on_applied)
     if total is None:
         asyncio.run(w.run(until_caught_up=True, max_seconds=600))
     else:
         asyncio.run(w.run(max_events=total, max_seconds=600))
     return w
+
+
+def _faust_pass(bootstrap: str, topic: str, store: StateStore, group: str):
+    """The faust engine (stream.faust_engine) until caught up; same rate convention."""
+    from longretriever.stream.faust_engine import run_faust_worker
+
+    s = Settings(bootstrap=bootstrap, topic=topic, dlq_topic=topic + ".dlq", group_id=group)
+    return run_faust_worker(s, store, until_caught_up=True, max_seconds=900)
 
 
 def _refresh_run(bootstrap: str, topic: str, total: int, ev: Path, it: Path, tmp: Path) -> dict:
@@ -152,6 +164,16 @@ def run_ingest_bench(users: int = 200, events_per_user: int = 3000, bootstrap: s
         store = StateStore(tmp / "state-single", ds.contexts)
         single_eps = _worker_pass(bootstrap, single, store, "bench-s", total).stats.ingest_eps()
         store.close()
+        # the changelog's cost (a transaction per batch) and the faust engine, on both shapes
+        store = StateStore(tmp / "state-changelog", ds.contexts)
+        changelog_eps = _worker_pass(bootstrap, topic, store, "bench-c", total, restore="changelog").stats.ingest_eps()
+        store.close()
+        engines = {}
+        if with_faust:
+            for name, t in (("faust_engine_eps", topic), ("single_event_faust_engine_eps", single)):
+                store = StateStore(tmp / f"state-{name}", ds.contexts)
+                engines[name] = round(_faust_pass(bootstrap, t, store, f"bench-{name}").ingest_eps())
+                store.close()
 
         backfill_eps, backfill_s = _backfill(bootstrap, topic, it, tmp / "state-backfill")
         child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -169,6 +191,9 @@ def run_ingest_bench(users: int = 200, events_per_user: int = 3000, bootstrap: s
             "single_event_raw_eps": round(raw_single),
             "single_event_worker_eps": round(single_eps),
             "single_event_worker_vs_raw": _ratio(single_eps, raw_single),
+            "worker_eps_changelog": round(changelog_eps),
+            "changelog_vs_plain": _ratio(changelog_eps, worker_eps),
+            **engines,
             "resent_worker_eps": round(resent.taken_eps()),
             "resent_vs_first": _ratio(resent.taken_eps(), worker_eps),
             "resent_duplicates": resent.duplicates,
