@@ -34,14 +34,16 @@ from rocksdict import WriteBatch
 from longretriever.stream.seen import (TARGET, apply_deltas, bucket_count, bucket_of, decode_bucket, encode_bucket,
                                        item_deltas)
 from longretriever.stream.segments import decode_segment, encode_segment, first_key, merge_sorted, stored_mask
+from longretriever.stream.writer_fast import MAX_EVENTS, try_fast
 
 if TYPE_CHECKING:
     from longretriever.stream.state import ApplyResult, StateStore, UserMeta
 
 
 class BatchWriter:
-    def __init__(self, store: "StateStore") -> None:
+    def __init__(self, store: "StateStore", fast: bool = True) -> None:
         self.st = store
+        self.fast = fast  # stream.writer_fast for users with a few events (byte-identical)
 
     # ---- staging -------------------------------------------------------------------------
     def _put(self, wb: WriteBatch, key: bytes, value: bytes) -> None:
@@ -73,6 +75,9 @@ class BatchWriter:
                 su = users[order]
                 for idx in np.split(order, np.flatnonzero(su[1:] != su[:-1]) + 1):
                     user = int(users[idx[0]])
+                    if self.fast and idx.size <= MAX_EVENTS and try_fast(
+                            self, wb, user, ts[idx].tolist(), items[idx].tolist(), ctxs[idx].tolist(), res):
+                        continue
                     if self._user(wb, user, idx, items, ts, ctxs, res) and partition_of is not None:
                         wb.put(pkey(partition_of[user], user), b"")  # a new user: index it
             for p, off in offsets.items():

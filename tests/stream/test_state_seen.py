@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from longretriever.core.contexts import ContextTable
-from longretriever.stream import seen
+from longretriever.stream import seen, writer_fast
 from longretriever.stream.state import StateStore
 
 CTX = ContextTable.from_mapping({i: f"c{i % 5}" for i in range(0, 3000)})
@@ -126,3 +126,39 @@ def test_old_duplicates_are_duplicates_and_new_old_events_are_late(tmp_path):
     assert (r.appended, r.duplicates, r.late) == (1, 1, [])
     assert store.seen_mask(1, np.array([5000, 5002])).tolist() == [False, True]
     store.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fast_path_writes_exactly_what_the_general_path_writes(tmp_path, seed, monkeypatch):
+    """stream.writer_fast (few events per user) is an optimisation: byte-identical state and
+    identical results, including where it falls back (late, duplicates, out of order, full
+    segments, the cap, splits)."""
+    from longretriever.stream import writer
+
+    taken = []
+    monkeypatch.setattr(writer, "try_fast", lambda *a: taken.append(fast(*a)) or taken[-1])
+    fast = writer_fast.try_fast
+    rng = np.random.default_rng(seed)
+    stores = [StateStore(tmp_path / f"s{f}", CTX, max_len=400, segment_events=16, late_tolerance_ms=5_000)
+              for f in (0, 1)]
+    stores[0]._writer.fast = False
+    t = BASE
+    for step in range(400):
+        k = int(rng.integers(1, 12))
+        u = rng.integers(0, 6, k)
+        it = rng.integers(0, 300 if step % 3 else 3000, k)
+        ts = t + np.sort(rng.integers(0, 3_000, k)) - (rng.random(k) < 0.1) * rng.integers(0, 20_000, k)
+        dup = rng.random(k) < 0.1
+        if step and dup.any():  # re-send the previous batch's first event
+            it[dup], ts[dup], u[dup] = prev
+        t += 2_000
+        results = [s.apply(u, it, ts, {0: step}) for s in stores]
+        prev = (it[0], ts[0], u[0])
+        a, b = results
+        assert (a.appended, a.duplicates, a.evicted, a.late, a.touched) == \
+               (b.appended, b.duplicates, b.evicted, b.late, b.touched)
+    dumps = [dict(s.db.items()) for s in stores]
+    assert dumps[0] == dumps[1]
+    assert sum(taken) > 200 and len(taken) - sum(taken) > 100  # both paths really ran
+    for s in stores:
+        s.close()
