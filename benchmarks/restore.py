@@ -28,7 +28,7 @@ from longretriever.core.settings import Settings
 from longretriever.data.events import EventLog, load_dataset
 from longretriever.data.synth import write as write_synth
 from longretriever.stream.changelog import changelog_topic
-from longretriever.stream.replay import ensure_topic, replay
+from longretriever.stream.replay import end_offsets, ensure_topic, replay
 from longretriever.stream.state import StateStore
 from longretriever.stream.worker import StreamWorker
 
@@ -63,24 +63,13 @@ def _changelog_size(bootstrap: str, topic: str) -> tuple[int, int]:
     return n, size
 
 
-def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
-        return {tp.partition: o for tp, o in c.end_offsets(tps).items()}
-    finally:
-        c.close()
-
-
 def _failover_s(bootstrap: str, topic: str, tmp: Path, contexts, cap: int, standby: bool) -> float:
     tag = "sb" if standby else "nosb"
     s = _settings(bootstrap, topic, f"fo-{tag}", restore="changelog", standby=standby, max_sequence_len=cap)
     sa = StateStore(tmp / f"fo-a-{tag}", contexts, max_len=cap)
     sb = StateStore(tmp / f"fo-b-{tag}", contexts, max_len=cap)
     a, b = StreamWorker(s, sa), StreamWorker(s, sb)
-    ends = _end_offsets(bootstrap, topic)
+    ends = end_offsets(bootstrap, topic)
 
     def caught(store, parts) -> bool:
         return all(store.next_offset(p) == ends[p] for p in parts)

@@ -231,19 +231,12 @@ async def restore(store: "StateStore", bootstrap: str, topic: str, partition: in
             batch = await c.getmany(tp, timeout_ms=1000, max_records=_APPLY_EVERY)
             for rec in batch.get(tp, ()):
                 try:
-                    check_record(rec.key, rec.value)
+                    staged += _stage(wb, written, rec)
                 except GarbledRecord as exc:
                     res = _fallback(store, partition, written, full, t0, start,
                                     f"garbled record at offset {rec.offset}: {exc}")
                     res.garbled_key = rec.key
                     return res
-                if rec.value is None:
-                    wb.delete(rec.key)
-                else:
-                    wb.put(rec.key, rec.value)
-                if rec.key[:1] == b"u":
-                    written.add(rec.key[:9])
-                    staged += 1
                 n += 1
             if staged >= _APPLY_EVERY:
                 store.commit_restore(wb, partition, written_users=written)
@@ -259,6 +252,19 @@ async def restore(store: "StateStore", bootstrap: str, topic: str, partition: in
         return _fallback(store, partition, written, full, t0, start, f"changelog unreadable: {exc}")
     finally:
         await c.stop()
+
+
+def _stage(wb: WriteBatch, written: set[bytes], rec: Any) -> int:
+    """Check one changelog record and stage it; 1 if it is a user record (its user noted)."""
+    check_record(rec.key, rec.value)
+    if rec.value is None:
+        wb.delete(rec.key)
+    else:
+        wb.put(rec.key, rec.value)
+    if rec.key[:1] == b"u":
+        written.add(rec.key[:9])
+        return 1
+    return 0
 
 
 def _fallback(store: "StateStore", partition: int, written: set[bytes], full: bool, t0: float, start: int,
@@ -335,17 +341,10 @@ class Standby:
                 wb, written = WriteBatch(raw_mode=True), set()
                 for rec in recs:
                     try:
-                        check_record(rec.key, rec.value)
+                        _stage(wb, written, rec)
                     except GarbledRecord as exc:
                         log.warning("standby: skipping garbled changelog record %s:%d (%s)", tp.partition,
                                     rec.offset, exc)
-                        continue
-                    if rec.value is None:
-                        wb.delete(rec.key)
-                    else:
-                        wb.put(rec.key, rec.value)
-                    if rec.key[:1] == b"u":
-                        written.add(rec.key[:9])
                 self.store.commit_restore(wb, tp.partition, written, changelog_end=recs[-1].offset + 1)
                 self.applied += len(recs)
                 from longretriever.stream import metrics

@@ -236,3 +236,15 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 4,
     finally:
         admin.close()
     return created
+
+
+def end_offsets(bootstrap: str, topic: str, security: dict | None = None) -> dict[int, int]:
+    """partition -> end offset of ``topic`` (kafka-python, blocking)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, **(security or {}))
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+        return {tp.partition: o for tp, o in c.end_offsets(tps).items()}
+    finally:
+        c.close()
