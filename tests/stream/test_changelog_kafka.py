@@ -202,3 +202,43 @@ def test_compaction_leaves_the_restore_correct(kafka_bootstrap, topic_name, tmp_
     assert b.digest() == digest
     assert_state_matches(b, expected_sequences(ds.events, ds.contexts, cap))
     b.close()
+
+
+def test_standby_follows_the_other_partitions_so_failover_is_a_delta(kafka_bootstrap, topic_name, tmp_path):
+    ds, _ = _data(tmp_path, users=30, per_user=400, seed=12)
+    ensure_topic(kafka_bootstrap, topic_name, 4)
+    replay(ds.events, kafka_bootstrap, topic_name, progress=False)
+    s = _cl(kafka_bootstrap, topic_name, tmp_path, "cl-sb", standby=True)
+    store_a, store_b = StateStore(tmp_path / "a", ds.contexts), StateStore(tmp_path / "b", ds.contexts)
+    a, b = StreamWorker(s, store_a), StreamWorker(s, store_b)
+
+    def at_end(store, parts):
+        ends = end_offsets(kafka_bootstrap, topic_name)
+        return all(store.next_offset(p) == ends[p] for p in parts)
+
+    async def scenario():
+        ta = asyncio.create_task(a.run())
+        await wait_for(lambda: a.stats.assigned == {0, 1, 2, 3} and at_end(store_a, range(4)), 120, 0.2)
+        tb = asyncio.create_task(b.run())
+        await wait_for(lambda: b.stats.assigned and a.stats.assigned and not a.stats.assigned & b.stats.assigned
+                       and len(a.stats.assigned | b.stats.assigned) == 4, 120)
+        theirs = set(a.stats.assigned)
+        # b's standby brings a's partitions in b's state up to the changelog, without owning them
+        await wait_for(lambda: at_end(store_b, range(4)), 120, 0.2)
+        followed = b.standby.applied
+        n_restores = len(b.restores)
+        a.stop()
+        await ta
+        await wait_for(lambda: b.stats.assigned == {0, 1, 2, 3} and at_end(store_b, range(4)), 120, 0.2)
+        b.stop()
+        await tb
+        return theirs, followed, b.restores[n_restores:]
+
+    theirs, followed, after = asyncio.run(asyncio.wait_for(scenario(), 300))
+    assert followed > 0
+    took_over = [r for r in after if r.partition in theirs]
+    assert {r.partition for r in took_over} == theirs
+    assert all(r.how == "delta" for r in took_over), after  # nothing left to restore but a delta
+    assert_state_matches(store_b, expected_sequences(ds.events, ds.contexts, 100_000))
+    store_a.close()
+    store_b.close()
