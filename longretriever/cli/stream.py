@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 
 from longretriever.core.contexts import ContextTable
 from longretriever.core.settings import load_settings
@@ -20,8 +21,9 @@ def open_store(state_dir: Path, items: Optional[Path], read_only: bool = False, 
 
     try:
         s = load_settings(state_dir=state_dir, items_path=items, restore=restore, standby=standby)
-    except ValueError as exc:  # pydantic's ValidationError (e.g. --restore other)
-        raise ConfigError(str(exc).splitlines()[0] + ": " + str(exc).splitlines()[-1].strip()) from exc
+    except ValidationError as exc:  # e.g. --restore other
+        e = exc.errors()[0]
+        raise ConfigError(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}") from exc
     return StateStore(s.state_dir, ContextTable.from_csv(s.items_path), max_len=s.max_sequence_len,
                       segment_events=s.segment_events, late_tolerance_ms=s.late_tolerance_ms,
                       read_only=read_only, **kw), s
