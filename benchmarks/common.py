@@ -112,7 +112,7 @@ def wait_caught_up(client, messages: int, users: int, timeout: float = 120) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            r = client.retrieve(users - 1, 10, 1, True)
+            r = client.retrieve(users - 1, 10, 1)
             if sum(parse_watermark(r["watermark"]).values()) >= messages and not r["fallback"]:
                 return
         except Exception:  # noqa: BLE001 - server still starting

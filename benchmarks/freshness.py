@@ -69,7 +69,7 @@ def run_freshness_bench(rate: float = 5000.0, seconds: float = 10.0, users: int 
             md = producer.send("user-events", key=encode_key(u), value=encode_event(e)).get(10)
             while time.perf_counter() - sent < 10:
                 t = time.perf_counter()
-                r = client.retrieve(u, 10, 1, True)
+                r = client.retrieve(u, 10, 1)
                 rpc_ms.append((time.perf_counter() - t) * 1000)
                 last_wm = r["watermark"]
                 if parse_watermark(last_wm).get(md.partition, 0) > md.offset:

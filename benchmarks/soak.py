@@ -33,7 +33,7 @@ def run_soak(minutes: float = 10.0, rate: float = 2000.0, qps: float = 20.0, use
             u = int(rng.integers(0, users))
             t = time.perf_counter()
             try:
-                client.retrieve(u, 100, 8, True)
+                client.retrieve(u, 100, 8)
                 lat.append((time.perf_counter() - t) * 1000)
             except Exception as exc:  # noqa: BLE001 - counted, never fatal
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1

@@ -34,3 +34,8 @@ class BundleError(InputError):
 
 class ServiceUnavailable(RetriableError):
     """Kafka, Milvus or the state store cannot be reached."""
+
+
+class RemoteError(LongRetrieverError):
+    """A remote endpoint failed a call for a reason of its own (gRPC INTERNAL, UNIMPLEMENTED,
+    ...): neither the caller's input nor, as far as we know, a transient outage."""

@@ -168,16 +168,18 @@ class Catalog:
     sizes: Mapping[int, int]
     scorer: ContextScorer | None = None
     window: int = DEFAULT_WINDOW
+    min_slots: int = 0  # adaptive contexts (:func:`worth_a_search`); 0 = off
 
     @property
     def allowed(self) -> set[int]:
         return {c for c, n in self.sizes.items() if n > 0}
 
     @classmethod
-    def of(cls, bundle: BundleLike, choice: str | None = None, window: int = DEFAULT_WINDOW) -> "Catalog":
+    def of(cls, bundle: BundleLike, choice: str | None = None, window: int = DEFAULT_WINDOW,
+           min_slots: int = 0) -> "Catalog":
         """``choice``: "frequency" | "learned" | None (the bundle's own)."""
         return cls(int(bundle.k), int(bundle.w), ItemContexts(bundle.item_ids, bundle.item_contexts),
-                   context_sizes(bundle.item_contexts), bundle.context_scorer(choice), window)
+                   context_sizes(bundle.item_contexts), bundle.context_scorer(choice), window, min_slots)
 
 
 # ---- plans ---------------------------------------------------------------------------------------
@@ -227,11 +229,34 @@ class UserPlan:
     def contexts(self) -> list[int]:
         return [c for c, _ in self.chosen]
 
-    def query(self, k: int, exclude_seen: bool = True) -> QueryPlan:
-        slots = slot_counts(allocate(self.chosen, k))
+    def query(self, k: int, exclude_seen: bool = True, min_slots: int = 0) -> QueryPlan:
+        chosen = worth_a_search(self.chosen, k, min_slots)
+        slots = slot_counts(allocate(chosen, k))
+        keep = {c for c, _ in chosen}
         rows = tuple(ContextQuery(int(c), float(w), int(slots.get(c, 0)), tail)
-                     for (c, w), tail in zip(self.chosen, self.ctx_rows))
+                     for (c, w), tail in zip(self.chosen, self.ctx_rows) if c in keep)
         return QueryPlan(int(k), self.recent, rows, exclude_seen)
+
+
+def worth_a_search(chosen: Sequence[tuple[int, float]], k: int, min_slots: int
+                   ) -> tuple[tuple[int, float], ...]:
+    """Adaptive contexts: drop, lightest first, a context that would fill fewer than
+    ``min_slots`` of the ``k`` answer slots -- a search round trip costs the same for 3 hits as
+    for 200 -- and give its slots to the others (the allocation is redone after each drop). The
+    heaviest context always stays; ``min_slots`` <= 0 keeps every context. The kept set depends
+    on ``k``, so with this on an answer for a smaller ``k`` need not be a prefix of a larger
+    one; online and offline both plan through here, so they still agree."""
+    kept = tuple(chosen)
+    if min_slots <= 0:
+        return kept
+    while len(kept) > 1:
+        slots = slot_counts(allocate(kept, k))
+        small = [i for i, (c, _) in enumerate(kept) if slots.get(c, 0) < min_slots]
+        if not small:
+            break
+        lightest = min(small, key=lambda i: (kept[i][1], -i))  # lightest; later on equal weight
+        kept = kept[:lightest] + kept[lightest + 1:]
+    return kept
 
 
 def context_rows(history: History, contexts: Sequence[int], hard_k: int, w: int
@@ -262,7 +287,7 @@ def plan_query(history: History, k: int, max_contexts: int, catalog: Catalog,
                exclude_seen: bool = True) -> QueryPlan | None:
     """The :class:`QueryPlan` of ``k`` candidates for one user (None: fall back)."""
     plan = plan_user(history, max_contexts, catalog)
-    return None if plan is None else plan.query(k, exclude_seen)
+    return None if plan is None else plan.query(k, exclude_seen, catalog.min_slots)
 
 
 # ---- ranking and merging ---------------------------------------------------------------------------
@@ -392,7 +417,7 @@ def retrieve(history: History, k: int, max_contexts: int, catalog: Catalog, enco
 
 def retrieve_offline(bundle: BundleLike, items: np.ndarray, ts: np.ndarray, contexts: np.ndarray,
                      k: int, max_contexts: int = 8, exclude_seen: bool = True,
-                     context_choice: str | None = None) -> list[Candidate]:
+                     context_choice: str | None = None, min_slots: int = 0) -> list[Candidate]:
     """The offline reference for one user history (any order): the bundle's encoder and an
     exact search; ``[]`` when there is nothing to plan from. The online service must return
     exactly this for the same history and bundle. ``context_choice``: "frequency" |
@@ -400,8 +425,8 @@ def retrieve_offline(bundle: BundleLike, items: np.ndarray, ts: np.ndarray, cont
     history = SequenceHistory(items, ts, contexts)
     if len(history.seq) == 0 or k <= 0:
         return []
-    got = retrieve(history, k, max_contexts, Catalog.of(bundle, context_choice), bundle,  # type: ignore[arg-type]
-                   ExactSearch.of(bundle), exclude_seen)
+    got = retrieve(history, k, max_contexts, Catalog.of(bundle, context_choice, min_slots=min_slots),
+                   bundle, ExactSearch.of(bundle), exclude_seen)  # type: ignore[arg-type]
     return got or []
 
 

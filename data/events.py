@@ -63,6 +63,11 @@ def _sorted_log(df: pd.DataFrame, has_action: bool) -> EventLog:
 
 
 def load_csv_events(path: Path) -> EventLog:
+    if path.is_dir():
+        if (path / "ratings.csv").is_file():
+            raise ConfigError(f"{path} is a MovieLens folder, not an events CSV (add --format movielens)")
+        raise ConfigError(f"{path} is a folder, not an events CSV (give the CSV file: header "
+                          "user_id,item_id,timestamp[,action])")
     if not path.is_file():
         raise ConfigError(f"events file not found: {path}")
     df = pd.read_csv(path)
@@ -78,6 +83,9 @@ def load_csv_events(path: Path) -> EventLog:
 
 def load_movielens(folder: Path) -> Dataset:
     ratings, movies = folder / "ratings.csv", folder / "movies.csv"
+    if folder.is_file():
+        raise ConfigError(f"{folder} is a file; --format movielens reads an ml-latest folder "
+                          "(ratings.csv + movies.csv); for an events CSV use --format csv")
     if not ratings.is_file() or not movies.is_file():
         raise ConfigError(f"{folder}: not a MovieLens folder (needs ratings.csv and movies.csv)")
     df = pd.read_csv(ratings, usecols=["userId", "movieId", "timestamp"])
@@ -101,3 +109,66 @@ def load_dataset(events: Path | str, items: Path | str | None = None, fmt: Forma
     if fmt != "csv":
         raise ConfigError(f"unknown format {fmt!r}; use csv or movielens")
     return Dataset(events.stem, load_csv_events(events), ContextTable.from_csv(items), {})
+
+
+def items_next_to(events: Path | str) -> Path:
+    """Where an events file's item table lives by convention: ``events.csv`` ->
+    ``events.items.csv`` in the same folder (what ``longretriever synth`` writes)."""
+    events = Path(events)
+    return events.with_name(f"{events.stem}.items.csv")
+
+
+def load_titles(path: Path | str) -> dict[int, str]:
+    """Item titles for display: a MovieLens folder (its movies.csv), a ``movies.csv`` itself, or
+    an item CSV with a ``title`` column (``item_id,category,title``). Empty when the table has
+    no titles."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "movies.csv"
+    if not path.is_file():
+        raise ConfigError(f"items file not found: {path}")
+    cols = list(pd.read_csv(path, nrows=0).columns)
+    key = "item_id" if "item_id" in cols else "movieId" if "movieId" in cols else None
+    if key is None:
+        raise ConfigError(f"{path}: an item table needs an item_id (or movieId) column")
+    if "title" not in cols:
+        return {}
+    df = pd.read_csv(path, usecols=[key, "title"])
+    return dict(zip(df[key].astype(np.int64).tolist(), df["title"].astype(str).tolist()))
+
+
+MIN_SPLIT_USERS = 10  # users with >= MIN_USER_EVENTS events a training split needs
+MIN_USER_EVENTS = 3  # leave-last-out: the last event is the test, the one before validation
+
+
+def check_trainable(ds: Dataset, multi_context: bool = True) -> None:
+    """Refuse a dataset that cannot train a useful model (``ConfigError``, naming the fix):
+    too few users with enough events for the leave-last-out split, an item table that matches
+    none of the events' items, or -- when ``multi_context`` -- fewer than two contexts among
+    the events' items."""
+    ev = ds.events
+    if len(ev) == 0:
+        raise ConfigError(f"{ds.name}: no events")
+    _, counts = np.unique(ev.user_ids, return_counts=True)
+    usable = int((counts >= MIN_USER_EVENTS).sum())
+    if usable < MIN_SPLIT_USERS:
+        raise ConfigError(
+            f"{ds.name}: {usable} of {counts.size} users have >= {MIN_USER_EVENTS} events; training "
+            f"needs at least {MIN_SPLIT_USERS} (per user the last event is the test, the one before "
+            f"validation, the rest training)")
+    items = np.unique(ev.item_ids)
+    ctx = ds.contexts.context_of(items)
+    known = ds.contexts.item_ids.size > 0
+    if known and not (ctx != 0).any():
+        raise ConfigError(f"{ds.name}: the item table matches none of the {items.size:,} items in the "
+                          "events (compare the item_id columns of the two files)")
+    if multi_context:
+        used = int(np.unique(ctx[ctx != 0]).size) if known else 0
+        if not known:
+            raise ConfigError(f"{ds.name}: no item table, so no contexts (pass --items ITEMS.csv "
+                              "with item_id,category, --contexts K to learn K contexts, or "
+                              "--single-context for a one-context model)")
+        if used < 2:
+            raise ConfigError(f"{ds.name}: the events' items fall into {used} context(s) of the item "
+                              "table; a multi-context model needs >= 2 (pass --contexts K to learn "
+                              "K contexts, or --single-context)")

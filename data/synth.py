@@ -48,6 +48,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from longretriever.core.errors import ConfigError
+from longretriever.data.events import items_next_to
+
 START_TS = 1_420_070_400  # 2015-01-01T00:00:00Z
 ITEM_BASE, ITEM_STRIDE = 1000, 7
 ZIPF_S = 1.1
@@ -110,9 +113,10 @@ def generate_with_truth(users: int, events_per_user: int, items: int, contexts: 
                         seed: int) -> SynthData:
     """Like :func:`generate`, plus the planted interests (for tests and analysis)."""
     if users < 1 or events_per_user < 1:
-        raise ValueError("users and events_per_user must be >= 1")
+        raise ConfigError(f"users and events per user must be >= 1, got {users} and {events_per_user}")
     if contexts < 1 or items < contexts:
-        raise ValueError("need contexts >= 1 and items >= contexts (every category non-empty)")
+        raise ConfigError(f"need contexts >= 1 and items >= contexts (every category non-empty), "
+                          f"got {contexts} contexts and {items} items")
     rng = np.random.default_rng(seed)
     U, E, N, C = int(users), int(events_per_user), int(items), int(contexts)
 
@@ -263,9 +267,9 @@ def generate(users: int, events_per_user: int, items: int, contexts: int,
 
 
 def items_path_for(out: Path | str) -> Path:
-    """``events.csv`` -> ``events.items.csv`` (same folder, ``<stem>.items.csv``)."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.items.csv")
+    """``events.csv`` -> ``events.items.csv`` (same folder, ``<stem>.items.csv``): the
+    convention :func:`longretriever.data.events.items_next_to` finds the table by."""
+    return items_next_to(out)
 
 
 def write(out: Path | str, users: int, events_per_user: int, items: int, contexts: int,

@@ -23,6 +23,7 @@ import numpy as np
 from longretriever.export.baselines import train_multi_interest, train_sasrec
 from longretriever.export.context_predictor_train import compare_choices, pick_choice, train_context_predictor
 from longretriever.export.parallel import parallel_map
+from longretriever.export.plots import write_plots
 from longretriever.export.evaluate import (METRICS, eval_longretriever, eval_multi_interest,
                              eval_popularity, eval_sasrec, make_cases, mean_metrics, plan_cases,
                              quartiles, rank_metrics)
@@ -179,31 +180,3 @@ def write_markdown(out_dir: Path, report: dict, runs: list[dict], cfg: TrainConf
               "Training seconds per model (mean): " +
               ", ".join(f"{m} {np.mean([r['seconds'][m] for r in runs]):.0f}" for m in MODELS), ""]
     (out_dir / "report.md").write_text("\n".join(lines))
-
-
-def write_plots(out_dir: Path, report: dict, runs: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ks = [10, 50, 100, 200]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for m in MODELS:
-        mm = report["models"][m]
-        ax.plot(ks, [mm["hr@10"]] + [mm[f"recall@{k}"] for k in ks[1:]], marker="o", label=m)
-    ax.set_xlabel("K"), ax.set_ylabel("recall@K"), ax.set_xscale("log"), ax.legend(), ax.grid(alpha=.3)
-    fig.tight_layout(), fig.savefig(out_dir / "recall_at_k.png", dpi=110), plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    x = np.arange(4)
-    for i, m in enumerate(MODELS):
-        ax.bar(x + (i - 1.5) * 0.2, [q["recall@100"] for q in report["by_length_quartile"][m]], 0.2, label=m)
-    ax.set_xticks(x, ["Q1 short", "Q2", "Q3", "Q4 long"]), ax.set_ylabel("recall@100"), ax.legend(fontsize=7)
-    fig.tight_layout(), fig.savefig(out_dir / "by_length_quartile.png", dpi=110), plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for m in MODELS[1:]:
-        ax.plot(np.arange(1, len(runs[0]["loss"][m]) + 1), runs[0]["loss"][m], marker=".", label=m)
-    ax.set_xlabel("epoch"), ax.set_ylabel("train loss (seed 0)"), ax.legend(), ax.grid(alpha=.3)
-    fig.tight_layout(), fig.savefig(out_dir / "training_loss.png", dpi=110), plt.close(fig)

@@ -55,7 +55,7 @@ async def _serve_and_query(sv, settings: Settings, ds: Dataset, cfg, console: Co
     from longretriever.retriever.server import build_server
     from longretriever.stream.worker import StreamWorker
 
-    worker = StreamWorker(settings, sv.store, on_applied=sv.refresher.on_applied)
+    worker = StreamWorker(settings, sv.store, on_applied=sv.on_applied)
     task = asyncio.create_task(worker.run())
     server, port, _ = build_server(sv.service)
     await server.start()
@@ -67,7 +67,7 @@ async def _serve_and_query(sv, settings: Settings, ds: Dataset, cfg, console: Co
         with RetrieverClient(f"127.0.0.1:{port}", timeout=30) as client:
             for u in users:
                 t0 = time.perf_counter()
-                r = client.retrieve(u, 20, 4, True)
+                r = client.retrieve(u, 20, 4)
                 out.append((u, r, (time.perf_counter() - t0) * 1000))
         return out
 

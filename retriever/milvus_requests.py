@@ -1,16 +1,24 @@
 """Pure Milvus request building and result parsing (no I/O, unit-testable).
 
-Layout (chosen by measurement, docs/milvus.md): one collection, primary key = raw item id,
-an int64 ``context`` scalar field, a float vector ``vec`` (inner product; item vectors are
-L2-normalised). Per-context search = ``filter="context == c"``. The bundle version is stored
-in the collection description (Milvus Lite 2.5.1 does not implement collection properties).
+Schema: primary key = raw item id, an int64 ``context`` scalar field, a float vector ``vec``
+(inner product; item vectors are L2-normalised). The bundle version is stored in the
+collection description (Milvus Lite 2.5.1 does not implement collection properties).
+
+Layouts (chosen by measurement, docs/milvus.md):
+
+* ``partition`` (a Milvus server): one partition ``c<id>`` per context, a per-context search
+  names its partition; each partition has its own index, so HNSW keeps its recall (a filter
+  on a shared HNSW graph does not). Collections are versioned (``<alias>__<digest>``) and
+  served through an alias, so a new bundle is switched in atomically.
+* ``filter`` (Milvus Lite, which has no partitions nor aliases): one collection,
+  ``filter="context == c"``.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -25,6 +33,14 @@ VECTOR_FIELD = "vec"
 METRIC = "IP"
 MAX_TOPK = 16_384  # Milvus limit on `limit` (topk) per search
 INDEX_KINDS = ("flat", "hnsw", "ivf")
+LAYOUTS = ("partition", "filter")
+# Serving reads a collection that was fully written, flushed, indexed and loaded before it
+# became visible (build-before-return, then the alias switch), so no search needs to wait for
+# newer writes: Strong costs a time tick (~200 ms on 2.3.5) per search, Bounded up to 5 s of
+# staleness that cannot occur here. Checks right after writing use Strong explicitly.
+CONSISTENCY = "Eventually"
+BUNDLE_PATH_PROPERTY = "longretriever.bundle_path"  # collection property: where its bundle was read from
+DEFAULT_HNSW_EF = 400  # recall@200 0.976 per partition on the issue's measurement; see docs/milvus.md
 _DESC_PREFIX = "longretriever items; bundle_version="
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
@@ -65,7 +81,10 @@ def version_from_description(desc: str | None) -> str | None:
 
 def check_version(desc: str | None, expected: str, collection: str) -> None:
     """Refuse to serve a collection indexed from another bundle."""
-    found = version_from_description(desc)
+    check_found_version(version_from_description(desc), expected, collection, desc)
+
+
+def check_found_version(found: str | None, expected: str, collection: str, desc: str | None = None) -> None:
     if found is None:
         raise BundleError(f"collection {collection!r} carries no bundle version (description {desc!r}); "
                           f"re-run `longretriever index`")
@@ -87,11 +106,12 @@ def index_spec(kind: str, n_items: int = 0) -> dict[str, Any]:
     raise ConfigError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
 
 
-def search_params(index_type: str, limit: int) -> dict[str, Any]:
-    """Search parameters for the index type found on the collection."""
+def search_params(index_type: str, limit: int, ef: int | None = None) -> dict[str, Any]:
+    """Search parameters for the index type found on the collection (HNSW: ``ef``, at least
+    the limit, which Milvus requires)."""
     t = (index_type or "FLAT").upper()
     if t == "HNSW":
-        return {"metric_type": METRIC, "params": {"ef": max(limit, 64)}}
+        return {"metric_type": METRIC, "params": {"ef": max(limit, ef or DEFAULT_HNSW_EF)}}
     if t == "IVF_FLAT":
         return {"metric_type": METRIC, "params": {"nprobe": 32}}
     return {"metric_type": METRIC, "params": {}}
@@ -102,6 +122,29 @@ def context_filter(context: int) -> str:
     if c < 0:
         raise ValueError(f"context must be >= 0, got {context}")
     return f"{CONTEXT_FIELD} == {c}"
+
+
+def partition_name(context: int) -> str:
+    c = int(context)
+    if c < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    return f"c{c}"
+
+
+def context_of_partition(name: str) -> int | None:
+    return int(name[1:]) if name.startswith("c") and name[1:].isdigit() else None
+
+
+def versioned_name(alias: str, version: str) -> str:
+    """The collection that holds bundle ``version`` behind ``alias`` (names allow [A-Za-z0-9_])."""
+    import hashlib
+
+    return f"{check_collection_name(alias)}__{hashlib.sha1(version.encode()).hexdigest()[:12]}"
+
+
+def is_versioned_of(name: str, alias: str) -> bool:
+    head, sep, tail = name.rpartition("__")
+    return bool(sep) and head == alias and len(tail) == 12
 
 
 def build_context_searches(vectors: Mapping[int, np.ndarray], topk: Mapping[int, int],
@@ -120,6 +163,41 @@ def build_context_searches(vectors: Mapping[int, np.ndarray], topk: Mapping[int,
         v = np.asarray(vectors[c], dtype=np.float32).reshape(-1)
         out.append(ContextSearch(int(c), v, min(n, MAX_TOPK), context_filter(c)))
     return out
+
+
+def split_flat(topks: Sequence[int], ids: Sequence[int], scores: Sequence[float], nq: int
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A search reply's flat arrays (``topks[q]`` hits for query ``q``, concatenated) -> per
+    query (ids int64, scores float32)."""
+    ids_a = np.asarray(ids, np.int64)
+    sc_a = np.asarray(scores, np.float32)
+    counts = np.asarray(topks, np.int64) if len(topks) else np.zeros(nq, np.int64)
+    if counts.size != nq or int(counts.sum()) != ids_a.size or ids_a.size != sc_a.size:
+        raise ValueError(f"malformed search reply: {counts.size} topks for {nq} queries, "
+                         f"{ids_a.size} ids, {sc_a.size} scores")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return [(ids_a[bounds[q]:bounds[q + 1]], sc_a[bounds[q]:bounds[q + 1]]) for q in range(nq)]
+
+
+def hits_arrays(hits: Any) -> tuple[np.ndarray, np.ndarray]:
+    """One query's hits from ``client.search`` -> (ids, scores): pymilvus' ``Hits`` carry flat
+    ``ids`` / ``distances``; a plain list of dicts (the test fakes) is read hit by hit."""
+    if hasattr(hits, "ids") and hasattr(hits, "distances"):
+        return np.asarray(hits.ids, np.int64), np.asarray(hits.distances, np.float32)
+    ids = [h["id"] if isinstance(h, Mapping) else h.id for h in hits]
+    sc = [h["distance"] if isinstance(h, Mapping) else h.distance for h in hits]
+    return np.asarray(ids, np.int64), np.asarray(sc, np.float32)
+
+
+def to_candidates(ids: np.ndarray, scores: np.ndarray, context: int, limit: int | None = None
+                  ) -> list[Candidate]:
+    """Candidates best first (score descending, item id ascending on ties; IP distance is a
+    similarity), at most ``limit`` (a coalesced search may have asked for more)."""
+    order = np.lexsort((ids, -scores.astype(np.float64)))
+    if limit is not None:
+        order = order[:limit]
+    c = int(context)
+    return [Candidate(i, s, c) for i, s in zip(ids[order].tolist(), scores[order].astype(np.float64).tolist())]
 
 
 def parse_hits(hits: Iterable[Any], context: int) -> list[Candidate]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from kafka.partitioner.default import murmur2
@@ -19,6 +20,8 @@ from longretriever.core.codec import encode_key
 
 log = logging.getLogger(__name__)
 PREFIX = "lr@"
+WARN_AFTER_S = 10.0  # refresh failures this long are worth a warning
+STARTUP_S = 60.0  # ... and this long before the first success (group and topic being created)
 
 
 def client_id_for(address: str) -> str:
@@ -98,10 +101,33 @@ class Router:
         return self.map
 
     def _loop(self) -> None:
+        """Refresh every ``interval`` s, keeping the last known map on failure. Failures are
+        retried quietly (DEBUG): at start-up the group and the topic may not exist yet, and a
+        broker blip passes. One WARNING once they have lasted ``WARN_AFTER_S`` (``STARTUP_S``
+        before the first success), and one line when refreshing works again."""
+        ok_once, failing_since, warned = False, None, False
         while not self._stop.is_set():
             try:
                 self.refresh()
+                if warned:
+                    log.warning("ownership refresh works again")
+                ok_once, failing_since, warned = True, None, False
             except Exception as exc:  # noqa: BLE001 - keep the last known map
-                log.warning("ownership refresh failed: %s", exc)
-                self._admin = None
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if not warned and now - failing_since >= (WARN_AFTER_S if ok_once else STARTUP_S):
+                    log.warning("ownership refresh failing for %.0f s (keeping the last known "
+                                "owners, retrying): %s", now - failing_since, exc)
+                    warned = True
+                else:
+                    log.debug("ownership refresh failed: %s", exc)
+                self._close_admin()
             self._stop.wait(self.interval)
+
+    def _close_admin(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            try:
+                admin.close()
+            except Exception:  # noqa: BLE001 - it is being dropped because it failed
+                pass

@@ -1,4 +1,6 @@
-"""grpc.aio endpoint: Retrieve + GetUserSequence, health checking, reflection, error mapping.
+"""grpc.aio endpoint: Retrieve + GetUserSequence, health checking, reflection (v1 and v1alpha),
+error mapping. Seen items are excluded unless a request sets include_seen; GetUserSequence
+returns the newest `limit` events (default 1000); see longretriever.proto for compatibility.
 
 Errors never leak tracebacks: :class:`ErrorInterceptor` maps ``InputError`` ->
 INVALID_ARGUMENT, ``RetriableError`` -> UNAVAILABLE, a blown deadline -> DEADLINE_EXCEEDED and
@@ -18,13 +20,13 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from longretriever.core.errors import InputError, RetriableError, ServiceUnavailable
 from longretriever.core import planner as q
 from longretriever.retriever.metrics import RPCS
 from longretriever.retriever.proto import longretriever_pb2 as pb
 from longretriever.retriever.proto import longretriever_pb2_grpc as pb_grpc
+from longretriever.retriever.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ FORWARDED_HEADER = "lr-forwarded"
 BACKEND_MARGIN_S = 0.5  # deadline share kept back from the backend (at most 20 % of it)
 MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024  # requests are a few scalars; refuse anything larger
 MAX_SEND_MESSAGE_BYTES = 64 * 1024 * 1024  # a k=10000 answer or a 100k-event sequence
+DEFAULT_SEQUENCE_LIMIT = 1000  # GetUserSequence: newest events returned when limit is 0
+MAX_SEQUENCE_LIMIT = 100_000
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -144,11 +148,14 @@ class RetrieverServicer(pb_grpc.RetrieverServicer):
     async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
         max_contexts = request.max_contexts or DEFAULT_MAX_CONTEXTS
         q.validate_request(request.user_id, request.k, max_contexts)
+        if request.include_seen and request.exclude_seen:  # field 4 is deprecated (see the proto)
+            raise InputError("include_seen and the deprecated exclude_seen contradict each other; "
+                             "send include_seen only")
         forwarded = await self._forward("Retrieve", request, context)
         if forwarded is not None:
             return forwarded
         res = await self._run(context, self.backend.retrieve, request.user_id, request.k, max_contexts,
-                              request.exclude_seen, timeout=None)
+                              not request.include_seen, timeout=None)
         name = self.backend.context_name
         return pb.RetrieveResponse(
             candidates=[pb.Candidate(item_id=c.item_id, score=c.score, context=name(c.context))
@@ -159,15 +166,21 @@ class RetrieverServicer(pb_grpc.RetrieverServicer):
                               context: grpc.aio.ServicerContext) -> pb.GetUserSequenceResponse:
         if request.user_id < 0:
             raise InputError(f"user_id must be >= 0, got {request.user_id}")
+        if not 0 <= request.limit <= MAX_SEQUENCE_LIMIT:
+            raise InputError(f"limit must be in [0, {MAX_SEQUENCE_LIMIT}] (0: the newest "
+                             f"{DEFAULT_SEQUENCE_LIMIT}), got {request.limit}")
         ctx = self.backend.context_id(request.context) if request.HasField("context") else None
         forwarded = await self._forward("GetUserSequence", request, context)
         if forwarded is not None:
             return forwarded
-        res = await self._run(context, self.backend.user_sequence, request.user_id, ctx)
+        res = await self._run(context, self.backend.user_sequence, request.user_id, ctx,
+                              request.limit or DEFAULT_SEQUENCE_LIMIT)
         name = self.backend.context_name
         events = [pb.Event(item_id=i, ts=t, context=name(c))
                   for i, t, c in zip(res.items.tolist(), res.ts.tolist(), res.contexts.tolist())]
-        return pb.GetUserSequenceResponse(user_id=request.user_id, events=events, watermark=res.watermark)
+        total = len(events) if res.total is None else res.total
+        return pb.GetUserSequenceResponse(user_id=request.user_id, events=events, watermark=res.watermark,
+                                          total=total)
 
 
 def build_server(backend: Any, host: str = "127.0.0.1", port: int = 0,
@@ -182,9 +195,7 @@ def build_server(backend: Any, host: str = "127.0.0.1", port: int = 0,
     pb_grpc.add_RetrieverServicer_to_server(RetrieverServicer(backend, default_timeout, router), server)
     hs = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
+    enable_reflection(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     if tls is not None:  # (certificate chain PEM, private key PEM)
         creds = grpc.ssl_server_credentials([(tls[1], tls[0])])
         bound = server.add_secure_port(f"{host}:{port}", creds)
@@ -201,7 +212,7 @@ def set_serving(hs: health.HealthServicer, serving: bool) -> None:
         hs.set(name, st)
 
 
-async def serve(backend: Any, host: str = "0.0.0.0", port: int = 50051, grace: float = 5.0,
+async def serve(backend: Any, host: str = "127.0.0.1", port: int = 50051, grace: float = 5.0,
                 stop: asyncio.Event | None = None,
                 on_started: Callable[[int], None] | None = None, router: Any = None,
                 tls: tuple[bytes, bytes] | None = None) -> None:
@@ -209,7 +220,7 @@ async def serve(backend: Any, host: str = "0.0.0.0", port: int = 50051, grace: f
     server, bound, hs = build_server(backend, host, port, router=router, tls=tls)
     await server.start()
     set_serving(hs, True)
-    log.warning("retriever listening on %s:%d", host, bound)
+    log.info("retriever listening on %s:%d", host, bound)
     if on_started:
         on_started(bound)
     stop = stop or asyncio.Event()

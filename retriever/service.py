@@ -19,6 +19,7 @@ from longretriever.core import planner as pl
 from longretriever.core.bundle import Bundle
 from longretriever.core.errors import BundleError, InputError
 from longretriever.core.multicontext import DEFAULT_WINDOW, Candidate
+from longretriever.core.sequence import UserSequence
 from longretriever.retriever import metrics
 from longretriever.retriever.history import StateHistory, StateReader
 from longretriever.retriever.refresh import VectorCache, window_stamp
@@ -40,9 +41,10 @@ class RetrieveResult:
 class SequenceResult:
     user_id: int
     items: np.ndarray
-    ts: np.ndarray
+    ts: np.ndarray  # ms since the epoch
     contexts: np.ndarray
     watermark: str
+    total: int | None = None  # events stored (in the context); None: len(items)
 
 
 class _TimedSearch:
@@ -64,38 +66,66 @@ def format_watermark(wm: dict[int, int] | None) -> str:
     return ",".join(f"{p}:{o}" for p, o in sorted((wm or {}).items()))
 
 
+@dataclass(frozen=True)
+class Generation:
+    """What one answer is computed from: one bundle, the planner's view of it, the Milvus
+    collection of that bundle version and its vector cache. Swapped as a whole (model rollout,
+    :mod:`longretriever.retriever.rollout`); a request reads it once, so no answer mixes two."""
+
+    bundle: Bundle
+    catalog: pl.Catalog
+    index: pl.Searcher
+    cache: VectorCache | None
+    names: tuple[str, ...]
+
+
 class RetrieverService:
     def __init__(self, bundle: Bundle, index: pl.Searcher, state: StateReader,
                  cache: VectorCache | None = None, window: int = DEFAULT_WINDOW,
-                 context_choice: str | None = None) -> None:
-        self.bundle = bundle
-        self.index = index
+                 context_choice: str | None = None, min_slots: int = 0) -> None:
         self.state = state
-        self.cache = cache
         self.window = window
+        self.context_choice = context_choice
+        self.min_slots = min_slots  # adaptive contexts (planner.worth_a_search); 0 = off
+        self.gen = self.generation(bundle, index, cache)
+
+    def generation(self, bundle: Bundle, index: pl.Searcher, cache: VectorCache | None) -> Generation:
         # the planner's view of the bundle; the same Catalog.of as the offline reference
-        self.catalog = pl.Catalog.of(bundle, context_choice, window)
-        scorer = self.catalog.scorer
-        if scorer is not None and scorer.window > window:
+        catalog = pl.Catalog.of(bundle, self.context_choice, self.window, self.min_slots)
+        scorer = catalog.scorer
+        if scorer is not None and scorer.window > self.window:
             raise BundleError(f"context predictor reads {scorer.window} events, the service "
-                              f"window is {window}")
-        self.names = list(bundle.context_names)
+                              f"window is {self.window}")
+        return Generation(bundle, catalog, index, cache, tuple(bundle.context_names))
+
+    def swap(self, gen: Generation) -> None:
+        """Serve ``gen`` from the next request on (requests in flight finish on the old one)."""
+        self.gen = gen
+
+    # the current generation's parts (callers outside a request)
+    bundle = property(lambda self: self.gen.bundle)
+    index = property(lambda self: self.gen.index)
+    cache = property(lambda self: self.gen.cache)
+    catalog = property(lambda self: self.gen.catalog)
+    names = property(lambda self: list(self.gen.names))
 
     @property
     def model_version(self) -> str:
         return str(self.bundle.version)
 
     def context_name(self, c: int) -> str:
-        return self.names[c] if 0 <= c < len(self.names) else str(c)
+        names = self.names
+        return names[c] if 0 <= c < len(names) else str(c)
 
     def context_id(self, name: str) -> int:
         """A context name of the bundle, or its decimal id (ASCII digits, in range)."""
-        if name in self.names:
-            return self.names.index(name)
+        names = self.names
+        if name in names:
+            return names.index(name)
         # str.isdigit() also accepts e.g. "²", which int() refuses: check ASCII explicitly
-        if name.isascii() and name.isdigit() and len(name) <= 6 and int(name) < len(self.names):
+        if name.isascii() and name.isdigit() and len(name) <= 6 and int(name) < len(names):
             return int(name)
-        raise InputError(f"unknown context {name[:100]!r}; known: {', '.join(self.names[:20])}")
+        raise InputError(f"unknown context {name[:100]!r}; known: {', '.join(names[:20])}")
 
     def watermark(self) -> str:
         try:
@@ -112,57 +142,74 @@ class RetrieverService:
     def _retrieve(self, user_id: int, k: int, max_contexts: int, exclude_seen: bool,
                   timeout: float | None) -> RetrieveResult:
         t0 = time.perf_counter()
+        gen = self.gen  # read once: the whole answer comes from one bundle version
+        version = str(gen.bundle.version)
         timings: dict[str, float] = {}
         history = StateHistory(self.state, user_id)
         wm = self.watermark()  # read before the state: the answer reflects at least this much
-        plan = pl.plan_query(history, k, max_contexts, self.catalog, exclude_seen)
+        plan = pl.plan_query(history, k, max_contexts, gen.catalog, exclude_seen)
         if plan is None:
-            cands = pl.fallback_candidates(self.bundle.popular, self.catalog.sizes, k, max_contexts)
+            cands = pl.fallback_candidates(gen.bundle.popular, gen.catalog.sizes, k, max_contexts)
             timings["total"] = (time.perf_counter() - t0) * 1000
             metrics.FALLBACKS.inc()
             metrics.observe_timings(timings)
-            return RetrieveResult(user_id, cands, self.model_version, wm, True, timings)
+            return RetrieveResult(user_id, cands, version, wm, True, timings)
         timings["state"] = (time.perf_counter() - t0) * 1000
 
         t1 = time.perf_counter()
-        vectors = self._vectors(user_id, plan, history)
+        vectors = self._vectors(gen, user_id, plan, history)
         timings["encode"] = (time.perf_counter() - t1) * 1000
 
         t2 = time.perf_counter()
         remaining = None if timeout is None else max(0.05, timeout - (time.perf_counter() - t0))
-        timed = _TimedSearch(self.index)
-        cands = pl.answer(plan, vectors, timed, history, self.catalog.sizes, remaining)
+        timed = _TimedSearch(gen.index)
+        cands = pl.answer(plan, vectors, timed, history, gen.catalog.sizes, remaining)
         timings["milvus"] = timed.ms
         timings["merge"] = (time.perf_counter() - t2) * 1000 - timed.ms  # exclusion + slot filling
         timings["total"] = (time.perf_counter() - t0) * 1000
         metrics.observe_timings(timings)
-        return RetrieveResult(user_id, cands, self.model_version, wm, False, timings)
+        return RetrieveResult(user_id, cands, version, wm, False, timings)
 
-    def _vectors(self, user_id: int, plan: pl.QueryPlan, history: StateHistory) -> dict[int, np.ndarray]:
+    def _vectors(self, gen: Generation, user_id: int, plan: pl.QueryPlan,
+                 history: StateHistory) -> dict[int, np.ndarray]:
         """The plan's query vectors: fresh cache entries, the rest in one encoder call."""
-        if self.cache is None:
-            return pl.encode_plan(plan, self.bundle)
+        if gen.cache is None:
+            return pl.encode_plan(plan, gen.bundle)
         seq = history.recent(self.window)
         stamp = window_stamp(seq.items, seq.ts)
         out: dict[int, np.ndarray] = {}
         missing = []
         for cq in plan.contexts:
-            v = self.cache.get(user_id, cq.context, stamp)
+            v = gen.cache.get(user_id, cq.context, stamp)
             if v is None:
                 missing.append(cq.context)
             else:
                 out[cq.context] = v
-        for c, v in pl.encode_plan(plan, self.bundle, only=missing).items():
+        for c, v in pl.encode_plan(plan, gen.bundle, only=missing).items():
             out[c] = v
-            self.cache.put(user_id, c, stamp, v.copy())
+            gen.cache.put(user_id, c, stamp, v.copy())
         return out
 
-    def user_sequence(self, user_id: int, context: int | None = None) -> SequenceResult:
+    def user_sequence(self, user_id: int, context: int | None = None,
+                      limit: int | None = None) -> SequenceResult:
+        """The user's newest ``limit`` events (all when None), optionally of one context,
+        oldest first; reads only the tail segments it needs. ``total`` counts them all."""
         if user_id < 0:
             raise InputError(f"user_id must be >= 0, got {user_id}")
+        if limit is not None and limit < 1:
+            raise InputError(f"limit must be >= 1, got {limit}")
         wm = self.watermark()
-        seq = self.state.sequence(user_id, context)
+        with self.state.reading():
+            counts = self.state.context_counts(user_id)
+            total = counts.get(context, 0) if context is not None else sum(counts.values())
+            if limit is None:
+                seq = self.state.sequence(user_id, context)
+            elif context is None:
+                seq = self.state.recent(user_id, limit)
+            else:
+                items, ts = self.state.context_tail(user_id, context, limit)
+                seq = UserSequence(items, ts, np.full(items.size, context, np.int32))
         if seq is None:
             e = np.zeros(0, np.int64)
-            return SequenceResult(user_id, e, e, np.zeros(0, np.int32), wm)
-        return SequenceResult(user_id, seq.items, seq.ts, seq.contexts, wm)
+            return SequenceResult(user_id, e, e, np.zeros(0, np.int32), wm, 0)
+        return SequenceResult(user_id, seq.items, seq.ts, seq.contexts, wm, total)

@@ -96,6 +96,12 @@ def plan_messages(log: EventLog, window: int = 5000,
     return list(iter_messages(log, window, max_batch))
 
 
+def unreachable(bootstrap: str, exc: BaseException) -> str:
+    """The message for a broker that cannot be reached, with the fix."""
+    return (f"Kafka not reachable at {bootstrap}: {type(exc).__name__} (is a broker running there? "
+            "`longretriever kafka start` starts a local one; or pass --bootstrap HOST:PORT)")
+
+
 def _producer(bootstrap: str, security: dict[str, Any] | None) -> Any:
     from kafka import KafkaProducer  # local import: heavy
     from kafka.errors import KafkaError, NoBrokersAvailable
@@ -117,7 +123,7 @@ def _producer(bootstrap: str, security: dict[str, Any] | None) -> Any:
     try:
         return KafkaProducer(**conf)
     except NoBrokersAvailable as exc:
-        raise ServiceUnavailable(f"Kafka not reachable at {bootstrap}: {exc}") from exc
+        raise ServiceUnavailable(unreachable(bootstrap, exc)) from exc
     except (KafkaError, AssertionError) as exc:  # e.g. a broker without idempotence support
         log_.warning("idempotent producer unavailable (%s); falling back to acks=all, "
                      "1 in flight, retries (ordered, may duplicate on retry)", exc)
@@ -125,7 +131,7 @@ def _producer(bootstrap: str, security: dict[str, Any] | None) -> Any:
         try:
             return KafkaProducer(**conf)
         except NoBrokersAvailable as exc2:
-            raise ServiceUnavailable(f"Kafka not reachable at {bootstrap}: {exc2}") from exc2
+            raise ServiceUnavailable(unreachable(bootstrap, exc2)) from exc2
 
 
 def replay(log: EventLog, bootstrap: str, topic: str = "user-events", rate: float | None = None,
@@ -210,7 +216,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 4,
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="longretriever-admin",
                                  **(security or {}))
     except NoBrokersAvailable as exc:
-        raise ServiceUnavailable(f"Kafka not reachable at {bootstrap}: {exc}") from exc
+        raise ServiceUnavailable(unreachable(bootstrap, exc)) from exc
     created: list[str] = []
     try:
         existing = set(admin.list_topics())

@@ -1,6 +1,8 @@
-"""Shared fixtures. Integration tests get a real Apache Kafka broker (KRaft), started once per
-session on a free port and stopped afterwards; set LONGRETRIEVER_TEST_BOOTSTRAP to use one
-that is already running instead."""
+"""Shared fixtures. Integration tests get a real Apache Kafka broker (KRaft) and a real Milvus
+standalone server, each started once per session on free ports and stopped afterwards; set
+LONGRETRIEVER_TEST_BOOTSTRAP / LONGRETRIEVER_TEST_MILVUS to use ones already running instead.
+Without the `milvus` package (or if the server cannot start) the server-tier tests fail in CI
+(CI=true) and are skipped, with the reason, elsewhere."""
 
 from __future__ import annotations
 
@@ -30,6 +32,29 @@ def kafka_bootstrap(tmp_path_factory) -> str:
         yield info.bootstrap
     finally:
         broker.stop(data)
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory) -> str:
+    """URI of a real Milvus server (``http://127.0.0.1:PORT``) for the whole session."""
+    given = os.environ.get("LONGRETRIEVER_TEST_MILVUS")
+    if given:
+        yield given
+        return
+    from longretriever.infra.milvus import server
+
+    data = tmp_path_factory.mktemp("milvus-server")
+    try:
+        info = server.start(data)
+    except Exception as exc:  # noqa: BLE001 - no package, no port, no start: say why
+        reason = f"no Milvus server for the server-tier tests: {type(exc).__name__}: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield info.uri
+    finally:
+        server.stop(data)
 
 
 @pytest.fixture

@@ -46,7 +46,11 @@ def fetch_jars(quiet: bool = True) -> Path:
            f"-DoutputDirectory={tmp}", "-DincludeScope=runtime", f"-Dkafka.version={KAFKA_VERSION}"]
     if quiet:
         cmd.insert(1, "-q")
-    subprocess.run(cmd, check=True)
+    try:
+        subprocess.run(cmd, check=True)
+    except subprocess.CalledProcessError as exc:
+        raise ServiceUnavailable(f"mvn could not fetch the Kafka {KAFKA_VERSION} jars (exit "
+                                 f"{exc.returncode}; is Maven Central reachable?)") from exc
     shutil.rmtree(LIB_DIR, ignore_errors=True)
     tmp.rename(LIB_DIR)
     marker.touch()
@@ -117,15 +121,33 @@ def is_alive(info: BrokerInfo) -> bool:
         return False
 
 
+def check_port_free(port: int) -> None:
+    """ConfigError naming the fix if ``127.0.0.1:port`` cannot be bound (checked before the
+    broker starts: Kafka itself only says so deep in its log)."""
+    with socket.socket() as s:
+        # like the broker's own listener: connections of a stopped broker in TIME_WAIT do not
+        # block a restart on the same port, a listening socket does
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigError(f"port {port} on 127.0.0.1 is not free ({exc.strerror or exc}): "
+                              "choose another --port, or --port 0 for a free one") from exc
+
+
 def start(data_dir: Path, port: int | None = None, timeout: float = 60.0) -> BrokerInfo:
-    """Format (first time only) and start a broker; returns once it accepts connections."""
+    """Format (first time only) and start a broker; returns once it accepts connections.
+    Nothing is created when the port is taken or Java is missing."""
     data_dir = Path(data_dir).resolve()
     existing = read_info(data_dir)
     if existing and is_alive(existing):
         return existing
+    port = port or (existing.port if existing else free_port())
+    check_port_free(port)
+    if shutil.which("java") is None:
+        raise ConfigError("java not found on PATH: the Kafka broker needs Java 17 or newer")
     lib = fetch_jars()
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = port or (existing.port if existing else free_port())
     controller_port = free_port()
     log_dir = data_dir / "kraft-logs"
     props = data_dir / "server.properties"
@@ -161,8 +183,9 @@ def _poll_ready(info: BrokerInfo, proc: subprocess.Popen, timeout: float) -> Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServiceUnavailable(f"Kafka broker exited with {proc.returncode}; "
-                                     f"see {info.data_dir}/broker.log")
+            log = Path(info.data_dir) / "broker.log"
+            raise ServiceUnavailable(f"Kafka broker exited with {proc.returncode}: "
+                                     f"{_last_error(log) or 'no error line logged'} (see {log})")
         try:
             admin = KafkaAdminClient(bootstrap_servers=info.bootstrap, request_timeout_ms=3000)
             admin.list_topics()
@@ -171,6 +194,24 @@ def _poll_ready(info: BrokerInfo, proc: subprocess.Popen, timeout: float) -> Non
         except Exception:  # noqa: BLE001 - any failure means "not ready yet"
             time.sleep(0.3)
     raise ServiceUnavailable(f"Kafka broker not ready after {timeout:.0f}s")
+
+
+def _last_error(log: Path, tail_bytes: int = 64 * 1024) -> str | None:
+    """The most telling line at the end of the broker log: a bind failure, else the last
+    ERROR / FATAL line (shortened)."""
+    try:
+        with log.open("rb") as fh:
+            fh.seek(max(0, log.stat().st_size - tail_bytes))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "Address already in use" in line:
+            return "address already in use (another broker on that port?)"
+    for line in reversed(lines):
+        if " ERROR " in line or " FATAL " in line or "Exception" in line:
+            return line.strip()[:300]
+    return None
 
 
 def stop(data_dir: Path, timeout: float = 30.0) -> bool:

@@ -1,87 +1,84 @@
-"""``longretriever stream | sequence | replay | synth`` and ``bench ingest``."""
+"""``longretriever stream | sequence | replay | synth``."""
 
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 from typing import Optional
 
 import typer
-from pydantic import ValidationError
 
+from longretriever.cli.app import (FORMAT_HELP, REINDEX_HELP, RESTORE_HELP, STANDBY_HELP, EventFormat,
+                                   RestoreMode, app, start_metrics)
 from longretriever.core.contexts import ContextTable
-from longretriever.core.settings import load_settings
+from longretriever.core.errors import ConfigError, InputError
+from longretriever.core.settings import Settings, load_settings
 
-FORMAT_HELP = "csv (user_id,item_id,timestamp[,action]; seconds) or movielens (ml-latest folder)"
+ITEMS_HELP = "item_id,category CSV: the item -> context table (default: one context)"
+TOPIC_HELP = "source topic of user events"
+GROUP_HELP = "Kafka consumer group of the stream workers"
+METRICS_HOST_HELP = "interface of the /metrics endpoint (0.0.0.0 exposes it on every interface)"
 
 
-def open_store(state_dir: Path, items: Optional[Path], read_only: bool = False, restore: Optional[str] = None,
-               standby: Optional[bool] = None, **kw):
+class Engine(str, enum.Enum):
+    """``stream --engine``: the consumer loop around the one decode -> stage -> commit path."""
+
+    bulk = "bulk"
+    faust = "faust"
+
+
+def open_store(s: Settings, read_only: bool = False, reindex_contexts: bool = False):
+    """The state of ``s.state_dir`` with the context table of ``s.items_path``; read-only
+    opens refuse a directory that holds no state (and create nothing). A state built with
+    another item -> context table is refused (ConfigError) unless ``reindex_contexts``."""
     from longretriever.stream.state import StateStore
 
-    try:
-        s = load_settings(state_dir=state_dir, items_path=items, restore=restore, standby=standby)
-    except ValidationError as exc:  # e.g. --restore other
-        e = exc.errors()[0]
-        raise ConfigError(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}") from exc
-    return StateStore(s.state_dir, ContextTable.from_csv(s.items_path), max_len=s.max_sequence_len,
-                      segment_events=s.segment_events, late_tolerance_ms=s.late_tolerance_ms,
-                      read_only=read_only, **kw), s
-
-from longretriever.cli.app import app, fail
-from longretriever.core.errors import ConfigError, LongRetrieverError
+    contexts = ContextTable.from_csv(s.items_path)
+    if read_only and not (Path(s.state_dir) / "CURRENT").is_file():
+        raise ConfigError(f"no state at {s.state_dir} (check --state-dir; `longretriever stream "
+                          "--state-dir DIR` builds one)")
+    return StateStore(s.state_dir, contexts, max_len=s.max_sequence_len, segment_events=s.segment_events,
+                      late_tolerance_ms=s.late_tolerance_ms, read_only=read_only,
+                      reindex_contexts=reindex_contexts)
 
 
 @app.command("stream")
-def stream_cmd(bootstrap: str = typer.Option(..., help="Kafka HOST:PORT"),
+def stream_cmd(bootstrap: str = typer.Option(..., help="Kafka HOST:PORT[,HOST:PORT...]"),
                state_dir: Path = typer.Option(..., help="RocksDB state directory"),
-               items: Optional[Path] = typer.Option(None, help="item_id,category CSV"),
-               topic: str = typer.Option("user-events"),
-               group_id: str = typer.Option("longretriever-stream"),
+               items: Optional[Path] = typer.Option(None, help=ITEMS_HELP),
+               topic: str = typer.Option("user-events", help=TOPIC_HELP),
+               group_id: str = typer.Option("longretriever-stream", help=GROUP_HELP),
                until_caught_up: bool = typer.Option(False, help="Exit 0 once the end offsets "
                                                     "that existed at start are processed"),
-               metrics_port: int = typer.Option(0, help="Prometheus port (0 = off)"),
-               reindex_contexts: bool = typer.Option(False, help="The state was built with another "
-                                                     "item -> context table: re-derive every user's "
-                                                     "contexts from the stored events (else refused)"),
-               restore: Optional[str] = typer.Option(None, help="source | changelog: how a partition this "
-                                                     "worker never had is rebuilt (changelog: also publish "
-                                                     "every commit to <topic>.state-changelog)"),
-               standby: Optional[bool] = typer.Option(None, "--standby/--no-standby",
-                                                      help="With --restore changelog: also follow the "
-                                                      "changelog of the other partitions (fast failover)"),
-               engine: str = typer.Option("bulk", help="bulk (aiokafka getmany) | faust (a faust-streaming "
-                                          "agent; needs the [faust] extra)")) -> None:
+               metrics_port: int = typer.Option(0, min=0, max=65535, help="Prometheus /metrics port (0 = off)"),
+               metrics_host: str = typer.Option("127.0.0.1", help=METRICS_HOST_HELP),
+               reindex_contexts: bool = typer.Option(False, help=REINDEX_HELP),
+               restore: Optional[RestoreMode] = typer.Option(None, help=RESTORE_HELP),
+               standby: Optional[bool] = typer.Option(None, "--standby/--no-standby", help=STANDBY_HELP),
+               engine: Engine = typer.Option(Engine.bulk, help="bulk (aiokafka getmany, the default: "
+                                             "measured faster) or faust (a faust-streaming agent; "
+                                             "needs the [faust] extra)")) -> None:
     """Run the stream worker: user-events -> per-user rolling sequences."""
     from longretriever.stream.replay import ensure_topic
     from longretriever.stream.worker import run_worker
 
-    try:
-        store, s = open_store(state_dir, items, reindex_contexts=reindex_contexts, restore=restore, standby=standby)
-    except LongRetrieverError as exc:
-        fail(exc)
-    s = s.model_copy(update={"bootstrap": bootstrap, "topic": topic, "group_id": group_id})
-    if engine not in ("bulk", "faust"):
-        store.close()
-        fail(ConfigError(f"--engine must be bulk or faust, got {engine!r}"))
+    s = load_settings(bootstrap=bootstrap, topic=topic, dlq_topic=topic + ".dlq", group_id=group_id,
+                      state_dir=state_dir, items_path=items, restore=restore.value if restore else None,
+                      standby=standby)
     if s.standby and s.restore != "changelog":
-        store.close()
-        fail(ConfigError("--standby follows the changelog: it needs --restore changelog"))
-    ensure_topic(s.bootstrap, s.topic, security=s.kafka_security())
-    if metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port)
+        raise ConfigError("--standby follows the changelog: it needs --restore changelog")
+    ContextTable.from_csv(s.items_path)  # a bad items file fails before anything is created
+    ensure_topic(s.bootstrap, s.topic, security=s.kafka_security())  # so does an unreachable broker
+    store = open_store(s, reindex_contexts=reindex_contexts)
     try:
-        if engine == "faust":
+        start_metrics(metrics_host, metrics_port)
+        if engine is Engine.faust:
             from longretriever.stream.faust_engine import run_faust_worker
 
             st = run_faust_worker(s, store, until_caught_up=until_caught_up)
         else:
             st = run_worker(s, store, until_caught_up=until_caught_up)
-    except LongRetrieverError as exc:
-        store.close()
-        fail(exc)
     except KeyboardInterrupt:
         raise typer.Exit(130)
     finally:
@@ -91,56 +88,75 @@ def stream_cmd(bootstrap: str = typer.Option(..., help="Kafka HOST:PORT"),
                            "messages": st.messages, "seconds": round(st.seconds, 3),
                            "events_per_s": round(st.ingest_eps())}))
 
+
 @app.command("sequence")
-def sequence_cmd(state_dir: Path = typer.Option(...), user: int = typer.Option(...),
-                 context: Optional[str] = typer.Option(None, help="Context name or id"),
-                 items: Optional[Path] = typer.Option(None, help="item_id,category CSV (for names)"),
-                 as_json: bool = typer.Option(False, "--json")) -> None:
-    """Print a user's stored sequence (oldest first) from a stopped worker's state."""
-    store, _ = open_store(state_dir, items, read_only=True)
-    ctx = None
-    if context is not None:
-        ctx = int(context) if context.isdigit() else store.contexts.id_of(context)
-    seq = store.sequence(user, ctx)
-    store.close()
+def sequence_cmd(state_dir: Path = typer.Option(..., help="RocksDB state directory of a stopped worker"),
+                 user: int = typer.Option(..., min=0, help="user id"),
+                 context: Optional[str] = typer.Option(None, help="only this context: its name "
+                                                       "(needs --items) or its id"),
+                 items: Optional[Path] = typer.Option(None, help="the item_id,category CSV `stream` "
+                                                      "used (names the contexts)"),
+                 as_json: bool = typer.Option(False, "--json", help="print {user_id, events: "
+                                              "[{item_id, ts, context}]} instead of lines")) -> None:
+    """Print a user's stored sequence, oldest first: ts (ms since the epoch), item, context."""
+    if context is not None and not context.isdigit() and items is None:
+        raise ConfigError(f"context {context!r} given by name, but the state's contexts are named "
+                          "by the item table: pass the one `stream` used with --items FILE, or give "
+                          "the context id")
+    store = open_store(load_settings(state_dir=state_dir, items_path=items), read_only=True)
+    try:
+        ctx = None
+        if context is not None:
+            ctx = int(context) if context.isdigit() else store.contexts.id_of(context)
+        seq = store.sequence(user, ctx)
+        names = store.contexts.names
+    finally:
+        store.close()
     if seq is None:
-        typer.echo(f"unknown user {user}", err=True)
-        raise typer.Exit(1)
+        raise InputError(f"user {user} has no events in {state_dir}")
     rows = [{"item_id": i, "ts": t, "context": c}
             for i, t, c in zip(seq.items.tolist(), seq.ts.tolist(), seq.contexts.tolist())]
     if as_json:
         typer.echo(json.dumps({"user_id": user, "events": rows}))
         return
-    names = store.contexts.names
     for r in rows:
         typer.echo(f"{r['ts']}\t{r['item_id']}\t{names[r['context']] if r['context'] < len(names) else r['context']}")
     typer.echo(f"{len(rows)} events", err=True)
 
+
 @app.command("replay")
-def replay_cmd(events: Path = typer.Option(..., help="Events CSV or MovieLens folder"),
-               bootstrap: str = typer.Option(...),
-               items: Optional[Path] = typer.Option(None),
-               fmt: str = typer.Option("csv", "--format", help=FORMAT_HELP),
-               topic: str = typer.Option("user-events"),
-               rate: Optional[float] = typer.Option(None, help="Events per second (default: max)"),
-               partitions: int = typer.Option(4, help="Partitions if the topic is created")) -> None:
+def replay_cmd(events: Path = typer.Option(..., help="events CSV or MovieLens folder (--format movielens)"),
+               bootstrap: str = typer.Option(..., help="Kafka HOST:PORT[,HOST:PORT...]"),
+               items: Optional[Path] = typer.Option(None, help="item_id,category CSV (checked, "
+                                                    "not sent: events carry no context)"),
+               fmt: EventFormat = typer.Option(EventFormat.csv, "--format", help=FORMAT_HELP),
+               topic: str = typer.Option("user-events", help=TOPIC_HELP + " (created if missing)"),
+               rate: Optional[float] = typer.Option(None, min=0.001, help="events per second (default: as fast as possible)"),
+               partitions: int = typer.Option(4, min=1, help="partitions if the topic is created")) -> None:
     """Produce historical events in timestamp order (stable for ties)."""
     from longretriever.data.events import load_dataset
     from longretriever.stream.replay import ensure_topic, replay
 
-    ds = load_dataset(events, items, fmt)  # type: ignore[arg-type]
-    s = load_settings(bootstrap=bootstrap)
-    ensure_topic(bootstrap, topic, partitions, security=s.kafka_security())
-    st = replay(ds.events, bootstrap, topic, rate=rate, security=s.kafka_security())
+    s = load_settings(bootstrap=bootstrap, topic=topic)
+    ds = load_dataset(events, items, fmt.value)
+    ensure_topic(s.bootstrap, topic, partitions, security=s.kafka_security())
+    st = replay(ds.events, s.bootstrap, topic, rate=rate, security=s.kafka_security())
     typer.echo(f"sent {st.events} events in {st.messages} messages "
                f"({st.events_per_s:,.0f} events/s)")
 
+
 @app.command("synth")
-def synth_cmd(users: int = typer.Option(100), events_per_user: int = typer.Option(10_000),
-              items: int = typer.Option(50_000), contexts: int = typer.Option(20),
-              seed: int = typer.Option(0), out: Path = typer.Option(...)) -> None:
+def synth_cmd(users: int = typer.Option(100, min=1, help="users"),
+              events_per_user: int = typer.Option(10_000, min=1, help="events per user"),
+              items: int = typer.Option(50_000, min=1, help="items in the catalogue (>= --contexts)"),
+              contexts: int = typer.Option(20, min=1, help="contexts (item categories c00, c01, ...)"),
+              seed: int = typer.Option(0, help="random seed (the output is deterministic per seed)"),
+              out: Path = typer.Option(..., help="events CSV to write; the item table goes next to "
+                                       "it as <stem>.items.csv")) -> None:
     """Write a seeded synthetic ultra-long dataset (events CSV + <stem>.items.csv)."""
     from longretriever.data.synth import write
 
+    if items < contexts:
+        raise ConfigError(f"--items ({items}) must be >= --contexts ({contexts}): every category needs an item")
     ev, it = write(out, users, events_per_user, items, contexts, seed)
     typer.echo(f"{ev}\n{it}")

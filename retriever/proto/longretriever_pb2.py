@@ -24,25 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13longretriever.proto\x12\x10longretriever.v1\"Y\n\x0fRetrieveRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x14\n\x0cmax_contexts\x18\x03 \x01(\x05\x12\x14\n\x0c\x65xclude_seen\x18\x04 \x01(\x08\"<\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\t\"\x7f\n\x10RetrieveResponse\x12/\n\ncandidates\x18\x01 \x03(\x0b\x32\x1b.longretriever.v1.Candidate\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\twatermark\x18\x03 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x04 \x01(\x08\"K\n\x16GetUserSequenceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x14\n\x07\x63ontext\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_context\"5\n\x05\x45vent\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\n\n\x02ts\x18\x02 \x01(\x03\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\t\"f\n\x17GetUserSequenceResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.longretriever.v1.Event\x12\x11\n\twatermark\x18\x03 \x01(\t2\xc6\x01\n\tRetriever\x12Q\n\x08Retrieve\x12!.longretriever.v1.RetrieveRequest\x1a\".longretriever.v1.RetrieveResponse\x12\x66\n\x0fGetUserSequence\x12(.longretriever.v1.GetUserSequenceRequest\x1a).longretriever.v1.GetUserSequenceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13longretriever.proto\x12\x10longretriever.v1\"s\n\x0fRetrieveRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x14\n\x0cmax_contexts\x18\x03 \x01(\x05\x12\x18\n\x0c\x65xclude_seen\x18\x04 \x01(\x08\x42\x02\x18\x01\x12\x14\n\x0cinclude_seen\x18\x05 \x01(\x08\"<\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\t\"\x7f\n\x10RetrieveResponse\x12/\n\ncandidates\x18\x01 \x03(\x0b\x32\x1b.longretriever.v1.Candidate\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\twatermark\x18\x03 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x04 \x01(\x08\"Z\n\x16GetUserSequenceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x14\n\x07\x63ontext\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05limit\x18\x03 \x01(\x05\x42\n\n\x08_context\"5\n\x05\x45vent\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\n\n\x02ts\x18\x02 \x01(\x03\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\t\"u\n\x17GetUserSequenceResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.longretriever.v1.Event\x12\x11\n\twatermark\x18\x03 \x01(\t\x12\r\n\x05total\x18\x04 \x01(\x03\x32\xc6\x01\n\tRetriever\x12Q\n\x08Retrieve\x12!.longretriever.v1.RetrieveRequest\x1a\".longretriever.v1.RetrieveResponse\x12\x66\n\x0fGetUserSequence\x12(.longretriever.v1.GetUserSequenceRequest\x1a).longretriever.v1.GetUserSequenceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'longretriever_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RETRIEVEREQUEST'].fields_by_name['exclude_seen']._loaded_options = None
+  _globals['_RETRIEVEREQUEST'].fields_by_name['exclude_seen']._serialized_options = b'\030\001'
   _globals['_RETRIEVEREQUEST']._serialized_start=41
-  _globals['_RETRIEVEREQUEST']._serialized_end=130
-  _globals['_CANDIDATE']._serialized_start=132
-  _globals['_CANDIDATE']._serialized_end=192
-  _globals['_RETRIEVERESPONSE']._serialized_start=194
-  _globals['_RETRIEVERESPONSE']._serialized_end=321
-  _globals['_GETUSERSEQUENCEREQUEST']._serialized_start=323
-  _globals['_GETUSERSEQUENCEREQUEST']._serialized_end=398
-  _globals['_EVENT']._serialized_start=400
-  _globals['_EVENT']._serialized_end=453
-  _globals['_GETUSERSEQUENCERESPONSE']._serialized_start=455
-  _globals['_GETUSERSEQUENCERESPONSE']._serialized_end=557
-  _globals['_RETRIEVER']._serialized_start=560
-  _globals['_RETRIEVER']._serialized_end=758
+  _globals['_RETRIEVEREQUEST']._serialized_end=156
+  _globals['_CANDIDATE']._serialized_start=158
+  _globals['_CANDIDATE']._serialized_end=218
+  _globals['_RETRIEVERESPONSE']._serialized_start=220
+  _globals['_RETRIEVERESPONSE']._serialized_end=347
+  _globals['_GETUSERSEQUENCEREQUEST']._serialized_start=349
+  _globals['_GETUSERSEQUENCEREQUEST']._serialized_end=439
+  _globals['_EVENT']._serialized_start=441
+  _globals['_EVENT']._serialized_end=494
+  _globals['_GETUSERSEQUENCERESPONSE']._serialized_start=496
+  _globals['_GETUSERSEQUENCERESPONSE']._serialized_end=613
+  _globals['_RETRIEVER']._serialized_start=616
+  _globals['_RETRIEVER']._serialized_end=814
 # @@protoc_insertion_point(module_scope)

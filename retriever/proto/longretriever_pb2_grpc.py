@@ -52,14 +52,15 @@ class RetrieverServicer(object):
     """
 
     def Retrieve(self, request, context):
-        """Top-k candidates for a user, merged across the user's heaviest contexts.
+        """Top-k candidates for a user, merged across the user's heaviest contexts. The answer for
+        k is the first k of the answer for any larger k on the same state (pages are prefixes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetUserSequence(self, request, context):
-        """The user's stored behaviour sequence (optionally one context), oldest first.
+        """The user's newest stored events (optionally of one context), returned oldest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -122,3 +122,39 @@ def test_exact_search_one_tie_rule():
     assert [c.item_id for c in got] == [10, 20]
     es = pl.ExactSearch(ids, np.array([1, 2, 1, 2, 1]), vecs)
     assert [c.item_id for c in es.search_contexts({1: np.ones(2)}, {1: 2})[1]] == [10, 30]
+
+
+def test_adaptive_contexts_drop_contexts_not_worth_a_search():
+    from longretriever.core.multicontext import allocate, slot_counts
+    from longretriever.core.planner import worth_a_search
+
+    chosen = ((1, 0.5), (2, 0.3), (3, 0.15), (4, 0.05))
+    assert worth_a_search(chosen, 20, 0) == chosen  # off
+    # slots at k=20: {1: 10, 2: 6, 3: 3, 4: 1}; without 4: {1: 11, 2: 6, 3: 3}
+    kept = worth_a_search(chosen, 20, 3)
+    slots = slot_counts(allocate(kept, 20))
+    assert [c for c, _ in kept] == [1, 2, 3] and min(slots.values()) >= 3 and sum(slots.values()) == 20
+    assert [c for c, _ in worth_a_search(chosen, 20, 4)] == [1, 2]
+    assert worth_a_search(chosen, 20, 100) == ((1, 0.5),)  # the heaviest always stays
+
+
+def test_adaptive_contexts_keep_online_equal_to_offline():
+    from longretriever.benchmarks.synthetic import MemoryState, random_histories, synthetic_bundle
+    from longretriever.core.planner import ExactSearch, retrieve_offline
+    from longretriever.retriever.service import RetrieverService
+
+    b = synthetic_bundle(2000, n_contexts=8, dim=16, seed=3)
+    state = MemoryState.for_bundle(b)
+    random_histories(b, state, users=25, events=120)
+    full = RetrieverService(b, ExactSearch.of(b), state)
+    adaptive = RetrieverService(b, ExactSearch.of(b), state, min_slots=10)
+    fewer = 0
+    for u in range(25):
+        s = state.sequence(u)
+        got = adaptive.retrieve(u, 60, 8, True)
+        ref = retrieve_offline(b, s.items, s.ts, s.contexts, 60, 8, True, min_slots=10)
+        assert [c.item_id for c in got.candidates] == [c.item_id for c in ref]
+        assert len(got.candidates) == 60
+        n_full = len({c.context for c in full.retrieve(u, 60, 8, True).candidates})
+        fewer += len({c.context for c in got.candidates}) < n_full
+    assert fewer > 0  # the rule did drop contexts for some users

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from longretriever.core.errors import ConfigError
 from longretriever.core.settings import Settings, load_settings
 
 
@@ -27,7 +28,15 @@ def test_invalid_settings_are_refused(bad):
 
 def test_missing_config_file_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("LONGRETRIEVER_CONFIG", str(tmp_path / "missing.toml"))
-    with pytest.raises(ValueError, match="no such file"):
+    with pytest.raises(ConfigError, match="no such file"):
+        Settings()
+
+
+def test_invalid_toml_is_a_config_error(tmp_path, monkeypatch):
+    cfg = tmp_path / "lr.toml"
+    cfg.write_text('bootstrap = "a:1"\ntopic = \n')
+    monkeypatch.setenv("LONGRETRIEVER_CONFIG", str(cfg))
+    with pytest.raises(ConfigError, match="not valid TOML.*line 2"):
         Settings()
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from longretriever.core.contexts import ContextTable
+from longretriever.core.errors import ConfigError
 from longretriever.data.events import load_dataset
 from longretriever.data import synth
 
@@ -108,7 +109,7 @@ def test_write_files_and_load_back(tmp_path: Path) -> None:
 def test_small_and_degenerate_arguments() -> None:
     ev, it = synth.generate(3, 1, 5, 1, seed=0)  # one context: interests capped at 1
     assert len(ev) == 3 and len(it) == 5
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         synth.generate(1, 10, 3, 5, seed=0)  # fewer items than contexts
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         synth.generate(0, 10, 10, 2, seed=0)

@@ -66,3 +66,28 @@ def test_new_bundle_version_rebuilds(tmp_path):
         assert ix.stored_version() == b2.version
         with pytest.raises(BundleError):
             ix.open(b1.version)
+
+
+def test_lite_file_held_by_another_process_is_refused(tmp_path):
+    """milvus-lite logs an ERROR for a file another process holds and pymilvus' next attempt
+    then starts a second server on it; MilvusIndex refuses instead, and works once it is free."""
+    import subprocess
+    import sys
+
+    from longretriever.core.errors import ConfigError
+
+    uri = str(tmp_path / "held.db")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, pymilvus; c = pymilvus.MilvusClient(sys.argv[1]); "
+                               "print('ready', flush=True); sys.stdin.read()", uri],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        ix = MilvusIndex(uri, "it_items")
+        with pytest.raises(ConfigError, match="open in another process"):
+            ix.build(synthetic_bundle(50, n_contexts=2, dim=8), index="flat", progress=False)
+        ix.close()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    with MilvusIndex(uri, "it_items") as ix:
+        assert ix.build(synthetic_bundle(50, n_contexts=2, dim=8), index="flat", progress=False)["items"] == 50

@@ -2,7 +2,8 @@
 process (stream worker + Milvus Lite FLAT + onnxruntime + gRPC), and compare every user's
 gRPC answer with the offline multi-context reference computed from the file. The bundle uses
 the learned next-context predictor; the frequency choice is compared too, on the same state and
-Milvus collection."""
+Milvus collection. The same state is then served from a real Milvus server (per-context
+partitions): FLAT must give identical answers for every user, HNSW overlap@100 >= 0.98."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def trained(tmp_path_factory):
 
 
 def test_grpc_answers_equal_offline_reference_then_follow_new_events(trained, kafka_bootstrap,
-                                                                     topic_name, tmp_path):
+                                                                     topic_name, tmp_path, request):
     d, ev, it, uri = trained
     ds = load_dataset(ev, it, "csv")
     ensure_topic(kafka_bootstrap, topic_name, 4)
@@ -54,7 +55,7 @@ def test_grpc_answers_equal_offline_reference_then_follow_new_events(trained, ka
     truth = expected_sequences(ds.events, sv.store.contexts, 100_000)
 
     async def scenario():
-        worker = StreamWorker(settings, sv.store, on_applied=sv.refresher.on_applied)
+        worker = StreamWorker(settings, sv.store, on_applied=sv.on_applied)
         task = asyncio.create_task(worker.run())
         total = await asyncio.to_thread(_total_messages, kafka_bootstrap, topic_name)
         await wait_for(lambda: sum(sv.store.watermark().values()) >= total, timeout=120)
@@ -67,16 +68,25 @@ def test_grpc_answers_equal_offline_reference_then_follow_new_events(trained, ka
             # fresh events for a few users must change their answers
             changed = await asyncio.to_thread(_follow_new_events, target, kafka_bootstrap, topic_name,
                                               sv, truth)
+            # the state now holds the new events too: compare against sequences read from it
+            on_server = await asyncio.to_thread(_compare_on_server, request, sv)
         finally:
             await server.stop(1)
             worker.stop()
             await task
-        return mismatched, changed, freq
+        return mismatched, changed, freq, on_server
 
     try:
-        mismatched, changed, (freq_mismatched, choices_differ) = asyncio.run(asyncio.wait_for(scenario(), 300))
+        mismatched, changed, (freq_mismatched, choices_differ), server = asyncio.run(
+            asyncio.wait_for(scenario(), 400))
     finally:
         sv.close()
+    flat_mismatched, hnsw_overlap, users = server
+    print(f"[parity] Milvus server: FLAT {users - len(flat_mismatched)}/{users} users identical, "
+          f"HNSW overlap@100 {hnsw_overlap:.4f}")
+    assert users == len(truth)
+    assert flat_mismatched == [], f"Milvus server FLAT: {len(flat_mismatched)} of {users} users differ"
+    assert hnsw_overlap >= 0.98, f"Milvus server HNSW overlap@100 {hnsw_overlap:.4f}"
     assert sv.bundle.context_choice == "learned"
     assert mismatched == [], f"{len(mismatched)} of {len(truth)} users differ: {mismatched[:3]}"
     assert freq_mismatched == [], f"frequency choice: {len(freq_mismatched)} users differ"
@@ -111,15 +121,52 @@ def _scrape_metrics_endpoint(queries: int, events: int) -> None:
 
 
 def _compare_all(target, bundle, truth):
+    """Users whose gRPC answer differs from the offline reference. Through the same real path:
+    a plain request (the wire default) excludes every seen item, and smaller k are prefixes."""
     mismatched = []
     with RetrieverClient(target, timeout=30) as client:
-        for user, (items, ts, ctxs) in truth.items():
-            online = client.retrieve(user, K, 8, True)
+        for n, (user, (items, ts, ctxs)) in enumerate(truth.items()):
+            online = client.retrieve(user, K, 8)
             assert not online["fallback"]
+            ids = [c["item_id"] for c in online["candidates"]]
             ref = retrieve_offline(bundle, items, ts, ctxs, K, 8, True)
-            if [c["item_id"] for c in online["candidates"]] != [c.item_id for c in ref]:
+            if ids != [c.item_id for c in ref]:
                 mismatched.append(user)
+            assert not set(ids) & set(items.tolist()), f"user {user}: seen items returned by default"
+            if n < 10:
+                for k in (1, 7, 20):
+                    assert [c["item_id"] for c in client.retrieve(user, k, 8)["candidates"]] == ids[:k], (user, k)
     return mismatched
+
+
+def _compare_on_server(request, sv):
+    """The serving state + bundle on a real Milvus server: (users whose FLAT answer differs from
+    the offline reference, mean HNSW overlap@100 with it, users compared)."""
+    import uuid
+
+    from longretriever.core.planner import context_sizes
+    from longretriever.retriever.service import RetrieverService
+
+    uri = request.getfixturevalue("milvus_server")  # skips (fails in CI) without a server
+    b = sv.bundle
+    users = sorted(sv.store.users())
+    seqs = {u: sv.store.sequence(u) for u in users}
+    out = {}
+    for kind in ("flat", "hnsw"):
+        with MilvusIndex(uri, f"parity_{kind}_{uuid.uuid4().hex[:6]}") as ix:
+            st = ix.build(b, kind, progress=False)
+            assert st["layout"] == "partition" and st["index"] == kind.upper()
+            view = ix.open(b.version, len(b.item_ids), context_sizes(b.item_contexts))
+            service = RetrieverService(b, ix.pinned(view), sv.store)
+            n = K if kind == "flat" else 100
+            res = []
+            for u in users:
+                online = [c.item_id for c in service.retrieve(u, n, 8, True).candidates]
+                s = seqs[u]
+                ref = [c.item_id for c in retrieve_offline(b, s.items, s.ts, s.contexts, n, 8, True)]
+                res.append(online == ref if kind == "flat" else len(set(online) & set(ref)) / max(1, len(ref)))
+            out[kind] = res
+    return ([u for u, ok in zip(users, out["flat"]) if not ok], float(np.mean(out["hnsw"])), len(users))
 
 
 def _compare_frequency_choice(sv, truth):

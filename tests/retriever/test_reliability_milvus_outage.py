@@ -231,3 +231,42 @@ def test_milvus_server_outage_tcp_hang_kill_restart(reliability_bundle, tmp_path
             store.close()
     finally:
         lite.kill()
+
+
+def test_milvus_standalone_server_killed_mid_load_and_restarted(reliability_bundle, tmp_path, milvus_server):
+    """The server tier: a private Milvus standalone server (the session one stays up) is
+    SIGKILLed while queries run: UNAVAILABLE within the deadline, never INTERNAL; restarted on
+    the same data directory and port, queries recover by themselves (the collection is loaded
+    again by the reconnect)."""
+    from longretriever.infra.milvus import server as milvus_server_mgr
+
+    d, bundle, _, _, users = reliability_bundle
+    data = tmp_path / "milvus-private"
+    info = milvus_server_mgr.start(data)
+    try:
+        with MilvusIndex(info.uri, "items") as ix:
+            assert ix.build(bundle, "flat", progress=False)["layout"] == "partition"
+        service, index, store = _outage_backend(reliability_bundle, tmp_path, info.uri)
+        srv = ServerThread(service)
+        try:
+            assert_valid_answer(srv, users[0])
+            milvus_server_mgr.kill(data)
+            t_down = time.perf_counter()
+            dead = _unavailable_phase(srv, users, n=6, min_seconds=2.0)
+            report("server: killed -> UNAVAILABLE s (max / median)",
+                   (round(max(dead), 3), round(statistics.median(dead), 3)))
+            report("server: outage length s / queries", (round(time.perf_counter() - t_down, 2), len(dead)))
+            t0 = time.perf_counter()
+            again = milvus_server_mgr.start(data, info.port)
+            assert again.port == info.port
+            report("server: restart s", round(time.perf_counter() - t0, 3))
+            recovery, seen = _until_ok(srv, users[2], limit=60.0)
+            report("server: restart -> first OK s", round(recovery, 3))
+            for u in users[:5]:
+                assert_valid_answer(srv, u)
+        finally:
+            srv.stop()
+            index.close()
+            store.close()
+    finally:
+        milvus_server_mgr.stop(data)

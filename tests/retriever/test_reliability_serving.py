@@ -61,7 +61,7 @@ def test_fuzz_retrieve(reliability_server, data):
     k = data.draw(st.one_of(EDGE_K, INT32, st.integers(1, 200)))
     mc = data.draw(st.one_of(EDGE_MC, INT32, st.integers(0, 8)))
     timeout = data.draw(TIMEOUTS)
-    req = pb.RetrieveRequest(user_id=user, k=k, max_contexts=mc, exclude_seen=data.draw(st.booleans()))
+    req = pb.RetrieveRequest(user_id=user, k=k, max_contexts=mc, include_seen=data.draw(st.booleans()))
     code, details, res, took = call(srv.stub.Retrieve, req, timeout)
     assert_clean(code, details)
     assert code in _retrieve_allowed(user, k, mc, timeout), (user, k, mc, timeout, code, details)
@@ -84,17 +84,24 @@ def test_fuzz_get_user_sequence(reliability_server, data):
         st.sampled_from(["", "0", "1", str(len(names) - 1), str(len(names)), "99", "-1", "1" * 30,
                          "9" * 5000, "\u00b2", "\u0663", " 1", "1 ", "+1", "0x1", "c00\x00"])))
     timeout = data.draw(TIMEOUTS)
-    req = pb.GetUserSequenceRequest(user_id=user) if ctx is None else pb.GetUserSequenceRequest(user_id=user, context=ctx)
+    limit = data.draw(st.one_of(st.just(0), st.integers(1, 50), INT32, st.sampled_from([-1, 100_000, 100_001])))
+    req = pb.GetUserSequenceRequest(user_id=user, limit=limit)
+    if ctx is not None:
+        req.context = ctx
     code, details, res, _ = call(srv.stub.GetUserSequence, req, timeout)
     assert_clean(code, details)
     known = ctx is None or ctx in names or (ctx.isascii() and ctx.isdigit() and len(ctx) < 7
                                             and int(ctx) < len(names))
-    allowed = {SC.OK} if user >= 0 and known else {SC.INVALID_ARGUMENT}
+    allowed = {SC.OK} if user >= 0 and known and 0 <= limit <= 100_000 else {SC.INVALID_ARGUMENT}
     if timeout < 0.1:
         allowed.add(SC.DEADLINE_EXCEEDED)
     assert code in allowed, (user, ctx, timeout, code, details)
+    if code == SC.OK:
+        assert len(res.events) <= (limit or 1000) and res.total >= len(res.events)
+        ts = [e.ts for e in res.events]
+        assert ts == sorted(ts)  # oldest first
     if code == SC.OK and user not in users:
-        assert len(res.events) == 0
+        assert len(res.events) == 0 and res.total == 0
 
 
 @FUZZ

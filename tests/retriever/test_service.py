@@ -147,3 +147,38 @@ def test_service_equals_export_reference_random_histories(choice):
             got = svc.retrieve(user, k, mc, ex)
             assert [c.item_id for c in got.candidates] == [c.item_id for c in want], (user, k, mc, ex)
     assert n_differ > 0  # the two choices really are different plans
+
+
+def test_user_sequence_limit_reads_the_newest_events(tmp_path):
+    """GetUserSequence's backend on a real RocksDB state: newest ``limit`` events, oldest first,
+    per context too; ``total`` counts them all."""
+    from longretriever.core.contexts import ContextTable
+    from longretriever.stream.state import StateStore
+
+    b = small_bundle()
+    table = ContextTable(tuple(b.context_names), np.asarray(b.item_ids, np.int64),
+                         np.asarray(b.item_contexts, np.int32))
+    store = StateStore(tmp_path / "state", table, segment_events=16)
+    rng = np.random.default_rng(3)
+    n = 300
+    items = rng.choice(b.item_ids, n)
+    ts = np.arange(n, dtype=np.int64) * 1000
+    store.apply(np.full(n, 7, np.int64), items, ts, {0: n})
+    svc = RetrieverService(b, None, store)
+    try:
+        whole = svc.user_sequence(7)
+        assert len(whole.items) == n == whole.total
+        r = svc.user_sequence(7, None, 25)
+        np.testing.assert_array_equal(r.items, whole.items[-25:])
+        np.testing.assert_array_equal(r.ts, whole.ts[-25:])
+        assert r.total == n
+        ctx = int(whole.contexts[-1])
+        mine = whole.contexts == ctx
+        r = svc.user_sequence(7, ctx, 10)
+        np.testing.assert_array_equal(r.items, whole.items[mine][-10:])
+        assert (r.contexts == ctx).all() and r.total == int(mine.sum())
+        assert svc.user_sequence(8, None, 10).total == 0
+        with pytest.raises(InputError):
+            svc.user_sequence(7, None, 0)
+    finally:
+        store.close()
