@@ -80,7 +80,7 @@ def run_freshness_bench(rate: float = 5000.0, seconds: float = 10.0, users: int 
                 next_lag += 1.0
             time.sleep(0.02)
         out, _ = load.communicate(timeout=seconds + 120)  # the producer flushes its backlog
-        lag_end = lag(client.retrieve(0, 10, 1, True)["watermark"])
+        lag_end = lag(client.retrieve(0, 10, 1)["watermark"])
         producer.close()
         offsets.close()
         stages = scrape_stages(env["metrics_port"])

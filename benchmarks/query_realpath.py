@@ -123,12 +123,12 @@ def _measure(bundle, index, store, lengths, users, queries, k, max_contexts) -> 
             for exclude in (True, False):
                 ids = (g * USER_BLOCK + rng.integers(0, users, queries)).tolist()
                 for u in ids[:5]:
-                    client.retrieve_pb(u, k, max_contexts, exclude)  # warm-up
+                    client.retrieve_pb(u, k, max_contexts, include_seen=not exclude)  # warm-up
                 timings.clear()
                 rtt = []
                 for u in ids:
                     t = time.perf_counter()
-                    client.retrieve_pb(u, k, max_contexts, exclude)
+                    client.retrieve_pb(u, k, max_contexts, include_seen=not exclude)
                     rtt.append((time.perf_counter() - t) * 1000)
                 col = {s: [x.get(s, 0.0) for x in timings] for s in ("state", "encode", "milvus", "merge", "total")}
                 runs.append({"history_events": n, "stored_events_first_user": seq_len, "exclude_seen": exclude,
