@@ -15,20 +15,17 @@ import pytest
 from kafka import KafkaProducer
 from prometheus_client import REGISTRY
 
-from longretriever.data.events import EventLog, load_dataset
+from longretriever.data.events import load_dataset
 from longretriever.data.synth import write as write_synth
 from longretriever.stream.changelog import changelog_topic, ensure_changelog
 from longretriever.stream.replay import ensure_topic, replay
 from longretriever.stream.state import StateStore
 from longretriever.stream.worker import StreamWorker
-from tests.fixtures.soak import KillSoak, end_offsets, read_topic
-from tests.fixtures.support import assert_state_matches, catch_up, expected_sequences, settings_for, wait_for
+from tests.fixtures.soak import KillSoak, read_topic
+from tests.fixtures.support import (assert_state_matches, catch_up, caught_up, expected_sequences, settings_for,
+                                    slice_log, split_between, start_alone, wait_for)
 
 pytestmark = pytest.mark.integration
-
-
-def _slice(log: EventLog, a: int, b: int) -> EventLog:
-    return EventLog(log.user_ids[a:b], log.item_ids[a:b], log.ts_ms[a:b], None)
 
 
 def _data(tmp_path, users=40, per_user=600, seed=9):
@@ -54,25 +51,22 @@ def test_rebalance_restores_from_the_changelog(kafka_bootstrap, topic_name, tmp_
     ds, _ = _data(tmp_path)
     n = len(ds.events)
     ensure_topic(kafka_bootstrap, topic_name, 4)
-    replay(_slice(ds.events, 0, n // 2), kafka_bootstrap, topic_name, progress=False)
+    replay(slice_log(ds.events, 0, n // 2), kafka_bootstrap, topic_name, progress=False)
     store_a, store_b = StateStore(tmp_path / "a", ds.contexts), StateStore(tmp_path / "b", ds.contexts)
     s = _cl(kafka_bootstrap, topic_name, tmp_path, "cl-rebal", fetch_max_records=300)
     a, b = StreamWorker(s, store_a), StreamWorker(s, store_b)
 
     def at_end(store, parts):
-        ends = end_offsets(kafka_bootstrap, topic_name)
-        return all(store.next_offset(p) == ends[p] for p in parts)
+        return caught_up(kafka_bootstrap, topic_name, store, parts)
 
     async def scenario():
-        ta = asyncio.create_task(a.run())
-        await wait_for(lambda: a.stats.assigned == {0, 1, 2, 3} and at_end(store_a, range(4)), 120, 0.2)
+        ta = await start_alone(a, lambda parts: at_end(store_a, parts))
         tb = asyncio.create_task(b.run())  # 1 -> 2 workers
-        await wait_for(lambda: a.stats.assigned and b.stats.assigned and not a.stats.assigned & b.stats.assigned
-                       and len(a.stats.assigned | b.stats.assigned) == 4, 120)
+        await wait_for(lambda: split_between(a, b), 120)
         split = set(b.stats.assigned)
         await wait_for(lambda: at_end(store_b, split), 60, 0.2)
         applied_after_join = b.stats.applied
-        await asyncio.to_thread(replay, _slice(ds.events, n // 2, n), kafka_bootstrap, topic_name, progress=False)
+        await asyncio.to_thread(replay, slice_log(ds.events, n // 2, n), kafka_bootstrap, topic_name, progress=False)
         await wait_for(lambda: at_end(store_a, a.stats.assigned) and at_end(store_b, b.stats.assigned), 120, 0.2)
         a.stop()  # 2 -> 1: b takes a's partitions, which it never had
         await ta
@@ -176,7 +170,7 @@ def test_compaction_leaves_the_restore_correct(kafka_bootstrap, topic_name, tmp_
     cap = 300  # most segments get evicted: tombstones
     a = StateStore(tmp_path / "a", ds.contexts, max_len=cap, segment_events=32)
     for k in range(4):  # several rounds: keys rewritten again and again
-        replay(_slice(ds.events, k * n // 4, (k + 1) * n // 4), kafka_bootstrap, topic_name, progress=False)
+        replay(slice_log(ds.events, k * n // 4, (k + 1) * n // 4), kafka_bootstrap, topic_name, progress=False)
         catch_up(_cl(kafka_bootstrap, topic_name, tmp_path, "ca", max_sequence_len=cap, segment_events=32), a)
     digest = a.digest()
     markers = {q: a.next_offset(q) for q in range(2)}
@@ -213,15 +207,12 @@ def test_standby_follows_the_other_partitions_so_failover_is_a_delta(kafka_boots
     a, b = StreamWorker(s, store_a), StreamWorker(s, store_b)
 
     def at_end(store, parts):
-        ends = end_offsets(kafka_bootstrap, topic_name)
-        return all(store.next_offset(p) == ends[p] for p in parts)
+        return caught_up(kafka_bootstrap, topic_name, store, parts)
 
     async def scenario():
-        ta = asyncio.create_task(a.run())
-        await wait_for(lambda: a.stats.assigned == {0, 1, 2, 3} and at_end(store_a, range(4)), 120, 0.2)
+        ta = await start_alone(a, lambda parts: at_end(store_a, parts))
         tb = asyncio.create_task(b.run())
-        await wait_for(lambda: b.stats.assigned and a.stats.assigned and not a.stats.assigned & b.stats.assigned
-                       and len(a.stats.assigned | b.stats.assigned) == 4, 120)
+        await wait_for(lambda: split_between(a, b), 120)
         theirs = set(a.stats.assigned)
         # b's standby brings a's partitions in b's state up to the changelog, without owning them
         await wait_for(lambda: at_end(store_b, range(4)), 120, 0.2)

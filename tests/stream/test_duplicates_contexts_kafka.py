@@ -6,6 +6,8 @@ re-derives the contexts from the stored events."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 import subprocess
 import sys
 import time
@@ -24,7 +26,17 @@ from tests.fixtures.support import assert_state_matches, catch_up, expected_sequ
 pytestmark = pytest.mark.integration
 
 
-def test_resent_history_is_all_duplicates(kafka_bootstrap, topic_name, tmp_path):
+def _summed_summaries(caplog) -> dict[str, int]:
+    """The worker's INFO outcome lines ("last N s: 3 messages, 0 applied, ...") added up."""
+    total: dict[str, int] = {}
+    for r in caplog.records:
+        if r.name == "longretriever.stream.worker" and r.levelno == logging.INFO and r.getMessage().startswith("last "):
+            for v, k in re.findall(r"(\d+) ([a-z ]+?)(?=,|;)", r.getMessage().split(": ", 1)[1]):
+                total[k] = total.get(k, 0) + int(v)
+    return total
+
+
+def test_resent_history_is_all_duplicates(kafka_bootstrap, topic_name, tmp_path, caplog):
     ev, it = write_synth(tmp_path / "syn.csv", users=30, events_per_user=1500, items=3_000,
                          contexts=8, seed=31)
     ds = load_dataset(ev, it, "csv")
@@ -36,9 +48,15 @@ def test_resent_history_is_all_duplicates(kafka_bootstrap, topic_name, tmp_path)
     assert first.applied == n and first.dead_lettered == 0
     digest = store.digest()
     replay(ds.events, kafka_bootstrap, topic_name, progress=False)  # the whole history again
+    caplog.set_level(logging.INFO, logger="longretriever.stream.worker")
+    caplog.clear()
     second = catch_up(settings_for(kafka_bootstrap, topic_name, tmp_path, group="b"), store)
     # the events are years older than the user's newest minus the 7-day tolerance: duplicates
     assert (second.applied, second.duplicates, second.late, second.dead_lettered) == (0, n, 0, 0)
+    # the INFO summary says so too (one line a minute and one at the stop)
+    summed = _summed_summaries(caplog)
+    assert (summed["applied"], summed["duplicates"], summed["late"], summed["dead lettered"]) == (0, n, 0, 0)
+    assert summed["messages"] == second.messages
     assert store.digest() == digest
     assert store.watermark() == end_offsets(kafka_bootstrap, topic_name)
     assert_state_matches(store, expected_sequences(ds.events, ds.contexts, 100_000))
