@@ -22,7 +22,6 @@ from longretriever.data.synth import write
 from longretriever.infra.kafka import broker
 from longretriever.retriever.bundle import load_bundle
 from longretriever.retriever.client import RetrieverClient
-from longretriever.retriever.milvus_index import MilvusIndex
 from longretriever.stream.replay import ensure_topic, replay
 
 #: exact per-context search, the floor every Milvus figure is read against
@@ -70,9 +69,12 @@ def serving_env(users: int = 200, events_per_user: int = 100,
         ev, it = write(tmp / "syn.csv", users, events_per_user, items=5000, contexts=8, seed=3)
         train_small(ev, it, tmp / "bundle")
         bundle = load_bundle(tmp / "bundle")
-        idx = MilvusIndex(str(tmp / "milvus.db"), "items")
-        idx.build(bundle, "flat", progress=False)
-        idx.close()
+        # indexed by `longretriever index` in its own process, as a deployment does: a Milvus
+        # Lite server started here would keep the file locked, and `serve` refuses a Lite file
+        # another process holds
+        subprocess.run([sys.executable, "-m", "longretriever.cli", "index", "--bundle", str(tmp / "bundle"),
+                        "--milvus-uri", str(tmp / "milvus.db"), "--collection", "items", "--index", "flat"],
+                       check=True, capture_output=True)
         ds = load_dataset(ev, it, "csv")
         ensure_topic(info.bootstrap, "user-events", 4)
         rep = replay(ds.events, info.bootstrap, "user-events", progress=False)

@@ -1,17 +1,33 @@
 """``longretriever bench ingest``: ingest rates on a real local broker, measured in one run.
 
-- ``replay_eps``: kafka-python producer, micro-batched messages (stream.replay)
-- ``raw_consumer_eps``: reference — aiokafka ``getmany`` + msgpack decode, nothing else
-- ``worker_eps``: the stream worker (decode + validate + RocksDB apply + offsets), in-process
+The same synthetic events are produced twice: as per-user micro-batches (``stream.replay``)
+and as single-event messages (one event map per message, keyed by user: what real producers
+send). On each topic:
+
+- ``*raw*_eps``: the reference -- aiokafka ``getmany`` + msgpack decode, nothing else
+- ``*worker*_eps``: the stream worker (decode + validate + RocksDB apply + offsets), in-process
+
+and on the micro-batched topic also:
+
+- ``resent_worker_eps``: the whole history produced again into the same topic and consumed by
+  the worker on top of its state (every event a duplicate; ``resent_vs_first`` vs ``worker_eps``)
+- ``worker_eps_changelog``: the worker publishing every commit to the changelog (a transaction
+  per batch, ``--restore changelog``; ``changelog_vs_plain`` vs ``worker_eps``)
+- ``faust_engine_eps`` / ``single_event_faust_engine_eps``: the faust engine (the same state
+  path as a faust-streaming agent, ``stream --engine faust``) on both topics
 - ``backfill_eps``: ``longretriever stream --until-caught-up`` as a whole process (startup incl.)
-- ``faust_agent_eps``: the faust-streaming agent path (``stream.take``) on the same topic, for
-  the design decision in docs/stream-design.md
+- ``faust_agent_eps``: the faust-streaming agent path (``stream.take``), decode only
+- ``worker_with_refresh_eps``: the worker with the event-driven vector refresh attached
+- ``bytes_per_event``: state bytes (segments, meta, seen-item index; keys included) per event
+
+``loadavg`` (1/5/15 min at the start and end) shows how busy the shared box was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -22,19 +38,17 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from longretriever.data.events import load_dataset
+from longretriever.benchmarks.common import train_small
 from longretriever.core.settings import Settings
+from longretriever.data.events import load_dataset
+from longretriever.data.synth import write as write_synth
 from longretriever.stream.replay import ensure_topic, replay
 from longretriever.stream.state import StateStore
-from longretriever.data.synth import write as write_synth
 from longretriever.stream.worker import StreamWorker
-from longretriever.benchmarks.common import train_small
 
 
 async def _raw_consume(bootstrap: str, topic: str, total: int) -> float:
-    from aiokafka import AIOKafkaConsumer
-
-    from aiokafka import TopicPartition
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                          auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1_048_576,
@@ -63,11 +77,31 @@ def _faust_eps(bootstrap: str, topic: str, total: int) -> float | None:
     return float(found[-1]) if found else None
 
 
-def _refresh_run(bootstrap: str, topic: str, total: int, ds, ev: Path, it: Path, tmp: Path) -> dict:
+def _worker_pass(bootstrap: str, topic: str, store: StateStore, group: str, total: int | None = None,
+                 on_applied=None, **kw) -> StreamWorker:
+    """The in-process worker until ``total`` events are applied (or, with None, until caught up)."""
+    s = Settings(bootstrap=bootstrap, topic=topic, dlq_topic=topic + ".dlq", group_id=group, **kw)
+    w = StreamWorker(s, store, on_applied=on_applied)
+    if total is None:
+        asyncio.run(w.run(until_caught_up=True, max_seconds=600))
+    else:
+        asyncio.run(w.run(max_events=total, max_seconds=600))
+    return w
+
+
+def _faust_pass(bootstrap: str, topic: str, store: StateStore, group: str):
+    """The faust engine (stream.faust_engine) until caught up; same rate convention."""
+    from longretriever.stream.faust_engine import run_faust_worker
+
+    s = Settings(bootstrap=bootstrap, topic=topic, dlq_topic=topic + ".dlq", group_id=group)
+    return run_faust_worker(s, store, until_caught_up=True, max_seconds=900)
+
+
+def _refresh_run(bootstrap: str, topic: str, total: int, ev: Path, it: Path, tmp: Path) -> dict:
     """The worker again, with the event-driven refresh of query vectors attached (a real
     bundle trained on the same items): what the refresh costs the ingest rate."""
-    from longretriever.retriever.bundle import load_bundle
     from longretriever.retriever.assemble import state_contexts
+    from longretriever.retriever.bundle import load_bundle
     from longretriever.retriever.refresh import Refresher, VectorCache
 
     train_small(ev, it, tmp / "bundle", budget=4, k=256, w=32)
@@ -77,21 +111,31 @@ def _refresh_run(bootstrap: str, topic: str, total: int, ds, ev: Path, it: Path,
     # had been queried before -- the upper bound of what the refresh can cost the ingest
     refresher = Refresher(bundle, store, VectorCache(1_000_000), speculative=True,
                           allowed=set(np.unique(bundle.item_contexts).tolist())).start()
-    s = Settings(bootstrap=bootstrap, topic=topic, dlq_topic=topic + ".dlq", group_id="bench-r")
-    w = StreamWorker(s, store, on_applied=refresher.on_applied)
-    asyncio.run(w.run(max_events=total, max_seconds=600))
-    eps = w.stats.ingest_eps()
+    w = _worker_pass(bootstrap, topic, store, "bench-r", total, on_applied=refresher.on_applied)
     refresher.drain(120)  # let the last refresh finish
     refresher.stop()
-    rows = refresher.refreshed_rows
     store.close()
-    return {"worker_with_refresh_eps": round(eps), "refreshed_vectors": rows}
+    return {"worker_with_refresh_eps": round(w.stats.ingest_eps()), "refreshed_vectors": refresher.refreshed_rows}
 
 
-def run_ingest_bench(users: int = 100, events_per_user: int = 3000,
-                     bootstrap: str | None = None, with_refresh: bool = True) -> dict:
+def _backfill(bootstrap: str, topic: str, it: Path, state: Path) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    bf = subprocess.run([sys.executable, "-m", "longretriever.cli", "stream", "--bootstrap", bootstrap,
+                         "--state-dir", str(state), "--items", str(it), "--topic", topic,
+                         "--group-id", "bench-b", "--until-caught-up"], check=True, capture_output=True,
+                        text=True)
+    return json.loads(bf.stdout.strip().splitlines()[-1])["events_per_s"], time.perf_counter() - t0
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def run_ingest_bench(users: int = 200, events_per_user: int = 3000, bootstrap: str | None = None,
+                     with_refresh: bool = True, with_faust: bool = True) -> dict:
     from longretriever.infra.kafka import broker
 
+    load_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="lr-bench-ingest-"))
     started = None
     if bootstrap is None:
@@ -100,44 +144,69 @@ def run_ingest_bench(users: int = 100, events_per_user: int = 3000,
     try:
         ev, it = write_synth(tmp / "syn.csv", users, events_per_user, items=50_000, contexts=20, seed=1)
         ds = load_dataset(ev, it, "csv")
-        topic = f"bench-{int(time.time())}"
-        ensure_topic(bootstrap, topic, 4)
-        rep = replay(ds.events, bootstrap, topic, progress=False)
         total = len(ds.events)
-        raw = asyncio.run(_raw_consume(bootstrap, topic, total))
+        topic, single = f"bench-{int(time.time())}", f"bench-single-{int(time.time())}"
+        ensure_topic(bootstrap, topic, 4)
+        ensure_topic(bootstrap, single, 4)
+        rep = replay(ds.events, bootstrap, topic, progress=False)
+        rep_single = replay(ds.events, bootstrap, single, progress=False, single_events=True)
 
+        raw = asyncio.run(_raw_consume(bootstrap, topic, total))
         store = StateStore(tmp / "state-worker", ds.contexts)
-        s = Settings(bootstrap=bootstrap, topic=topic, dlq_topic=topic + ".dlq", group_id="bench-w")
-        w = StreamWorker(s, store)
-        asyncio.run(w.run(max_events=total, max_seconds=600))
-        worker_eps = w.stats.ingest_eps()  # from assignment to the last commit (join excluded)
+        worker_eps = _worker_pass(bootstrap, topic, store, "bench-w", total).stats.ingest_eps()
         used, stored = store.storage_bytes()
+        # the whole history again, on top of the state: every event is a duplicate
+        replay(ds.events, bootstrap, topic, progress=False)
+        resent = _worker_pass(bootstrap, topic, store, "bench-w2").stats
         store.close()
 
-        t0 = time.perf_counter()
-        bf = subprocess.run([sys.executable, "-m", "longretriever.cli", "stream", "--bootstrap", bootstrap,
-                             "--state-dir", str(tmp / "state-backfill"), "--items", str(it), "--topic", topic,
-                             "--group-id", "bench-b", "--until-caught-up"], check=True, capture_output=True,
-                            text=True)
-        backfill_process_s = time.perf_counter() - t0
-        backfill_eps = json.loads(bf.stdout.strip().splitlines()[-1])["events_per_s"]
+        raw_single = asyncio.run(_raw_consume(bootstrap, single, total))
+        store = StateStore(tmp / "state-single", ds.contexts)
+        single_eps = _worker_pass(bootstrap, single, store, "bench-s", total).stats.ingest_eps()
+        store.close()
+        # the changelog's cost (a transaction per batch) and the faust engine, on both shapes
+        store = StateStore(tmp / "state-changelog", ds.contexts)
+        changelog_eps = _worker_pass(bootstrap, topic, store, "bench-c", total, restore="changelog").stats.ingest_eps()
+        store.close()
+        engines = {}
+        if with_faust:
+            for name, t in (("faust_engine_eps", topic), ("single_event_faust_engine_eps", single)):
+                store = StateStore(tmp / f"state-{name}", ds.contexts)
+                engines[name] = round(_faust_pass(bootstrap, t, store, f"bench-{name}").ingest_eps())
+                store.close()
+
+        backfill_eps, backfill_s = _backfill(bootstrap, topic, it, tmp / "state-backfill")
         child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        faust = _faust_eps(bootstrap, topic, total)
-        refresh = _refresh_run(bootstrap, topic, total, ds, ev, it, tmp) if with_refresh else {}
-        return {**refresh,
+        faust = _faust_eps(bootstrap, topic, total) if with_faust else None
+        refresh = _refresh_run(bootstrap, topic, total, ev, it, tmp) if with_refresh else {}
+        return {
             "events": total,
             "messages": rep.messages,
+            "single_event_messages": rep_single.messages,
             "replay_eps": round(rep.events_per_s),
+            "single_event_replay_eps": round(rep_single.events_per_s),
             "raw_consumer_eps": round(raw),
             "worker_eps": round(worker_eps),
+            "worker_vs_raw": _ratio(worker_eps, raw),
+            "single_event_raw_eps": round(raw_single),
+            "single_event_worker_eps": round(single_eps),
+            "single_event_worker_vs_raw": _ratio(single_eps, raw_single),
+            "worker_eps_changelog": round(changelog_eps),
+            "changelog_vs_plain": _ratio(changelog_eps, worker_eps),
+            **engines,
+            "resent_worker_eps": round(resent.taken_eps()),
+            "resent_vs_first": _ratio(resent.taken_eps(), worker_eps),
+            "resent_duplicates": resent.duplicates,
+            "resent_dead_lettered": resent.dead_lettered,
             "backfill_eps": round(backfill_eps),
-            "backfill_process_s": round(backfill_process_s, 2),
+            "backfill_process_s": round(backfill_s, 2),
+            "backfill_vs_raw": _ratio(backfill_eps, raw),
             "faust_agent_eps": round(faust) if faust else None,
-            "worker_vs_raw": round(worker_eps / raw, 3),
-            "backfill_vs_raw": round(backfill_eps / raw, 3),
+            **refresh,
             "bytes_per_event": round(used / max(stored, 1), 2),
             "peak_rss_mb": round(max(child_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), 1),
             "backfill_peak_rss_mb": round(child_rss, 1),
+            "loadavg": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]},
         }
     finally:
         if started is not None:

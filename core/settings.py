@@ -51,6 +51,13 @@ class Settings(BaseSettings):
                                    "(getmany) returns")
     fetch_timeout_ms: int = Field(200, ge=1, description="How long one consumer fetch waits for "
                                   "records (ms)")
+    restore: Literal["source", "changelog"] = Field(
+        "source", description="Recovery of a partition this worker never had: source (replay "
+        "the source topic from offset 0) or changelog (also publish every state commit to "
+        "<topic>.state-changelog in a Kafka transaction and restore from it)")
+    standby: bool = Field(False, description="Also follow the changelog of the partitions this "
+                          "worker does not own, so taking one over is a short delta restore "
+                          "(needs restore=changelog)")
 
     context_choice: Literal["auto", "frequency", "learned"] = Field(
         "auto", description="How serving picks a user's contexts: frequency (recency-weighted), "

@@ -41,7 +41,9 @@ def run_serving_demo(cfg, ds: Dataset, settings: Settings, store, console: Conso
     idx.close()
     console.print(f"[green]✓[/] indexed {info.get('items', '?')} items in Milvus Lite ({uri})")
     store.close()  # the serving process reopens the same state (RocksDB allows one writer)
-    sv = open_serving(bundle_dir, uri, "items", settings)
+    # the state was built before the bundle existed, with the dataset's own item -> context
+    # table; serving uses the bundle's, so the contexts are re-derived once (recorded after)
+    sv = open_serving(bundle_dir, uri, "items", settings, reindex_contexts=True)
     try:
         asyncio.run(_serve_and_query(sv, settings, ds, cfg, console))
     finally:

@@ -93,13 +93,16 @@ def state_contexts(bundle: Bundle, items: Path | None) -> ContextTable:
 
 
 def open_serving(bundle_path: Path, milvus_uri: str, collection: str, settings: Settings,
-                 cache_entries: int = 1_000_000, intra_op_threads: int = 1, ef: int | None = None) -> Serving:
+                 cache_entries: int = 1_000_000, intra_op_threads: int = 1, ef: int | None = None,
+                 reindex_contexts: bool = False) -> Serving:
+    """``reindex_contexts``: a state built with another item -> context table than the
+    bundle's is re-derived under the bundle's (otherwise it is refused, ConfigError)."""
     bundle = load_bundle(bundle_path, intra_op_threads=intra_op_threads)
     choice = settings.context_choice
     bundle.context_scorer(choice)  # refuse an unusable choice before opening state or Milvus
     store = StateStore(settings.state_dir, state_contexts(bundle, settings.items_path),
                        max_len=settings.max_sequence_len, segment_events=settings.segment_events,
-                       late_tolerance_ms=settings.late_tolerance_ms)
+                       late_tolerance_ms=settings.late_tolerance_ms, reindex_contexts=reindex_contexts)
     index = MilvusIndex(milvus_uri, collection, ef=ef)
     sizes = context_sizes(bundle.item_contexts)
     try:

@@ -31,7 +31,7 @@ import numpy as np
 
 from longretriever.data.events import EventLog
 from longretriever.core.errors import ConfigError, ServiceUnavailable
-from longretriever.core.codec import DEFAULT_MAX_BATCH, Event, encode_batch, encode_key
+from longretriever.core.codec import DEFAULT_MAX_BATCH, Event, encode_batch, encode_event, encode_key
 
 log_ = logging.getLogger(__name__)
 
@@ -136,8 +136,9 @@ def _producer(bootstrap: str, security: dict[str, Any] | None) -> Any:
 
 def replay(log: EventLog, bootstrap: str, topic: str = "user-events", rate: float | None = None,
            window: int = 5000, progress: bool = True, security: dict | None = None,
-           *, max_batch: int = DEFAULT_MAX_BATCH) -> ReplayStats:
-    """Produce every event of ``log`` to ``topic`` as per-user micro-batches, in log order.
+           *, max_batch: int = DEFAULT_MAX_BATCH, single_events: bool = False) -> ReplayStats:
+    """Produce every event of ``log`` to ``topic`` as per-user micro-batches, in log order
+    (``single_events``: one event map per message, the shape real producers send).
 
     ``rate`` (events/s) throttles the replay (checked after every message); ``None`` means as
     fast as possible. ``security`` is passed to ``KafkaProducer`` (e.g.
@@ -167,8 +168,9 @@ def replay(log: EventLog, bootstrap: str, topic: str = "user-events", rate: floa
     start = time.perf_counter()
     try:
         pending = 0
-        for uid, batch in iter_messages(log, window, max_batch):
-            send(topic, key=encode_key(uid), value=encode_batch(batch)).add_errback(on_error)
+        for uid, batch in iter_messages(log, window, 1 if single_events else max_batch):
+            value = encode_event(batch[0]) if single_events else encode_batch(batch)
+            send(topic, key=encode_key(uid), value=value).add_errback(on_error)
             messages += 1
             events += len(batch)
             pending += len(batch)
@@ -240,3 +242,15 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 4,
     finally:
         admin.close()
     return created
+
+
+def end_offsets(bootstrap: str, topic: str, security: dict | None = None) -> dict[int, int]:
+    """partition -> end offset of ``topic`` (kafka-python, blocking)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, **(security or {}))
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+        return {tp.partition: o for tp, o in c.end_offsets(tps).items()}
+    finally:
+        c.close()

@@ -71,3 +71,29 @@ def _self_dups(items: np.ndarray, ts: np.ndarray) -> int:
     if items.size < 2:
         return 0
     return int(((ts[1:] == ts[:-1]) & (items[1:] == items[:-1])).sum())
+
+
+def first_key(buf: bytes, skip: int = 0) -> tuple[int, int]:
+    """(ts, item_id) of event ``skip`` of an encoded segment without decoding all of it."""
+    if skip == 0:
+        flags, n, base = _HEADER.unpack_from(buf, 0)
+        idt = "<q" if flags & _ITEMS64 else "<i"
+        return base, struct.unpack_from(idt, buf, _HEADER.size)[0]
+    items, ts = decode_segment(buf)
+    return int(ts[skip]), int(items[skip])
+
+
+def stored_mask(items: np.ndarray, ts: np.ndarray, q_items: np.ndarray, q_ts: np.ndarray) -> np.ndarray:
+    """For each query event (unique keys): is ``(q_ts, q_item)`` among the stored events
+    ``(ts, items)`` (unique keys)? Vectorised: one sort of both sets, stored before query."""
+    n = items.size
+    all_t = np.concatenate([ts, q_ts])
+    all_i = np.concatenate([items, q_items])
+    src = np.concatenate([np.zeros(n, np.int8), np.ones(q_items.size, np.int8)])
+    order = np.lexsort((src, all_i, all_t))
+    t, i, s = all_t[order], all_i[order], src[order]
+    hit = np.zeros(order.size, bool)
+    hit[1:] = (s[1:] == 1) & (s[:-1] == 0) & (t[1:] == t[:-1]) & (i[1:] == i[:-1])
+    out = np.empty(q_items.size, bool)
+    out[order[s == 1] - n] = hit[s == 1]
+    return out

@@ -2,21 +2,34 @@
 
 Keys (big-endian so iteration is ordered):
 
-- ``u<user:8>m``                 user meta (msgpack): ``{ctx: [first_seg, last_seg, skip, count]}``
-- ``u<user:8>s<ctx:4><seg:4>``   one segment of that context (``longretriever.stream.segments``)
+- ``P<partition:4><user:8>``     the users of a source partition (to drop or restore one)
+- ``c``                          the state's record: item -> context table fingerprint, names
+- ``l<partition:4>``             changelog offset the state reflects (``stream.changelog``)
 - ``o<partition:4>``             next source offset to consume for that partition
+- ``u<user:8>h<bucket:4>``       one bucket of the user's seen items (``stream.seen``)
+- ``u<user:8>m``                 user meta (msgpack): ``[newest_ts, {ctx: [first_seg, last_seg,
+  skip, count]}, seen_buckets, distinct_items]``
+- ``u<user:8>s<ctx:4><seg:4>``   one segment of that context (``longretriever.stream.segments``)
 
 A user's events of context ``c`` live in segments ``first..last`` of ``c``; the first ``skip``
 events of the first segment are evicted (the cap keeps the newest ``max_len`` events of the
-user). "The newest K events of context c" is therefore a read of the last one or two
-segments, never a scan. Every batch of changes is written with the partitions' next offsets
-in one atomic RocksDB write batch, so state and consumed position can never disagree.
+user). Every read a query makes is bounded by what the query asks for, not by the history:
+"the newest K events of context c" reads the last ceil(K/256)+1 segments of ``c``, the recent
+window reads the tail segments of each context, and "which of these k candidates has the user
+seen?" reads at most k seen-item buckets. Every batch of changes is written with the
+partitions' next offsets in one atomic RocksDB write batch, so state and consumed position can
+never disagree. The writes themselves are in :mod:`longretriever.stream.writer`.
+
+The item -> context table is part of the state: its fingerprint is recorded on the first
+write, and opening the state for writing with a different (or no) table is refused unless the
+caller asks to re-derive every user's context index from the stored events
+(``reindex_contexts=True``, which also removes an (item, ts) stored under two contexts).
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
+import logging
 import struct
 import threading
 from contextlib import contextmanager
@@ -29,13 +42,18 @@ import numpy as np
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from longretriever.core.contexts import ContextTable
-from longretriever.core.errors import ServiceUnavailable
+from longretriever.core.errors import ConfigError, ServiceUnavailable
 from longretriever.core.sequence import UserSequence, canonical_order
-from longretriever.stream.segments import decode_segment, encode_segment, merge_sorted
+from longretriever.stream.seen import bucket_items, bucket_of, decode_bucket
+from longretriever.stream.segments import decode_segment
+
+log = logging.getLogger(__name__)
 
 _U = struct.Struct(">q")
 _CS = struct.Struct(">II")
 _P = struct.Struct(">I")
+INFO_KEY = b"c"
+STATE_VERSION = 2
 
 
 @dataclass(slots=True)
@@ -47,16 +65,60 @@ class ApplyResult:
     touched: dict[int, set[int]] = field(default_factory=dict)
 
 
-def _ukey(user: int) -> bytes:
+@dataclass(slots=True)
+class UserMeta:
+    """One user's meta record. ``buckets`` is None for a state written before the seen-item
+    index existed (rebuilt by a reindex)."""
+
+    newest: int | None
+    ctxs: dict[int, list[int]]  # ctx -> [first_seg, last_seg, skip, count]
+    buckets: int | None = 1
+    distinct: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(m[3] for m in self.ctxs.values())
+
+    def pack(self) -> bytes:
+        return msgpack.packb([self.newest, self.ctxs, self.buckets, self.distinct])
+
+    @classmethod
+    def unpack(cls, v: bytes) -> "UserMeta":
+        rec = msgpack.unpackb(v, strict_map_key=False)
+        ctxs = {int(c): m for c, m in rec[1].items()}
+        return cls(rec[0], ctxs, *rec[2:4]) if len(rec) >= 4 else cls(rec[0], ctxs, None, 0)
+
+
+def ukey(user: int) -> bytes:
     return b"u" + _U.pack(user)
 
 
-def _skey(user: int, ctx: int, seg: int) -> bytes:
-    return _ukey(user) + b"s" + _CS.pack(ctx, seg)
+def mkey(user: int) -> bytes:
+    return ukey(user) + b"m"
 
 
-def _okey(partition: int) -> bytes:
+def skey(user: int, ctx: int, seg: int) -> bytes:
+    return ukey(user) + b"s" + _CS.pack(ctx, seg)
+
+
+def hkey(user: int, bucket: int) -> bytes:
+    return ukey(user) + b"h" + _P.pack(bucket)
+
+
+def okey(partition: int) -> bytes:
     return b"o" + _P.pack(partition)
+
+
+def lkey(partition: int) -> bytes:
+    return b"l" + _P.pack(partition)
+
+
+def pkey(partition: int, user: int) -> bytes:
+    return b"P" + _P.pack(partition) + _U.pack(user)
+
+
+def pack_offset(offset: int) -> bytes:
+    return _U.pack(offset)
 
 
 class StateStore:
@@ -65,7 +127,7 @@ class StateStore:
     def __init__(self, path: Path | str, contexts: ContextTable | None = None, *,
                  max_len: int = 100_000, segment_events: int = 256,
                  late_tolerance_ms: int = 7 * 24 * 3600 * 1000, read_only: bool = False,
-                 sync: bool = False) -> None:
+                 sync: bool = False, reindex_contexts: bool = False) -> None:
         self.path = Path(path)
         self.contexts = contexts or ContextTable.single()
         self.max_len = max_len
@@ -86,6 +148,15 @@ class StateStore:
         self._pending: dict[bytes, bytes | None] = {}
         self._tls = threading.local()
         self._closed = False
+        from longretriever.stream.writer import BatchWriter  # the write path (same layer)
+
+        self._writer = BatchWriter(self)
+        if not read_only:
+            try:
+                self._check_contexts(reindex_contexts)
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
         """Close the database (idempotent)."""
@@ -93,12 +164,50 @@ class StateStore:
             self._closed = True
             self.db.close()
 
+    # ---- the context table is part of the state ------------------------------------------
+    def info(self) -> dict | None:
+        """The state's record (context fingerprint, names, version), None if never written."""
+        v = self.db.get(INFO_KEY)
+        return None if v is None else msgpack.unpackb(v)
+
+    def _info_value(self) -> bytes:
+        return msgpack.packb({"version": STATE_VERSION, "contexts": self.contexts.digest(),
+                              "names": list(self.contexts.names)})
+
+    def _check_contexts(self, reindex: bool) -> None:
+        rec = self.info()
+        want = self.contexts.digest()
+        if rec is not None and rec.get("contexts") == want and rec.get("version") == STATE_VERSION:
+            return
+        empty = next(iter(self.users()), None) is None
+        if rec is None and empty:
+            self.db.put(INFO_KEY, self._info_value(), self._wopts)
+            return
+        if not reindex:
+            raise ConfigError(self._mismatch(rec))
+        log.warning("reindexing contexts of the state at %s (%s)", self.path, self._mismatch(rec))
+        users = self._writer.reindex()
+        log.warning("reindexed %d users under context table %s", users, want)
+
+    def _mismatch(self, rec: dict | None) -> str:
+        given = (f"table {self.contexts.digest()} ({self.contexts.num_contexts} contexts)"
+                 if self.contexts.item_ids.size else "no item -> context table (--items)")
+        if rec is None:
+            built = "without a recorded item -> context table (an older state)"
+        else:
+            n = len(rec.get("names", ()))
+            built = (f"with item -> context table {rec.get('contexts')} ({n} contexts)" if n > 1
+                     else "with no item -> context table")
+        return (f"state at {self.path} was built {built}, but this run has {given}; use the same "
+                f"items file, or --reindex-contexts to re-derive every user's contexts from the stored events")
+
     # ---- offsets -------------------------------------------------------------------------
     def next_offset(self, partition: int) -> int | None:
-        v = self.db.get(_okey(partition))
+        v = self._get(okey(partition))
         return None if v is None else int(_U.unpack(v)[0])
 
     def watermark(self) -> dict[int, int]:
+        """partition -> next offset (one ordered scan of the few ``o`` keys)."""
         out = {}
         src = getattr(self._tls, "view", None) or self.db
         for k, v in src.items(from_key=b"o"):
@@ -107,17 +216,60 @@ class StateStore:
             out[_P.unpack(k[1:5])[0]] = int(_U.unpack(v)[0])
         return out
 
+    def changelog_offset(self, partition: int) -> int | None:
+        """The changelog offset this state reflects for ``partition`` (None: never restored or
+        published)."""
+        v = self.db.get(lkey(partition))
+        return None if v is None else int(_U.unpack(v)[0])
+
+    def partition_users(self, partition: int) -> list[int]:
+        prefix = b"P" + _P.pack(partition)
+        return [_U.unpack(k[5:13])[0] for k in self._keys(prefix)]
+
+    def _keys(self, prefix: bytes) -> Iterator[bytes]:
+        for k in self.db.keys(from_key=prefix):
+            if not k.startswith(prefix):
+                break
+            yield k
+
+    def commit_restore(self, wb: WriteBatch, partition: int, written_users: set[bytes],
+                       changelog_end: int | None = None) -> None:
+        """Write restored changelog records plus the partition's user index (and, at the end of
+        a restore, the changelog offset reached)."""
+        for u in written_users:
+            wb.put(b"P" + _P.pack(partition) + u[1:9], b"")
+        if changelog_end is not None:
+            wb.put(lkey(partition), _U.pack(changelog_end))
+        self.db.write(wb, self._wopts)
+
+    def drop_partition(self, partition: int, users: set[bytes] = frozenset()) -> None:
+        """Delete every user of ``partition`` (its index plus ``users``, ``u<user>`` prefixes) and
+        its offsets: the partition is then rebuilt from scratch."""
+        wb = WriteBatch(raw_mode=True)
+        prefixes = {ukey(u) for u in self.partition_users(partition)} | set(users)
+        for pre in prefixes:
+            for k in self._keys(pre):
+                wb.delete(k)
+        for k in self._keys(b"P" + _P.pack(partition)):
+            wb.delete(k)
+        wb.delete(okey(partition))
+        wb.delete(lkey(partition))
+        self.db.write(wb, self._wopts)
+
     # ---- reads ---------------------------------------------------------------------------
-    def _load_meta(self, user: int) -> tuple[int | None, dict[int, list[int]] | None]:
-        """(newest event ts, {ctx: [first_seg, last_seg, skip, count]}) or (None, None)."""
-        v = self._get(_ukey(user) + b"m")
-        if v is None:
-            return None, None
-        newest, ctxs = msgpack.unpackb(v, strict_map_key=False)
-        return newest, {int(c): m for c, m in ctxs.items()}
+    def _load_meta(self, user: int) -> UserMeta | None:
+        memo = getattr(self._tls, "metas", None)  # inside reading(): a user's meta cannot change
+        if memo is not None and user in memo:
+            return memo[user]
+        v = self._get(mkey(user))
+        m = None if v is None else UserMeta.unpack(v)
+        if memo is not None:
+            memo[user] = m
+        return m
 
     def _meta(self, user: int) -> dict[int, list[int]] | None:
-        return self._load_meta(user)[1]
+        m = self._load_meta(user)
+        return None if m is None else m.ctxs
 
     @contextmanager
     def reading(self):
@@ -127,10 +279,11 @@ class StateStore:
             yield
             return
         self._tls.view = self.db.snapshot()
+        self._tls.metas = {}
         try:
             yield
         finally:
-            self._tls.view = None
+            self._tls.view = self._tls.metas = None
 
     def _get(self, key: bytes) -> bytes | None:
         view = getattr(self._tls, "view", None)
@@ -145,16 +298,8 @@ class StateStore:
             return self._pending[key]
         return self.db.get(key)
 
-    def _put(self, wb: WriteBatch, key: bytes, value: bytes) -> None:
-        self._pending[key] = value
-        wb.put(key, value)
-
-    def _delete(self, wb: WriteBatch, key: bytes) -> None:
-        self._pending[key] = None
-        wb.delete(key)
-
     def _segment(self, user: int, ctx: int, seg: int, skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        items, ts = decode_segment(self._get(_skey(user, ctx, seg)))
+        items, ts = decode_segment(self._get(skey(user, ctx, seg)))
         return items[skip:], ts[skip:]
 
     def context_tail(self, user: int, ctx: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -183,12 +328,32 @@ class StateStore:
             return self.context_tail(user, ctx, meta[ctx][3])[0] if ctx in meta else np.zeros(0, np.int64)
 
     def seen_mask(self, user: int, items: np.ndarray) -> np.ndarray:
-        """For each raw id in ``items``: is it in the user's stored sequence (any context)?"""
+        """For each raw id in ``items``: is it in the user's stored sequence (any context)?
+        Reads the user's meta and at most one seen-item bucket per distinct id."""
+        items = np.asarray(items, np.int64)
+        out = np.zeros(items.shape, bool)
         with self.reading():
-            meta = self._meta(user) or {}
-            parts = [self.context_items(user, c) for c in meta]
-        seen = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-        return np.isin(np.asarray(items, np.int64), seen)
+            m = self._load_meta(user)
+            if m is None or items.size == 0:
+                return out
+            if m.buckets is None:  # written before the seen-item index: reindex rebuilds it
+                return np.isin(items, self.sequence(user).items)
+            # an id can only be in its own bucket: membership in the union of the buckets read
+            # is membership in the sequence (one vectorised isin, no per-bucket numpy work)
+            parts = [bucket_items(v) for b in np.unique(bucket_of(items, m.buckets)).tolist()
+                     if (v := self._get(hkey(user, b))) is not None]
+            return np.isin(items, np.concatenate(parts)) if parts else out
+
+    def seen_items(self, user: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct items, occurrence counts) from the seen-item buckets (tests, reindex)."""
+        with self.reading():
+            m = self._load_meta(user)
+            parts = [decode_bucket(v) for b in range(m.buckets or 0) if (v := self._get(hkey(user, b)))] if m else []
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        items, counts = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        order = np.argsort(items)
+        return items[order], counts[order]
 
     def context_counts(self, user: int) -> dict[int, int]:
         with self.reading():
@@ -212,37 +377,45 @@ class StateStore:
             return _merged(items, ts, cs)
 
     def recent(self, user: int, n: int = 1000) -> UserSequence | None:
-        """Newest ``n`` events across all contexts, oldest first; reads only tail segments."""
+        """Newest ``n`` events across all contexts, oldest first; reads only tail segments:
+        each context is read backwards from its tail while its oldest loaded event is not
+        older than the n-th newest event loaded so far (O(n + contexts x segment))."""
         with self.reading():
             meta = self._meta(user)
             if meta is None:
                 return None
-            loaded: dict[int, tuple[list, list, int]] = {}
+            if n <= 0:
+                return _merged([], [], [])
+            loaded: dict[int, list] = {}  # ctx -> [items parts, ts parts, lowest segment read]
             for c, (first, last, skip, _) in meta.items():
                 i, t = self._segment(user, c, last, skip if last == first else 0)
-                loaded[c] = ([i], [t], last)
+                loaded[c] = [[i], [t], last]
             while True:
-                merged = _merged([np.concatenate(v[0]) for v in loaded.values()],
-                                 [np.concatenate(v[1]) for v in loaded.values()],
-                                 [np.full(sum(x.size for x in v[0]), c, np.int32) for c, v in loaded.items()])
-                if len(merged) <= n:
-                    cutoff = None
-                else:
-                    cutoff = (merged.ts[-n], merged.items[-n])
+                all_ts = np.concatenate([p for v in loaded.values() for p in v[1]])
+                cut = np.partition(all_ts, all_ts.size - n)[all_ts.size - n] if all_ts.size > n else None
                 grew = False
-                for c, (parts_i, parts_t, seg) in loaded.items():
+                for c, v in loaded.items():
                     first, _, skip, _ = meta[c]
-                    if seg == first:
-                        continue
-                    oldest = (parts_t[0][0], parts_i[0][0]) if parts_i[0].size else None
-                    if cutoff is None or (oldest is not None and oldest >= cutoff):
-                        i, t = self._segment(user, c, seg - 1, skip if seg - 1 == first else 0)
-                        parts_i.insert(0, i)
-                        parts_t.insert(0, t)
-                        loaded[c] = (parts_i, parts_t, seg - 1)
-                        grew = True
+                    if v[2] == first or (cut is not None and v[1][0].size and v[1][0][0] < cut):
+                        continue  # everything older in this context is older than the cut
+                    i, t = self._segment(user, c, v[2] - 1, skip if v[2] - 1 == first else 0)
+                    v[0].insert(0, i)
+                    v[1].insert(0, t)
+                    v[2] -= 1
+                    grew = True
                 if not grew:
-                    return UserSequence(merged.items[-n:], merged.ts[-n:], merged.contexts[-n:])
+                    break
+            items, ts, cs = [], [], []
+            for c, v in loaded.items():
+                i, t = np.concatenate(v[0]), np.concatenate(v[1])
+                if cut is not None:  # only events at or after the cut can be among the newest n
+                    lo = int(np.searchsorted(t, cut, "left"))
+                    i, t = i[lo:], t[lo:]
+                items.append(i)
+                ts.append(t)
+                cs.append(np.full(i.size, c, np.int32))
+            merged = _merged(items, ts, cs)
+            return UserSequence(merged.items[-n:], merged.ts[-n:], merged.contexts[-n:])
 
     def users(self) -> Iterator[int]:
         it = self.db.keys(from_key=b"u")
@@ -264,17 +437,18 @@ class StateStore:
         return h.hexdigest()
 
     def storage_bytes(self) -> tuple[int, int]:
-        """(bytes of all user values, stored events) for the bytes-per-event figure."""
+        """(bytes of all user keys and values -- segments, meta, seen-item buckets --, stored
+        events) for the bytes-per-event figure."""
         total = events = 0
         for k, v in self.db.items(from_key=b"u"):
             if not k.startswith(b"u"):
                 break
             total += len(k) + len(v)
             if k[9:10] == b"m":
-                events += sum(m[3] for m in msgpack.unpackb(v, strict_map_key=False)[1].values())
+                events += UserMeta.unpack(v).total
         return total, events
 
-    # ---- writes --------------------------------------------------------------------------
+    # ---- writes (stream.writer) ----------------------------------------------------------
     def apply(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray,
               offsets: dict[int, int]) -> ApplyResult:
         """Apply a batch of valid events and advance ``offsets`` in one atomic write."""
@@ -282,31 +456,22 @@ class StateStore:
         self.commit(wb)
         return res
 
-    def prepare(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray,
-                offsets: dict[int, int]) -> tuple[WriteBatch, ApplyResult]:
+    def prepare(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray, offsets: dict[int, int],
+                partition_of: dict[int, int] | None = None) -> tuple[WriteBatch, ApplyResult]:
         """Stage a batch of valid events plus ``offsets`` (partition -> next offset) without
-        writing. Duplicates of stored events (same user, item_id, ts) are skipped; events older
-        than the newest event seen before them minus the late tolerance are listed in
-        ``ApplyResult.late`` (to be dead-lettered) and not stored. Call :meth:`commit` next."""
-        res = ApplyResult()
-        wb = WriteBatch(raw_mode=True)
-        self._pending.clear()
-        users = np.asarray(users, np.int64)
-        try:
-            if users.size:
-                items = np.asarray(items, np.int64)
-                ts = np.asarray(ts, np.int64)
-                ctxs = self.contexts.context_of(items)
-                order = np.argsort(users, kind="stable")
-                bounds = np.flatnonzero(np.diff(users[order])) + 1
-                for idx in np.split(order, bounds):
-                    self._apply_user(wb, int(users[idx[0]]), idx, items, ts, ctxs, res)
-            for p, off in offsets.items():
-                wb.put(_okey(p), _U.pack(off))
-        except BaseException:
-            self._pending.clear()
-            raise
-        return wb, res
+        writing; see :meth:`longretriever.stream.writer.BatchWriter.prepare`. ``partition_of``
+        (user -> source partition) indexes new users by partition. Call :meth:`commit` next;
+        :attr:`staged` holds the changed user records until then."""
+        return self._writer.prepare(users, items, ts, offsets, partition_of)
+
+    @property
+    def staged(self) -> dict[bytes, bytes | None]:
+        """Every record the staged batch changes (None: deleted), for the changelog."""
+        return self._pending
+
+    def set_changelog_offsets(self, wb: WriteBatch, ends: dict[int, int]) -> None:
+        for p, off in ends.items():
+            wb.put(lkey(p), _U.pack(off))
 
     def commit(self, wb: WriteBatch) -> None:
         """Atomically write a staged batch (state and offsets together)."""
@@ -314,133 +479,6 @@ class StateStore:
             self.db.write(wb, self._wopts)
         finally:
             self._pending.clear()
-
-    def _apply_user(self, wb: WriteBatch, user: int, idx: np.ndarray, items: np.ndarray,
-                    ts: np.ndarray, ctxs: np.ndarray, res: ApplyResult) -> None:
-        newest, meta = self._load_meta(user)
-        meta = meta or {}
-        u_ts = ts[idx]  # arrival order (the batch is in log order per partition)
-        # an event is late if older than the newest event seen before it, minus the tolerance
-        start = u_ts[0] if newest is None else newest
-        seen_max = np.maximum.accumulate(np.concatenate([[start], u_ts]))[:-1]
-        late = u_ts < seen_max - self.late_tolerance_ms
-        if late.any():
-            res.late.extend(idx[late].tolist())
-            idx = idx[~late]
-        if idx.size:
-            newest = max(int(ts[idx].max()), newest if newest is not None else -1)
-        touched = res.touched.setdefault(user, set())
-        for c in np.unique(ctxs[idx]).tolist():
-            sel = idx[ctxs[idx] == c]
-            added, dups = self._merge_context(wb, user, c, meta, items[sel], ts[sel])
-            res.appended += added
-            res.duplicates += dups
-            if added:
-                touched.add(c)
-        res.evicted += self._evict(wb, user, meta)
-        if not touched:
-            del res.touched[user]
-        if not meta:
-            return
-        self._put(wb, _ukey(user) + b"m", msgpack.packb([newest, meta]))
-
-    def _merge_context(self, wb: WriteBatch, user: int, c: int, meta: dict[int, list[int]],
-                       new_items: np.ndarray, new_ts: np.ndarray) -> tuple[int, int]:
-        """Merge new events into context ``c`` and rewrite only the segments that change.
-
-        Fast path (events newer than everything stored): append to the tail segment. Otherwise
-        load segments from the tail back to the first one that starts strictly before the
-        oldest new event, merge with dedup, and re-split from there."""
-        if c not in meta:
-            meta[c] = [0, -1, 0, 0]
-        first, last, skip, count = meta[c]
-        order = canonical_order(new_ts, new_items)
-        ni, nt = new_items[order], new_ts[order]
-        if ni.size > 1:
-            keep = np.empty(ni.size, bool)
-            keep[0] = True
-            np.not_equal(nt[1:], nt[:-1], out=keep[1:])
-            keep[1:] |= ni[1:] != ni[:-1]
-            in_dups = int(ni.size - keep.sum())
-            ni, nt = ni[keep], nt[keep]
-        else:
-            in_dups = 0
-        start = last + 1
-        if count:
-            ti, tt = self._segment(user, c, last, skip if last == first else 0)
-            if (int(nt[0]), int(ni[0])) > (int(tt[-1]), int(ti[-1])):
-                m_items, m_ts, dups, start = np.concatenate([ti, ni]), np.concatenate([tt, nt]), in_dups, last
-                added = int(ni.size)
-            else:
-                m_items, m_ts, dups, start, base = self._merge_slow(user, c, meta[c], ni, nt)
-                dups += in_dups
-                added = int(m_items.size) - base
-        else:
-            m_items, m_ts, dups, added = ni, nt, in_dups, int(ni.size)
-            first = start = skip = 0
-        if added == 0:
-            return 0, dups
-        for seg in range(start, last + 1):
-            self._delete(wb, _skey(user, c, seg))
-        if start == first:
-            skip = 0
-        seg = start
-        for lo in range(0, m_items.size, self.seg):
-            self._put(wb, _skey(user, c, seg), encode_segment(m_items[lo:lo + self.seg], m_ts[lo:lo + self.seg]))
-            seg += 1
-        meta[c] = [first, seg - 1, skip, count + added]
-        return added, dups
-
-    def _merge_slow(self, user: int, c: int, m: list[int], ni: np.ndarray,
-                    nt: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int, int]:
-        first, last, skip, _ = m
-        min_ts = int(nt[0])
-        old_i, old_t, start = [], [], last + 1
-        for seg in range(last, first - 1, -1):
-            i, t = self._segment(user, c, seg, skip if seg == first else 0)
-            old_i.insert(0, i)
-            old_t.insert(0, t)
-            start = seg
-            if t.size and t[0] < min_ts:
-                break
-        base_i, base_t = np.concatenate(old_i), np.concatenate(old_t)
-        m_items, m_ts, dups = merge_sorted(base_i, base_t, ni, nt)
-        return m_items, m_ts, dups, start, int(base_i.size)
-
-    def _evict(self, wb: WriteBatch, user: int, meta: dict[int, list[int]]) -> int:
-        """Drop the user's oldest events until at most ``max_len`` remain. Eviction only moves
-        the per-context head (skip) and deletes fully consumed head segments."""
-        total = sum(m[3] for m in meta.values())
-        excess = total - self.max_len
-        if excess <= 0:
-            return 0
-        heap, heads = [], {}
-        for c, (first, last, skip, count) in meta.items():
-            if count:
-                heads[c] = self._head(user, c, meta[c])
-                heapq.heappush(heap, (int(heads[c][1][0]), int(heads[c][0][0]), c))
-        for _ in range(excess):
-            _, _, c = heapq.heappop(heap)
-            first, last, skip, count = meta[c]
-            skip, count = skip + 1, count - 1
-            i, t = heads[c]
-            i, t = i[1:], t[1:]
-            if i.size == 0:
-                self._delete(wb, _skey(user, c, first))
-                first, skip = first + 1, 0
-                if count == 0:
-                    del meta[c]
-                    continue
-                meta[c] = [first, last, skip, count]
-                i, t = self._head(user, c, meta[c])
-            meta[c] = [first, last, skip, count]
-            heads[c] = (i, t)
-            heapq.heappush(heap, (int(t[0]), int(i[0]), c))
-        return excess
-
-    def _head(self, user: int, c: int, m: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        first, _, skip, _ = m
-        return self._segment(user, c, first, skip)
 
 
 def _merged(items: list[np.ndarray], ts: list[np.ndarray], cs: list[np.ndarray]) -> UserSequence:

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Callable
 
 import msgpack
@@ -28,7 +29,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from longretriever.core.errors import ServiceUnavailable
 from longretriever.core.settings import Settings
 from longretriever.stream import metrics
-from longretriever.core.codec import Rejection, decode_columns
+from longretriever.core.codec import Rejection, decode_many
 from longretriever.stream.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 OnApplied = Callable[[dict[int, set[int]]], None]
 _FETCH_BYTES = 8 * 1_048_576  # consumer max_partition_fetch_bytes
 _MAX_REASON = 512  # bytes of the lr.reason header (reasons can quote attacker-sized keys)
+_VALUE, _KEY = attrgetter("value"), attrgetter("key")
 
 
 @dataclass
@@ -57,6 +59,14 @@ class WorkerStats:
         if self.assigned_at is None or self.last_batch_at is None or self.last_batch_at <= self.assigned_at:
             return 0.0
         return self.applied / (self.last_batch_at - self.assigned_at)
+
+    def taken_eps(self) -> float:
+        """Valid events taken per second (applied, duplicates and late alike), same window as
+        :meth:`ingest_eps`: the rate of a pass that stores nothing new (a re-sent history)."""
+        if self.assigned_at is None or self.last_batch_at is None or self.last_batch_at <= self.assigned_at:
+            return 0.0
+        return (self.applied + self.duplicates + self.late) / (self.last_batch_at - self.assigned_at)
+
     assigned: set[int] = field(default_factory=set)
 
 
@@ -67,14 +77,25 @@ class _Rebalance(ConsumerRebalanceListener):
         self.w = worker
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.w.batch_lock:  # a batch in flight commits (and publishes) before we give it up
+            pass
         for tp in revoked:
             self.w.stats.assigned.discard(tp.partition)
+        if self.w.standby is not None:
+            self.w.standby.follow({tp.partition for tp in revoked})
         metrics.ASSIGNED.set(len(self.w.stats.assigned))
         log.info("revoked %s", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         fresh = []
+        # nothing of these is consumed until each is restored and positioned (aiokafka starts
+        # fetching newly assigned partitions while this callback runs)
+        self.w.consumer.pause(*assigned)
+        if self.w.standby is not None:
+            self.w.standby.stop_following({tp.partition for tp in assigned})
         for tp in assigned:
+            if self.w.s.restore == "changelog":
+                await self.w.restore_partition(tp.partition)
             off = self.w.store.next_offset(tp.partition)
             if off is None:
                 fresh.append(tp)
@@ -82,6 +103,7 @@ class _Rebalance(ConsumerRebalanceListener):
                 self.w.consumer.seek(tp, off)
         if fresh:
             await self.w.consumer.seek_to_beginning(*fresh)
+        self.w.consumer.resume(*assigned)
         # Only now: aiokafka already fetches the partitions positioned above while the seek to
         # the beginning of the others is pending, so adding them one by one let
         # ``_caught_up`` (which looks at ``stats.assigned``) end an ``until_caught_up`` run
@@ -104,6 +126,12 @@ class StreamWorker:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._stop = asyncio.Event()
+        self._commit_task: asyncio.Task | None = None
+        self._summary = _Summary(self.stats)
+        self.publisher = None  # stream.changelog.ChangelogPublisher when restore == "changelog"
+        self.standby = None  # stream.changelog.Standby when standby
+        self.restores: list = []  # stream.changelog.RestoreResult, one per assigned partition
+        self.batch_lock = asyncio.Lock()  # one batch at a time; a revocation waits for it
 
     def stop(self) -> None:
         self._stop.set()
@@ -123,6 +151,8 @@ class StreamWorker:
         # MessageSizeTooLargeError and crashed the worker on every restart (poison message)
         self.producer = AIOKafkaProducer(bootstrap_servers=self.s.bootstrap, acks="all",
                                          linger_ms=5, max_request_size=_FETCH_BYTES + 65_536, **sec)
+        if self.s.restore == "changelog":
+            await self._start_changelog(sec)
         self.consumer.subscribe([self.s.topic], listener=_Rebalance(self))
         await self.consumer.start()
         await self.producer.start()
@@ -134,6 +164,7 @@ class StreamWorker:
                                                    max_records=self.s.fetch_max_records)
                 if data:
                     await self._process(data)
+                self._summary.maybe_log()
                 if targets is not None and self._caught_up(targets):
                     break
                 if max_seconds is not None and time.monotonic() - t0 > max_seconds:
@@ -142,9 +173,52 @@ class StreamWorker:
                     break
         finally:
             self.stats.seconds = time.monotonic() - t0
+            self._summary.maybe_log(force=True)
+            if self._commit_task is not None:
+                await asyncio.gather(self._commit_task, return_exceptions=True)
+            if self.standby is not None:
+                await self.standby.stop()
             await self.producer.stop()
             await self.consumer.stop()
+            if self.publisher is not None:
+                await self.publisher.stop()
         return self.stats
+
+    async def _start_changelog(self, security: dict) -> None:
+        import hashlib
+
+        from longretriever.stream import changelog as cl
+
+        parts = await asyncio.to_thread(cl.ensure_changelog, self.s.bootstrap, self.s.topic, security)
+        # a stable id per (group, state directory): a restarted worker fences its zombie
+        tid = f"lr-{self.s.group_id}-{hashlib.sha256(str(self.store.path.resolve()).encode()).hexdigest()[:12]}"
+        self.publisher = cl.ChangelogPublisher(self.s.bootstrap, self.s.topic, tid, security)
+        await self.publisher.start()
+        if self.s.standby:
+            self.standby = cl.Standby(self.store, self.s.bootstrap, self.s.topic, parts, security)
+            await self.standby.start()
+
+    async def restore_partition(self, partition: int) -> None:
+        from longretriever.stream import changelog as cl
+
+        full = self.store.next_offset(partition) is None
+        res = await cl.restore(self.store, self.s.bootstrap, self.s.topic, partition, self.s.kafka_security(), full)
+        self.restores.append(res)
+        if res.garbled_key is not None:  # tombstone it: compaction then drops the garbled record
+            await self.publisher.publish({partition: [(res.garbled_key, None)]}, {})
+        metrics.RESTORES.labels(res.how).inc()
+        metrics.RESTORE_SECONDS.observe(res.seconds)
+
+    async def _end_offsets_admin(self) -> dict[int, int]:
+        """End offsets of the source topic from a short-lived consumer of our own."""
+        c = AIOKafkaConsumer(bootstrap_servers=self.s.bootstrap, group_id=None, **self.s.kafka_security())
+        await c.start()
+        try:
+            await c.topics()
+            tps = [TopicPartition(self.s.topic, p) for p in c.partitions_for_topic(self.s.topic) or ()]
+            return {tp.partition: o for tp, o in (await c.end_offsets(tps)).items()}
+        finally:
+            await c.stop()
 
     async def _end_offsets(self) -> dict[int, int]:
         parts = None
@@ -166,60 +240,70 @@ class StreamWorker:
         return all((self.store.next_offset(p) or 0) >= targets.get(p, 0) for p in self.stats.assigned)
 
     async def _process(self, data: dict[TopicPartition, list]) -> None:
+        async with self.batch_lock:
+            owned = self.consumer.assignment()
+            data = {tp: m for tp, m in data.items() if tp in owned}  # revoked since the fetch: not ours
+            if data:
+                await self._process_owned(data)
+
+    async def _process_owned(self, data: dict[TopicPartition, list]) -> None:
         """Decode + stage in a worker thread (the event loop stays free for gRPC and
-        heartbeats), dead-letter, then commit state and offsets atomically."""
+        heartbeats), dead-letter, publish to the changelog, then commit state and offsets
+        atomically."""
         t0 = time.perf_counter()
         staged = await asyncio.to_thread(self._decode_and_stage, data, int(time.time() * 1000))
         self.stats.messages += sum(len(m) for m in data.values())
         metrics.MESSAGES.inc(sum(len(m) for m in data.values()))
         if staged is None:
             return
-        wb, res, rejected, offsets = staged
+        wb, res, rejected, offsets, records = staged
         await self._dead_letter(rejected)  # before the state commit: nothing is lost on a crash
+        if self.publisher is not None:  # the changelog transaction first (stream.changelog)
+            self.store.set_changelog_offsets(wb, await self.publisher.publish(records, offsets))
         await asyncio.to_thread(self.store.commit, wb)
         self._account(res, len(rejected))
         for p, off in offsets.items():
             hw = self.consumer.highwater(TopicPartition(self.s.topic, p))
             if hw is not None:
                 metrics.LAG.labels(str(p)).set(max(0, hw - off))
-        await self._commit_kafka(offsets)
+        if self._commit_task is None or self._commit_task.done():  # informational: never waited for
+            self._commit_task = asyncio.create_task(self._commit_kafka(offsets))
         if self.on_applied and res.touched:
             self.on_applied(res.touched)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - t0)
         self.stats.last_batch_at = time.monotonic()
 
     def _decode_and_stage(self, data: dict[TopicPartition, list], now_ms: int):
-        users: list[int] = []
-        items: list[int] = []
-        ts: list[int] = []
-        origin: list[tuple] = []  # (message, position in its micro-batch) per valid event
-        rejected: list[tuple] = []
+        msgs: list = []
         offsets: dict[int, int] = {}
-        for tp, msgs in data.items():
+        for tp, part in data.items():
             start = self.store.next_offset(tp.partition) or 0
-            for msg in msgs:
-                if msg.offset < start:
-                    continue  # re-delivered: already in the state
-                c, bad = decode_columns(msg.value, msg.key, now_ms, self.s.max_message_bytes,
-                                        self.s.max_batch_events)
-                if c.users:
-                    users += c.users
-                    items += c.items
-                    ts += c.ts
-                    origin += [(msg, i) for i in c.index]
-                rejected.extend((msg, r) for r in bad)
-                offsets[tp.partition] = msg.offset + 1
+            if part and part[0].offset < start:
+                part = [m for m in part if m.offset >= start]  # re-delivered: already in the state
+            if part:
+                msgs += part
+                offsets[tp.partition] = part[-1].offset + 1
         if not offsets:
             return None
-        wb, res = self.store.prepare(np.array(users, np.int64), np.array(items, np.int64),
-                                     np.array(ts, np.int64), offsets)
+        d = decode_many(list(map(_VALUE, msgs)), list(map(_KEY, msgs)), now_ms,
+                        self.s.max_message_bytes, self.s.max_batch_events)
+        rejected = [(msgs[m], r) for m, r in d.rejected]
+        u, first = np.unique(d.users, return_index=True)  # a user's messages are in one partition
+        parts = np.fromiter((msgs[int(i)].partition for i in d.message[first]), np.int64, u.size)
+        partition_of = dict(zip(u.tolist(), parts.tolist()))
+        wb, res = self.store.prepare(d.users, d.items, d.ts, offsets, partition_of)
+        records = None
+        if self.publisher is not None:
+            from longretriever.stream.changelog import records_of
+
+            records = records_of(self.store.staged, partition_of)
         for i in res.late:
-            msg, pos = origin[i]
-            raw, index = _element(msg.value, pos)
+            msg = msgs[int(d.message[i])]
+            raw, index = _element(msg.value, int(d.index[i]))
             rejected.append((msg, Rejection(
                 f"late event: older than the user's newest event minus "
                 f"{self.s.late_tolerance_ms} ms", raw, index)))
-        return wb, res, rejected, offsets
+        return wb, res, rejected, offsets, records
 
     def _account(self, res, n_rejected: int) -> None:
         st = self.stats
@@ -255,6 +339,29 @@ class StreamWorker:
             await self.consumer.commit({TopicPartition(self.s.topic, p): o for p, o in offsets.items()})
         except (CommitFailedError, KafkaError) as exc:
             log.debug("informational offset commit skipped: %s", exc)
+
+
+class _Summary:
+    """One INFO line per ``every`` seconds with the outcomes since the previous line."""
+
+    FIELDS = ("messages", "applied", "duplicates", "late", "dead_lettered", "evicted")
+
+    def __init__(self, stats: WorkerStats, every: float = 60.0) -> None:
+        self.stats, self.every = stats, every
+        self.last = time.monotonic()
+        self.seen = {f: 0 for f in self.FIELDS}
+
+    def maybe_log(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every:
+            return
+        cur = {f: getattr(self.stats, f) for f in self.FIELDS}
+        delta = {f: cur[f] - self.seen[f] for f in self.FIELDS}
+        if any(delta.values()) or not force:
+            log.info("last %.0f s: %s; partitions %s", now - self.last,
+                     ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in delta.items()),
+                     sorted(self.stats.assigned))
+        self.last, self.seen = now, cur
 
 
 def _element(value: bytes, index: int) -> tuple[bytes, int | None]:

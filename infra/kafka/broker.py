@@ -86,6 +86,8 @@ def _properties(port: int, controller_port: int, log_dir: Path) -> str:
         "transaction.state.log.replication.factor=1",
         "transaction.state.log.min.isr=1",
         "group.initial.rebalance.delay.ms=0",
+        # compacted changelogs (stream.changelog): look for dirty segments every second
+        "log.cleaner.backoff.ms=1000",
         "auto.create.topics.enable=false",
         # the source topic is the system of record for state recovery: keep it
         "log.retention.ms=-1",

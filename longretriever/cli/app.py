@@ -47,6 +47,20 @@ class EventFormat(str, enum.Enum):
 #: ``--context-choice`` (:data:`longretriever.core.multicontext.CHOICE_OPTIONS`)
 ContextChoice = enum.Enum("ContextChoice", {c: c for c in CHOICE_OPTIONS}, type=str)
 
+class RestoreMode(str, enum.Enum):
+    """``--restore`` (:attr:`longretriever.core.settings.Settings.restore`)."""
+
+    source = "source"
+    changelog = "changelog"
+
+
+RESTORE_HELP = ("how a partition this worker never had is rebuilt: source (replay the source "
+                "topic) or changelog (also publish every commit to <topic>.state-changelog and "
+                "restore from it); default: settings, else source")
+STANDBY_HELP = ("with --restore changelog: also follow the changelog of the partitions this "
+                "worker does not own (a failover is a short delta restore)")
+REINDEX_HELP = ("the state was built with another item -> context table: re-derive every user's "
+                "contexts from the stored events (without it such a state is refused)")
 FORMAT_HELP = ("csv: header user_id,item_id,timestamp[,action], timestamp in seconds; "
                "movielens: an ml-latest folder (ratings.csv + movies.csv)")
 

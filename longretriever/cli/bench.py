@@ -20,11 +20,13 @@ def bench_ingest(out: Path = typer.Option(..., help="JSON output file"),
                  bootstrap: Optional[str] = typer.Option(None, help="Existing broker "
                                                          "(default: start a local one)"),
                  refresh: bool = typer.Option(True, help="Also measure the worker with the "
-                                              "event-driven vector refresh attached")) -> None:
-    """Ingest benchmark on a real local broker; writes JSON."""
+                                              "event-driven vector refresh attached"),
+                 faust: bool = typer.Option(True, help="Also measure the faust engine (both topics) "
+                                            "and the bare faust-streaming agent path")) -> None:
+    """Ingest benchmark on a real local broker (micro-batched and single-event topics); writes JSON."""
     from longretriever.benchmarks.ingest import run_ingest_bench
 
-    result = run_ingest_bench(users, events_per_user, bootstrap, refresh)
+    result = run_ingest_bench(users, events_per_user, bootstrap, refresh, faust)
     out.write_text(json.dumps(result, indent=2))
     typer.echo(json.dumps(result, indent=2))
 
@@ -56,8 +58,24 @@ def bench_query_cmd(out: Path = typer.Option(..., help="JSON output file"),
                                                 "server started for the run)"),
                     ef: str = typer.Option("", help="HNSW: comma-separated ef values, one run each"),
                     load_levels: str = typer.Option("1,2,4,8,16", help="closed-loop load concurrencies"),
-                    load_seconds: float = typer.Option(4.0, min=0.5, help="seconds per load level")) -> None:
-    """gRPC + Milvus end-to-end latency, recall vs exact and QPS at p99 <= 50 ms on synthetic items."""
+                    load_seconds: float = typer.Option(4.0, min=0.5, help="seconds per load level"),
+                    real_path: bool = typer.Option(False, help="the real path instead: RocksDB state filled "
+                                                   "through Kafka, a trained ONNX bundle, Milvus Lite, "
+                                                   "gRPC, by history length (uses --k, --contexts, --queries)"),
+                    history: str = typer.Option("1000,10000,100000", help="--real-path: events per user, "
+                                                "comma-separated"),
+                    users_per_length: int = typer.Option(20, min=1, help="--real-path: users per history "
+                                                         "length")) -> None:
+    """gRPC + Milvus end-to-end latency, recall vs exact and QPS at p99 <= 50 ms on synthetic
+    items; or (--real-path) latency and stage times by history length on the real path."""
+    if real_path:
+        from longretriever.benchmarks.query_realpath import run_realpath_query_bench
+
+        r = run_realpath_query_bench(tuple(int(x) for x in history.split(",") if x), users_per_length,
+                                     queries, k, contexts)
+        out.write_text(json.dumps(r, indent=2))
+        typer.echo(json.dumps(r, indent=2))
+        return
     from longretriever.benchmarks.query import run_query_bench
 
     efs = tuple(int(x) for x in ef.split(",") if x) or (None,)
@@ -119,3 +137,17 @@ def bench_probe_cmd(out: Path = typer.Option(..., help="JSON output file"),
                     tuple(layouts.split(",")), uri)
     out.write_text(json.dumps(rep, indent=2))
     typer.echo(format_table(rep))
+
+
+@bench_app.command("restore")
+def bench_restore_cmd(out: Path = typer.Option(..., help="JSON output file"),
+                      users: int = typer.Option(100, min=1, help="synthetic users"),
+                      lifetime_events: int = typer.Option(10_000, min=1, help="events produced per user "
+                                                          "(the source history)"),
+                      cap: int = typer.Option(1_000, min=1, help="events kept per user (the state)")) -> None:
+    """Changelog restore vs source replay, ingest with the changelog, failover with/without standby."""
+    from longretriever.benchmarks.restore import run_restore_bench
+
+    r = run_restore_bench(users, lifetime_events, cap)
+    out.write_text(json.dumps(r, indent=2))
+    typer.echo(json.dumps(r, indent=2))

@@ -9,7 +9,7 @@ from typing import Optional
 import click
 import typer
 
-from longretriever.cli.app import ContextChoice, app, start_metrics
+from longretriever.cli.app import REINDEX_HELP, RESTORE_HELP, STANDBY_HELP, ContextChoice, RestoreMode, app, start_metrics
 from longretriever.core.errors import ConfigError
 from longretriever.retriever.milvus_requests import DEFAULT_COLLECTION, DEFAULT_URI
 
@@ -115,7 +115,10 @@ def serve_cmd(bundle: Path = typer.Option(..., help="model bundle directory (`tr
                   5.0, min=0, help="Milvus server: seconds between checks of the alias `index` switches; "
                   "a new bundle version is swapped in between requests (0 = off; SIGHUP checks now)"),
               ef: Optional[int] = typer.Option(None, min=1, help="HNSW search breadth (default 400, "
-                                               "at least the per-context limit)")) -> None:
+                                               "at least the per-context limit)"),
+              reindex_contexts: bool = typer.Option(False, help=REINDEX_HELP + " (under the bundle's table)"),
+              restore: Optional[RestoreMode] = typer.Option(None, help=RESTORE_HELP),
+              standby: Optional[bool] = typer.Option(None, "--standby/--no-standby", help=STANDBY_HELP)) -> None:
     """Stream worker (Kafka -> RocksDB state) + gRPC endpoint in one process."""
     import asyncio
 
@@ -124,7 +127,10 @@ def serve_cmd(bundle: Path = typer.Option(..., help="model bundle directory (`tr
     settings = load_settings(bootstrap=bootstrap, state_dir=state_dir, items_path=items, topic=topic,
                              dlq_topic=topic + ".dlq", group_id=group_id,
                              context_choice=context_choice.value if context_choice else None,
-                             grpc_tls_cert=tls_cert, grpc_tls_key=tls_key)
+                             grpc_tls_cert=tls_cert, grpc_tls_key=tls_key,
+                             restore=restore.value if restore else None, standby=standby)
+    if settings.standby and settings.restore != "changelog":
+        raise ConfigError("--standby follows the changelog: it needs --restore changelog")
     cert, key = settings.grpc_tls_cert, settings.grpc_tls_key
     if (cert is None) != (key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
@@ -140,13 +146,13 @@ def serve_cmd(bundle: Path = typer.Option(..., help="model bundle directory (`tr
                    + (f"; metrics on http://{metrics_host}:{metrics_port}/metrics" if metrics_port else ""))
 
     asyncio.run(_serve(bundle, milvus_uri, collection, settings, port, host, cache_entries, worker,
-                       advertise or f"127.0.0.1:{port}", tls, started, rollout_poll, ef))
+                       advertise or f"127.0.0.1:{port}", tls, started, rollout_poll, ef, reindex_contexts))
 
 
 async def _serve(bundle_path: Path, milvus_uri: str, collection: str, settings, port: int, host: str,
                  cache_entries: int, with_worker: bool, advertise: str,
                  tls: tuple[bytes, bytes] | None = None, on_started=None, rollout_poll: float = 5.0,
-                 ef: int | None = None) -> None:
+                 ef: int | None = None, reindex_contexts: bool = False) -> None:
     """The serving process until SIGTERM/SIGINT; a stream worker that fails stops it and its
     error reaches the CLI (one line, exit 2)."""
     import asyncio
@@ -154,7 +160,8 @@ async def _serve(bundle_path: Path, milvus_uri: str, collection: str, settings, 
     from longretriever.retriever.assemble import open_serving
     from longretriever.retriever.server import serve
 
-    sv = open_serving(bundle_path, milvus_uri, collection, settings, cache_entries, ef=ef)
+    sv = open_serving(bundle_path, milvus_uri, collection, settings, cache_entries, ef=ef,
+                      reindex_contexts=reindex_contexts)
     watcher = sv.watch_rollouts(bundle_path, rollout_poll, cache_entries)
     if watcher is not None:
         import signal

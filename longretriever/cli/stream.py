@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from longretriever.cli.app import FORMAT_HELP, EventFormat, app, start_metrics
+from longretriever.cli.app import (FORMAT_HELP, REINDEX_HELP, RESTORE_HELP, STANDBY_HELP, EventFormat,
+                                   RestoreMode, app, start_metrics)
 from longretriever.core.contexts import ContextTable
 from longretriever.core.errors import ConfigError, InputError
 from longretriever.core.settings import Settings, load_settings
@@ -19,9 +21,17 @@ GROUP_HELP = "Kafka consumer group of the stream workers"
 METRICS_HOST_HELP = "interface of the /metrics endpoint (0.0.0.0 exposes it on every interface)"
 
 
-def open_store(s: Settings, read_only: bool = False):
+class Engine(str, enum.Enum):
+    """``stream --engine``: the consumer loop around the one decode -> stage -> commit path."""
+
+    bulk = "bulk"
+    faust = "faust"
+
+
+def open_store(s: Settings, read_only: bool = False, reindex_contexts: bool = False):
     """The state of ``s.state_dir`` with the context table of ``s.items_path``; read-only
-    opens refuse a directory that holds no state (and create nothing)."""
+    opens refuse a directory that holds no state (and create nothing). A state built with
+    another item -> context table is refused (ConfigError) unless ``reindex_contexts``."""
     from longretriever.stream.state import StateStore
 
     contexts = ContextTable.from_csv(s.items_path)
@@ -29,7 +39,8 @@ def open_store(s: Settings, read_only: bool = False):
         raise ConfigError(f"no state at {s.state_dir} (check --state-dir; `longretriever stream "
                           "--state-dir DIR` builds one)")
     return StateStore(s.state_dir, contexts, max_len=s.max_sequence_len, segment_events=s.segment_events,
-                      late_tolerance_ms=s.late_tolerance_ms, read_only=read_only)
+                      late_tolerance_ms=s.late_tolerance_ms, read_only=read_only,
+                      reindex_contexts=reindex_contexts)
 
 
 @app.command("stream")
@@ -41,19 +52,33 @@ def stream_cmd(bootstrap: str = typer.Option(..., help="Kafka HOST:PORT[,HOST:PO
                until_caught_up: bool = typer.Option(False, help="Exit 0 once the end offsets "
                                                     "that existed at start are processed"),
                metrics_port: int = typer.Option(0, min=0, max=65535, help="Prometheus /metrics port (0 = off)"),
-               metrics_host: str = typer.Option("127.0.0.1", help=METRICS_HOST_HELP)) -> None:
+               metrics_host: str = typer.Option("127.0.0.1", help=METRICS_HOST_HELP),
+               reindex_contexts: bool = typer.Option(False, help=REINDEX_HELP),
+               restore: Optional[RestoreMode] = typer.Option(None, help=RESTORE_HELP),
+               standby: Optional[bool] = typer.Option(None, "--standby/--no-standby", help=STANDBY_HELP),
+               engine: Engine = typer.Option(Engine.bulk, help="bulk (aiokafka getmany, the default: "
+                                             "measured faster) or faust (a faust-streaming agent; "
+                                             "needs the [faust] extra)")) -> None:
     """Run the stream worker: user-events -> per-user rolling sequences."""
     from longretriever.stream.replay import ensure_topic
     from longretriever.stream.worker import run_worker
 
     s = load_settings(bootstrap=bootstrap, topic=topic, dlq_topic=topic + ".dlq", group_id=group_id,
-                      state_dir=state_dir, items_path=items)
+                      state_dir=state_dir, items_path=items, restore=restore.value if restore else None,
+                      standby=standby)
+    if s.standby and s.restore != "changelog":
+        raise ConfigError("--standby follows the changelog: it needs --restore changelog")
     ContextTable.from_csv(s.items_path)  # a bad items file fails before anything is created
     ensure_topic(s.bootstrap, s.topic, security=s.kafka_security())  # so does an unreachable broker
-    store = open_store(s)
+    store = open_store(s, reindex_contexts=reindex_contexts)
     try:
         start_metrics(metrics_host, metrics_port)
-        st = run_worker(s, store, until_caught_up=until_caught_up)
+        if engine is Engine.faust:
+            from longretriever.stream.faust_engine import run_faust_worker
+
+            st = run_faust_worker(s, store, until_caught_up=until_caught_up)
+        else:
+            st = run_worker(s, store, until_caught_up=until_caught_up)
     except KeyboardInterrupt:
         raise typer.Exit(130)
     finally:

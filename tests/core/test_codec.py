@@ -7,8 +7,8 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from longretriever.core.codec import (MIN_TS_MS, Event, decode_columns, decode_message, encode_batch, encode_event,
-                          encode_key)
+from longretriever.core.codec import (MIN_TS_MS, Event, decode_columns, decode_many, decode_message, encode_batch,
+                                      encode_event, encode_key)
 
 NOW = 1_800_000_000_000
 GOOD = Event(7, 42, 1_700_000_000_000, "click", 1.5)
@@ -97,3 +97,60 @@ def assert_columns_agree(value, key):
 def test_fast_and_slow_paths_agree_on_near_valid_batches(maps):
     assert_columns_agree(msgpack.packb(maps), b"7")
     assert_columns_agree(msgpack.packb(maps[0]), b"7")
+
+
+def assert_many_agrees(values, keys, max_batch=4096):
+    """decode_many over a fetch == decode_columns message by message, concatenated."""
+    got = decode_many(values, keys, NOW, max_batch=max_batch)
+    users, items, ts, message, index, rejected = [], [], [], [], [], []
+    for m, (v, k) in enumerate(zip(values, keys)):
+        c, bad = decode_columns(v, k, NOW, max_batch=max_batch)
+        users += c.users
+        items += c.items
+        ts += c.ts
+        index += c.index
+        message += [m] * len(c.users)
+        rejected += [(m, b.reason, b.index, b.raw) for b in bad]
+    assert got.users.tolist() == users and got.items.tolist() == items and got.ts.tolist() == ts
+    assert got.message.tolist() == message and got.index.tolist() == index
+    assert [(m, b.reason, b.index, b.raw) for m, b in got.rejected] == rejected
+
+
+_MAPS = st.fixed_dictionaries(
+    {"user_id": st.sampled_from([7, 7, 7, 8, True, -1]),
+     "item_id": st.integers(-2, 2**63 - 1) | st.sampled_from([1.0, "3", None]),
+     "ts": st.integers(MIN_TS_MS - 5, NOW + 10**9)},
+    optional={"action": st.text(max_size=40) | st.lists(st.integers(-5, 5), max_size=1),
+              "weight": st.floats() | st.integers(-5, 5) | st.booleans() | st.just({}),
+              "extra": st.integers(0, 9)})
+_GOOD = st.builds(lambda u, i, t: {"user_id": u, "item_id": i, "ts": t}, st.sampled_from([7, 8]),
+                  st.integers(0, 2**63 - 1), st.integers(MIN_TS_MS, NOW))
+
+
+_KEYS = st.sampled_from([b"7", b"7", b"8", b"007", None, b"x", b"99999999999999999999"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.one_of(
+    _GOOD.map(msgpack.packb),  # mostly well-formed single events and micro-batches
+    st.lists(_GOOD, min_size=1, max_size=5).map(msgpack.packb),
+    _MAPS.map(msgpack.packb), st.lists(_MAPS, max_size=4).map(msgpack.packb),
+    st.binary(max_size=30), st.none()), _KEYS), max_size=80))
+def test_decode_many_equals_decode_columns_per_message(messages):
+    assert_many_agrees([v for v, _ in messages], [k for _, k in messages])
+
+
+def test_decode_many_all_good_fetch_and_one_bad_message():
+    good = [encode_event(Event(7, i, 1_700_000_000_000 + i)) for i in range(200)]
+    batches = [encode_batch([Event(8, i, 1_700_000_000_000 + j) for j in range(3)]) for i in range(50)]
+    values = good + batches
+    keys = [b"7"] * 200 + [b"8"] * 50
+    d = decode_many(values, keys, NOW)
+    assert d.users.size == 350 and not d.rejected
+    assert d.index.tolist()[200:206] == [0, 1, 2, 0, 1, 2] and d.message.tolist()[-1] == 249
+    values[123] = b"\xc1"
+    keys[217] = b"7"  # a micro-batch of user 8 under key 7
+    assert_many_agrees(values, keys)
+    assert [m for m, _ in decode_many(values, keys, NOW).rejected] == [123, 217, 217, 217]
+    assert_many_agrees(values, keys, max_batch=2)  # every 3-event micro-batch is too long
+    assert len(decode_many(values, keys, NOW, max_batch=2).rejected) == 51

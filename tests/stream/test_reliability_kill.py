@@ -12,21 +12,16 @@ import time
 
 import pytest
 
-from longretriever.data.events import EventLog, load_dataset
+from longretriever.data.events import load_dataset
 from longretriever.stream.replay import ensure_topic, replay
 from tests.fixtures.soak import KillSoak, prefix_events, read_topic
 from longretriever.stream.state import StateStore
 from longretriever.data.synth import write as write_synth
-from tests.fixtures.support import assert_state_matches, catch_up, expected_sequences, settings_for
+from tests.fixtures.support import assert_state_matches, catch_up, expected_sequences, settings_for, slice_log
 
 pytestmark = pytest.mark.integration
 
 RESULTS: dict[str, dict] = {}  # measured numbers, printed for docs/reliability.md
-
-
-def _slice(log: EventLog, a: int, b: int) -> EventLog:
-    return EventLog(log.user_ids[a:b], log.item_ids[a:b], log.ts_ms[a:b],
-                    None if log.actions is None else log.actions[a:b])
 
 
 def _kill_scenario(bootstrap, topic, tmp_path, *, users, events_per_user, kills, max_delay,
@@ -37,7 +32,7 @@ def _kill_scenario(bootstrap, topic, tmp_path, *, users, events_per_user, kills,
     ds = load_dataset(ev, it, "csv")
     ensure_topic(bootstrap, topic, 4)
     half = len(ds.events) // 2
-    replay(_slice(ds.events, 0, half), bootstrap, topic, window=500, progress=False)
+    replay(slice_log(ds.events, 0, half), bootstrap, topic, window=500, progress=False)
 
     soak = KillSoak(bootstrap, topic, tmp_path / "state", it, group="kill", seed=seed,
                     fresh_group_per_run=not same_group,
@@ -47,7 +42,7 @@ def _kill_scenario(bootstrap, topic, tmp_path, *, users, events_per_user, kills,
 
     def produce_rest():
         try:
-            replay(_slice(ds.events, half, len(ds.events)), bootstrap, topic, window=500,
+            replay(slice_log(ds.events, half, len(ds.events)), bootstrap, topic, window=500,
                    rate=(len(ds.events) - half) / (concurrent_kills * (2.0 + max_delay / 2)),
                    progress=False)
         except BaseException as exc:  # noqa: BLE001 - reported below

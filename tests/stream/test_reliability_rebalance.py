@@ -11,19 +11,16 @@ import time
 import numpy as np
 import pytest
 
-from longretriever.data.events import EventLog, load_dataset
+from longretriever.data.events import load_dataset
 from longretriever.stream.replay import ensure_topic, replay
-from tests.fixtures.soak import end_offsets, prefix_events, read_topic
+from tests.fixtures.soak import prefix_events, read_topic
 from longretriever.stream.state import StateStore
 from longretriever.data.synth import write as write_synth
 from longretriever.stream.worker import StreamWorker
-from tests.fixtures.support import assert_state_matches, catch_up, expected_sequences, settings_for, wait_for
+from tests.fixtures.support import (assert_state_matches, catch_up, caught_up, expected_sequences, settings_for,
+                                    slice_log, split_between, start_alone, wait_for)
 
 pytestmark = pytest.mark.integration
-
-
-def _slice(log: EventLog, a: int, b: int) -> EventLog:
-    return EventLog(log.user_ids[a:b], log.item_ids[a:b], log.ts_ms[a:b], None)
 
 
 def _assert_prefix(store: StateStore, records, watermark, users_of_part, parts, now_ms):
@@ -42,7 +39,7 @@ def test_rebalance_add_then_remove_worker(kafka_bootstrap, topic_name, tmp_path)
     ds = load_dataset(ev, it, "csv")
     n = len(ds.events)
     ensure_topic(kafka_bootstrap, topic_name, 4)
-    replay(_slice(ds.events, 0, n // 3), kafka_bootstrap, topic_name, window=500, progress=False)
+    replay(slice_log(ds.events, 0, n // 3), kafka_bootstrap, topic_name, window=500, progress=False)
     store_a = StateStore(tmp_path / "a", ds.contexts)
     store_b = StateStore(tmp_path / "b", ds.contexts)
     s = settings_for(kafka_bootstrap, topic_name, tmp_path, group="rebal", fetch_max_records=200)
@@ -50,21 +47,17 @@ def test_rebalance_add_then_remove_worker(kafka_bootstrap, topic_name, tmp_path)
     timings = {}
 
     def at_end(store, parts):
-        ends = end_offsets(kafka_bootstrap, topic_name)
-        return all(store.next_offset(p) == ends[p] for p in parts)
+        return caught_up(kafka_bootstrap, topic_name, store, parts)
 
     async def scenario():
-        ta = asyncio.create_task(a.run())
-        await wait_for(lambda: a.stats.assigned == {0, 1, 2, 3} and at_end(store_a, range(4)), 120, 0.3)
+        ta = await start_alone(a, lambda parts: at_end(store_a, parts), 0.3)
         # B joins while the second third is being produced
         prod = asyncio.create_task(asyncio.to_thread(
-            replay, _slice(ds.events, n // 3, 2 * n // 3), kafka_bootstrap, topic_name,
+            replay, slice_log(ds.events, n // 3, 2 * n // 3), kafka_bootstrap, topic_name,
             window=500, rate=n / 3 / 4, progress=False))
         t0 = time.monotonic()
         tb = asyncio.create_task(b.run())
-        await wait_for(lambda: a.stats.assigned and b.stats.assigned
-                       and not a.stats.assigned & b.stats.assigned
-                       and len(a.stats.assigned | b.stats.assigned) == 4, 120)
+        await wait_for(lambda: split_between(a, b), 120)
         timings["join_rebalance_s"] = time.monotonic() - t0
         split = (set(a.stats.assigned), set(b.stats.assigned))
         await prod
@@ -73,7 +66,7 @@ def test_rebalance_add_then_remove_worker(kafka_bootstrap, topic_name, tmp_path)
         snap_a, snap_b = store_a.watermark(), store_b.watermark()
         # A leaves while the last third is being produced; B must rebuild A's partitions
         prod = asyncio.create_task(asyncio.to_thread(
-            replay, _slice(ds.events, 2 * n // 3, n), kafka_bootstrap, topic_name,
+            replay, slice_log(ds.events, 2 * n // 3, n), kafka_bootstrap, topic_name,
             window=500, rate=n / 3 / 4, progress=False))
         t0 = time.monotonic()
         a.stop()

@@ -18,6 +18,14 @@ def test_assigned_is_published_only_after_all_seeks():
     seeks: dict[int, int] = {}
 
     class Consumer:
+        paused: set = set()
+
+        def pause(self, *tps):
+            self.paused |= set(tps)
+
+        def resume(self, *tps):
+            self.paused -= set(tps)
+
         def seek(self, tp, off):
             seeks[tp.partition] = off
 
@@ -28,10 +36,11 @@ def test_assigned_is_published_only_after_all_seeks():
                 seeks[tp.partition] = 0
 
     stored = {0: 17, 2: 5}
-    worker = SimpleNamespace(stats=stats, consumer=Consumer(),
+    worker = SimpleNamespace(stats=stats, consumer=Consumer(), standby=None, s=SimpleNamespace(restore="source"),
                              store=SimpleNamespace(next_offset=stored.get))
     tps = [TopicPartition("t", p) for p in (0, 1, 2, 3)]
     asyncio.run(_Rebalance(worker).on_partitions_assigned(tps))
     assert seen_during_seek == [set()]
     assert stats.assigned == {0, 1, 2, 3}
     assert seeks == {0: 17, 1: 0, 2: 5, 3: 0}
+    assert worker.consumer.paused == set()  # paused while being positioned, resumed after

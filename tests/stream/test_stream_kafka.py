@@ -15,13 +15,14 @@ from longretriever.stream.replay import ensure_topic, replay
 from longretriever.stream.state import StateStore
 from longretriever.data.synth import write as write_synth
 from longretriever.stream.worker import StreamWorker
-from tests.fixtures.support import assert_state_matches, catch_up, expected_sequences, settings_for, wait_for
+from tests.fixtures.support import ENGINES, assert_state_matches, catch_up, expected_sequences, settings_for, wait_for
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_movielens_replay_matches_file_and_is_reproducible(kafka_bootstrap, topic_name,
-                                                          movielens_path, tmp_path):
+                                                          movielens_path, tmp_path, engine):
     ds = load_dataset(movielens_path, None, "movielens")
     ensure_topic(kafka_bootstrap, topic_name, 4)
     sent = replay(ds.events, kafka_bootstrap, topic_name, progress=False)
@@ -29,7 +30,7 @@ def test_movielens_replay_matches_file_and_is_reproducible(kafka_bootstrap, topi
     digests = []
     for run in range(2):
         store = StateStore(tmp_path / f"state{run}", ds.contexts)
-        st = catch_up(settings_for(kafka_bootstrap, topic_name, tmp_path, group=f"g{run}"), store)
+        st = catch_up(settings_for(kafka_bootstrap, topic_name, tmp_path, group=f"g{run}"), store, engine=engine)
         assert st.dead_lettered == 0
         assert_state_matches(store, expected_sequences(ds.events, ds.contexts, 100_000))
         digests.append(store.digest())
@@ -37,14 +38,15 @@ def test_movielens_replay_matches_file_and_is_reproducible(kafka_bootstrap, topi
     assert digests[0] == digests[1]
 
 
-def test_synthetic_ultra_long_with_cap(kafka_bootstrap, topic_name, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_synthetic_ultra_long_with_cap(kafka_bootstrap, topic_name, tmp_path, engine):
     ev, it = write_synth(tmp_path / "syn.csv", users=8, events_per_user=15_000, items=5_000,
                          contexts=12, seed=3)
     ds = load_dataset(ev, it, "csv")
     ensure_topic(kafka_bootstrap, topic_name, 4)
     replay(ds.events, kafka_bootstrap, topic_name, progress=False)
     store = StateStore(tmp_path / "state", ds.contexts, max_len=10_000, segment_events=512)
-    catch_up(settings_for(kafka_bootstrap, topic_name, tmp_path), store)
+    catch_up(settings_for(kafka_bootstrap, topic_name, tmp_path), store, engine=engine)
     truth = expected_sequences(ds.events, ds.contexts, 10_000)
     assert all(len(t[0]) == 10_000 for t in truth.values())
     assert_state_matches(store, truth)
@@ -52,7 +54,8 @@ def test_synthetic_ultra_long_with_cap(kafka_bootstrap, topic_name, tmp_path):
     assert events == 80_000 and used / events <= 16
 
 
-def test_duplicates_restart_and_dlq(kafka_bootstrap, topic_name, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_duplicates_restart_and_dlq(kafka_bootstrap, topic_name, tmp_path, engine):
     ensure_topic(kafka_bootstrap, topic_name, 2)
     ctx = ContextTable.from_mapping({1: "a", 2: "b", 3: "a"})
     base = 1_700_000_000_000
@@ -69,13 +72,13 @@ def test_duplicates_restart_and_dlq(kafka_bootstrap, topic_name, tmp_path):
     p.flush()
     store = StateStore(tmp_path / "state", ctx)
     s = settings_for(kafka_bootstrap, topic_name, tmp_path)
-    st = catch_up(s, store)
+    st = catch_up(s, store, engine=engine)
     assert (st.applied, st.duplicates, st.dead_lettered) == (5, 1, 3)
     assert store.sequence(5).items.tolist() == [1, 2, 3, 1]
     digest = store.digest()
     # restart with a new consumer group: Kafka would redeliver from the start, the state's own
     # offsets must position the worker so nothing is applied twice
-    st2 = catch_up(settings_for(kafka_bootstrap, topic_name, tmp_path, group="other"), store)
+    st2 = catch_up(settings_for(kafka_bootstrap, topic_name, tmp_path, group="other"), store, engine=engine)
     assert st2.applied == 0 and st2.duplicates == 0 and store.digest() == digest
     c = KafkaConsumer(topic_name + ".dlq", bootstrap_servers=kafka_bootstrap,
                       auto_offset_reset="earliest", consumer_timeout_ms=5000)

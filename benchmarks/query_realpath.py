@@ -1,0 +1,145 @@
+"""``longretriever bench query --real-path``: query latency by history length on the real path.
+
+Users with 10^3, 10^4 and 10^5 events (synthetic, seeded) are produced to a real local broker
+and consumed by the stream worker into the RocksDB state -- the state every query reads is the
+one ingest built. A small bundle is trained (a real ONNX encoder), its items are indexed in
+Milvus Lite (FLAT), and the retrieval service answers over gRPC (grpc.aio on loopback, no
+vector cache: every query encodes). Per history length and per exclusion mode the JSON has the
+client round trip (``grpc_p50_ms`` / ``grpc_p99_ms``) and the service's own stage times
+(``RetrieveResult.timings_ms``): ``state`` (reading the history: recent window, hard search,
+context choice), ``encode``, ``search`` (the Milvus calls) and ``merge`` (seen-item exclusion
+and slot filling). Goals (issue 12): p99 at 10^5 <= 1.3x p99 at 10^3, state stage <= 1 ms p50
+at 10^5; the ratios are computed in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longretriever.benchmarks.common import percentile, train_small
+from longretriever.benchmarks.query import _ServerThread
+from longretriever.core.settings import Settings
+from longretriever.data.events import EventLog, load_dataset
+from longretriever.data.synth import write as write_synth
+from longretriever.retriever.assemble import state_contexts
+from longretriever.retriever.bundle import load_bundle
+from longretriever.retriever.client import RetrieverClient
+from longretriever.retriever.milvus_index import MilvusIndex
+from longretriever.retriever.service import RetrieverService
+from longretriever.stream.replay import ensure_topic, replay
+from longretriever.stream.state import StateStore
+from longretriever.stream.worker import StreamWorker
+
+USER_BLOCK = 1_000_000  # user ids of history length group g start at g * USER_BLOCK
+
+
+def _histories(tmp: Path, lengths: list[int], users: int, items: int, contexts: int) -> tuple[EventLog, Path, Path]:
+    """One synthetic log per history length (same item table: same seed), user ids offset per
+    group, merged in time order. Returns (log, events CSV of the shortest group, items CSV)."""
+    logs, first = [], None
+    for g, n in enumerate(lengths):
+        ev, it = write_synth(tmp / f"syn{n}.csv", users, n, items=items, contexts=contexts, seed=11)
+        first = first or (ev, it)
+        e = load_dataset(ev, it, "csv").events
+        logs.append(EventLog(e.user_ids + g * USER_BLOCK, e.item_ids, e.ts_ms, e.actions))
+    cat = [np.concatenate([getattr(x, f) for x in logs]) for f in ("user_ids", "item_ids", "ts_ms")]
+    order = np.argsort(cat[2], kind="stable")
+    return EventLog(cat[0][order], cat[1][order], cat[2][order], None), first[0], first[1]
+
+
+def run_realpath_query_bench(lengths: tuple[int, ...] = (1_000, 10_000, 100_000), users: int = 20,
+                             queries: int = 100, k: int = 200, max_contexts: int = 8,
+                             items: int = 20_000, contexts: int = 12) -> dict[str, Any]:
+    from longretriever.infra.kafka import broker
+
+    load_start = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="lr-bench-qrp-"))
+    info = broker.start(tmp / "kafka")
+    index = None
+    try:
+        log, ev_small, it = _histories(tmp, list(lengths), users, items, contexts)
+        train_small(ev_small, it, tmp / "bundle", budget=8, k=64, w=16)
+        bundle = load_bundle(tmp / "bundle", intra_op_threads=1)
+        index = MilvusIndex(str(tmp / "milvus.db"), "items", max_workers=max_contexts)
+        index.build(bundle, index="flat", progress=False)
+        from longretriever.core.planner import context_sizes
+
+        index.open(bundle.version, len(bundle.item_ids), context_sizes(bundle.item_contexts))
+        topic = "user-events"
+        ensure_topic(info.bootstrap, topic, 4)
+        t0 = time.perf_counter()
+        replay(log, info.bootstrap, topic, progress=False)
+        produce_s = time.perf_counter() - t0
+        store = StateStore(tmp / "state", state_contexts(bundle, None))
+        s = Settings(bootstrap=info.bootstrap, topic=topic, dlq_topic=topic + ".dlq", group_id="qrp")
+        worker = StreamWorker(s, store)
+        asyncio.run(worker.run(until_caught_up=True, max_seconds=3600))
+        ingest = {"events": len(log), "produce_s": round(produce_s, 1),
+                  "worker_eps": round(worker.stats.ingest_eps()), "applied": worker.stats.applied}
+        runs = _measure(bundle, index, store, lengths, users, queries, k, max_contexts)
+        store.close()
+    finally:
+        if index is not None:
+            index.close()
+        broker.stop(tmp / "kafka")
+        shutil.rmtree(tmp, ignore_errors=True)
+    by = {(r["history_events"], r["exclude_seen"]): r for r in runs}
+    lo, hi = min(lengths), max(lengths)
+    p99_lo, p99_hi = by[(lo, True)]["grpc_p99_ms"], by[(hi, True)]["grpc_p99_ms"]
+    return {"runs": runs, "ingest": ingest, "k": k, "max_contexts": max_contexts, "users_per_length": users,
+            "p99_ratio_longest_vs_shortest": round(p99_hi / p99_lo, 3) if p99_lo else None,
+            "state_p50_ms_longest": by[(hi, True)]["state_p50_ms"],
+            "loadavg": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]}}
+
+
+def _measure(bundle, index, store, lengths, users, queries, k, max_contexts) -> list[dict]:
+    svc = RetrieverService(bundle, index, store, cache=None)
+    timings: list[dict[str, float]] = []
+
+    class Recording:  # the gRPC backend: the service, with each answer's stage times kept
+        def __getattr__(self, name):
+            return getattr(svc, name)
+
+        def retrieve(self, *a, **kw):
+            r = svc.retrieve(*a, **kw)
+            timings.append(dict(r.timings_ms, fallback=float(r.fallback)))
+            return r
+
+    srv = _ServerThread(Recording())
+    runs = []
+    try:
+        client = RetrieverClient(f"127.0.0.1:{srv.port}", timeout=30)
+        rng = np.random.default_rng(3)
+        for g, n in enumerate(lengths):
+            seq_len = len(store.sequence(g * USER_BLOCK))
+            for exclude in (True, False):
+                ids = (g * USER_BLOCK + rng.integers(0, users, queries)).tolist()
+                for u in ids[:5]:
+                    client.retrieve_pb(u, k, max_contexts, include_seen=not exclude)  # warm-up
+                timings.clear()
+                rtt = []
+                for u in ids:
+                    t = time.perf_counter()
+                    client.retrieve_pb(u, k, max_contexts, include_seen=not exclude)
+                    rtt.append((time.perf_counter() - t) * 1000)
+                col = {s: [x.get(s, 0.0) for x in timings] for s in ("state", "encode", "milvus", "merge", "total")}
+                runs.append({"history_events": n, "stored_events_first_user": seq_len, "exclude_seen": exclude,
+                             "queries": len(rtt), "fallbacks": int(sum(x["fallback"] for x in timings)),
+                             "grpc_p50_ms": percentile(rtt, .5), "grpc_p99_ms": percentile(rtt, .99),
+                             "state_p50_ms": percentile(col["state"], .5, 3),
+                             "encode_p50_ms": percentile(col["encode"], .5, 3),
+                             "search_p50_ms": percentile(col["milvus"], .5, 3),
+                             "merge_p50_ms": percentile(col["merge"], .5, 3),
+                             "service_p50_ms": percentile(col["total"], .5), "service_p99_ms": percentile(col["total"], .99)})
+        client.close()
+    finally:
+        srv.stop()
+    return runs
