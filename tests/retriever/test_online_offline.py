@@ -262,7 +262,12 @@ def test_two_serving_workers_route_each_user_to_its_owner(trained, kafka_bootstr
             await wait_for(lambda: wa.stats.assigned and wb.stats.assigned
                            and sum(sv.store.next_offset(p) or 0 for p in wa.stats.assigned)
                            + sum(store_b.next_offset(p) or 0 for p in wb.stats.assigned) >= total
-                           and all(len(r.map.owners) == 4 for r in routers), timeout=120)
+                           and all(len(r.map.owners) == 4 for r in routers)
+                           # the routers' maps agree with what each worker owns (not a map of
+                           # a generation a busy box has already rebalanced away from)
+                           and all(r.map.owners.get(p) == addr for r in routers
+                                   for w, addr in ((wa, addr_a), (wb, addr_b)) for p in w.stats.assigned),
+                           timeout=120)
             owned_by_b = [u for u in truth if routers[0].remote_owner(u) == addr_b]
             results = await asyncio.to_thread(_compare_all, addr_a, sv.bundle, truth)
             results_b = await asyncio.to_thread(_compare_all, addr_b, sv.bundle, truth)
