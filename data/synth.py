@@ -26,6 +26,10 @@ The generative model (one ``numpy.random.default_rng(seed)``, fully deterministi
   5-120 s inside a session, ~8 h between sessions, scaled down for very long histories so a
   history spans at most ~4 years. ``action`` is ``like`` or ``click``.
 
+A user who has consumed (almost) the whole catalogue -- only when ``events_per_user``
+approaches ``items`` -- goes on re-consuming inside its interests; sets meant for evaluation
+keep ``events_per_user`` well below ``items`` (the oracle gives a re-consumed item 0).
+
 Event counts per user are ``events_per_user``, or log-uniform in ``[min_events, events_per_user]``
 when ``min_events`` is given (for results by history length).
 
@@ -262,7 +266,7 @@ def generate_with_truth(users: int, events_per_user: int, items: int, contexts: 
             for _ in range(n):
                 i = base + pos
                 ev_block[i] = block  # the interests in force when the event is drawn
-                if rng.random() < P_EXPLORE:  # a category with items left, by ctx_pop
+                if rng.random() < P_EXPLORE and (free > 0).any():  # a category with items left, by ctx_pop
                     pc = np.where(free > 0, ctx_pop, 0.0)
                     c = int(rng.choice(C, p=pc / pc.sum()))
                     cand = pop_order[c]

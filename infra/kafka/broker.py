@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from longretriever.core.errors import ConfigError, ServiceUnavailable
+from longretriever.infra.process import stop_group
 
 KAFKA_VERSION = "3.9.1"
 HERE = Path(__file__).resolve().parent
@@ -219,27 +219,9 @@ def stop(data_dir: Path, timeout: float = 30.0) -> bool:
     info = read_info(Path(data_dir))
     if info is None:
         return False
-    try:
-        os.killpg(info.pid, signal.SIGTERM)
-    except OSError:
-        (Path(data_dir) / STATE_FILE).unlink(missing_ok=True)
-        return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(info.pid, os.WNOHANG)[0] == info.pid:
-                break  # our own child: exited and reaped
-        except ChildProcessError:
-            pass  # started by another process: only its disappearance tells
-        try:
-            os.kill(info.pid, 0)
-        except OSError:
-            break
-        time.sleep(0.2)
-    else:
-        os.killpg(info.pid, signal.SIGKILL)
+    stopped = stop_group(info.pid, timeout)
     (Path(data_dir) / STATE_FILE).unlink(missing_ok=True)
-    return True
+    return stopped
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience for shell scripts

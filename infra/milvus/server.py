@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from longretriever.core.errors import ConfigError, ServiceUnavailable
+from longretriever.infra.process import stop_group
 
 MILVUS_VERSION = "2.3.5"  # the `milvus` package version this manager was written and measured against
 CACHE = Path(os.environ.get("LONGRETRIEVER_CACHE", Path.home() / ".cache" / "longretriever"))
@@ -222,31 +223,9 @@ def stop(data_dir: Path, timeout: float = 15.0) -> bool:
     info = read_info(data_dir)
     if info is None:
         return False
-    try:
-        os.killpg(info.pid, signal.SIGTERM)
-    except OSError:
-        (data_dir / STATE_FILE).unlink(missing_ok=True)
-        return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(info.pid, os.WNOHANG)[0] == info.pid:
-                break  # our own child: exited and reaped
-        except ChildProcessError:
-            pass  # started by another process: only its disappearance tells
-        try:
-            os.kill(info.pid, 0)
-        except OSError:
-            break
-        time.sleep(0.2)
-    else:
-        try:
-            os.killpg(info.pid, signal.SIGKILL)
-            os.waitpid(info.pid, 0)
-        except (OSError, ChildProcessError):
-            pass
+    stopped = stop_group(info.pid, timeout)
     (data_dir / STATE_FILE).unlink(missing_ok=True)
-    return True
+    return stopped
 
 
 def kill(data_dir: Path) -> bool:

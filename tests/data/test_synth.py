@@ -134,3 +134,10 @@ def test_small_and_degenerate_arguments() -> None:
         synth.generate(1, 10, 3, 5, seed=0)  # fewer items than contexts
     with pytest.raises(ConfigError):
         synth.generate(0, 10, 10, 2, seed=0)
+
+
+def test_more_events_than_items_re_consumes_instead_of_failing() -> None:
+    ev, it = synth.generate(3, 400, 120, 4, seed=3)  # a user outlives the catalogue
+    assert len(ev) == 1200 and ev.groupby("user_id").size().eq(400).all()
+    per_user_distinct = ev.groupby("user_id")["item_id"].nunique()
+    assert (per_user_distinct <= 120).all() and (per_user_distinct > 100).all()
