@@ -47,6 +47,8 @@ def _is_transient(exc: BaseException) -> bool:
 def _is_transient_one(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
+    if isinstance(exc, ValueError) and "closed channel" in str(exc):
+        return True  # grpc: the channel was closed under this call (another thread dropped the client)
     try:
         import grpc
 

@@ -100,6 +100,8 @@ def test_transient_detection_follows_the_cause_chain():
     except RuntimeError as outer:
         assert _is_transient(outer)
     assert not _is_transient(ValueError("bad"))
+    # a killed Lite server: another thread's reconnect closed the channel under a search
+    assert _is_transient(ValueError("Cannot invoke RPC on closed channel!"))
 
 
 def test_refused_tcp_connect_fails_fast():
