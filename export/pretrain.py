@@ -82,13 +82,21 @@ def cooccurrence_embeddings(split: Split, dim: int, window: int = 50, seed: int 
     rows, cols = context_pairs(split, window)
     ictx = np.asarray(split.item_contexts, np.int64)
     emb = np.zeros((len(split.vocab), dim))
-    local = np.full(len(split.vocab), -1, np.int64)
-    for c in np.unique(ictx).tolist():
-        members = np.flatnonzero(ictx == c)
-        local[:] = -1
-        local[members] = np.arange(members.size)
-        m = ictx[rows] == c
-        emb[members] = ppmi_svd(local[rows[m]], local[cols[m]], members.size, dim, seed)
+    # one pass each: items grouped by context (their local ids), pairs grouped by context
+    # (both items of a pair share it: they come from one per-context subsequence)
+    by_item = np.argsort(ictx, kind="stable")
+    ctxs, item_start, item_n = np.unique(ictx[by_item], return_index=True, return_counts=True)
+    local = np.empty(ictx.size, np.int64)
+    local[by_item] = np.arange(ictx.size) - np.repeat(item_start, item_n)
+    pair_ctx = ictx[rows]
+    by_pair = np.argsort(pair_ctx, kind="stable")
+    rows, cols, pair_ctx = rows[by_pair], cols[by_pair], pair_ctx[by_pair]
+    lo = np.searchsorted(pair_ctx, ctxs, side="left")
+    hi = np.searchsorted(pair_ctx, ctxs, side="right")
+    for c_i in range(ctxs.size):
+        members = by_item[item_start[c_i]:item_start[c_i] + item_n[c_i]]
+        a, b = int(lo[c_i]), int(hi[c_i])
+        emb[members] = ppmi_svd(local[rows[a:b]], local[cols[a:b]], members.size, dim, seed)
     norms = np.linalg.norm(emb, axis=1)
     scale = norms[norms > 0].mean() if (norms > 0).any() else 1.0
     return (emb / scale).astype(np.float32)
