@@ -10,7 +10,8 @@ vs replaying the source topic, on a set whose history is much longer than the ke
 - ``failover_s`` / ``failover_s_standby``: two workers of one group (changelog on), one
   leaves (clean stop); time from its leaving the group until the other owns every partition
   and is caught up (rebalance + restore) -- without and with ``--standby`` (the other
-  partitions' changelog followed before the failover)
+  partitions' changelog followed before the failover); ``failover_restore_s[_standby]``: the
+  part of it spent in restores (the rest is the group's rebalance)
 - ``state_events``, ``history_events``, ``changelog_bytes`` (keys + values now in the topic),
   ``changelog_records``; ``loadavg``
 """
@@ -63,8 +64,11 @@ def _changelog_size(bootstrap: str, topic: str) -> tuple[int, int]:
     return n, size
 
 
-def _failover_s(bootstrap: str, topic: str, tmp: Path, contexts, cap: int, standby: bool) -> float:
-    tag = "sb" if standby else "nosb"
+def _failover_s(bootstrap: str, topic: str, tmp: Path, contexts, cap: int, standby: bool,
+                tag: str = "") -> tuple[float, float]:
+    """(seconds from the old owner leaving until the other worker owns every partition and is
+    caught up, seconds of that spent in restores)."""
+    tag = ("sb" if standby else "nosb") + tag
     s = _settings(bootstrap, topic, f"fo-{tag}", restore="changelog", standby=standby, max_sequence_len=cap)
     sa = StateStore(tmp / f"fo-a-{tag}", contexts, max_len=cap)
     sb = StateStore(tmp / f"fo-b-{tag}", contexts, max_len=cap)
@@ -86,13 +90,13 @@ def _failover_s(bootstrap: str, topic: str, tmp: Path, contexts, cap: int, stand
             await asyncio.sleep(2.0)
         a.stop()
         await ta  # a has left the group (its own shutdown is not part of the failover)
-        t0 = time.perf_counter()
+        t0, before = time.perf_counter(), len(b.restores)
         while not (b.stats.assigned == set(ends) and caught(sb, ends)):
             await asyncio.sleep(0.05)
         took = time.perf_counter() - t0
         b.stop()
         await tb
-        return took
+        return took, sum(r.seconds for r in b.restores[before:])
 
     try:
         return asyncio.run(asyncio.wait_for(scenario(), 1800))
@@ -137,8 +141,8 @@ def run_restore_bench(users: int = 100, lifetime_events: int = 10_000, cap: int 
         restore_s, w3 = _catch_up(_settings(bs, topic, "r-changelog", restore="changelog", max_sequence_len=cap), s3)
         ok_restore = s3.digest() == digest and w3.stats.applied == 0
         s3.close()
-        fo = _failover_s(bs, topic, tmp, ds.contexts, cap, standby=False)
-        fo_sb = _failover_s(bs, topic, tmp, ds.contexts, cap, standby=True)
+        (fo, fo_restore), (fo_sb, fo_sb_restore) = (_failover_s(bs, topic, tmp, ds.contexts, cap, standby=sb)
+                                                    for sb in (False, True))
         return {
             "users": users, "history_events": len(log), "state_events": state_events, "cap": cap,
             "partitions": partitions,
@@ -151,6 +155,7 @@ def run_restore_bench(users: int = 100, lifetime_events: int = 10_000, cap: int 
             "changelog_vs_plain": round(w1.stats.ingest_eps() / w0.stats.ingest_eps(), 3)
             if w0.stats.ingest_eps() else None,
             "failover_s": round(fo, 2), "failover_s_standby": round(fo_sb, 2),
+            "failover_restore_s": round(fo_restore, 2), "failover_restore_s_standby": round(fo_sb_restore, 2),
             "loadavg": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]},
         }
     finally:

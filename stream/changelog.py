@@ -5,9 +5,13 @@ the records it changed, so a worker that gets a partition it never had restores 
 **Topic.** ``<topic>.state-changelog``, as many partitions as the source topic, compacted
 (``cleanup.policy=compact``). Changelog partition ``p`` holds the state of the users of source
 partition ``p``. Record key = the RocksDB key (``u<user>m`` meta, ``u<user>s<ctx><seg>`` a
-segment, ``u<user>h<bucket>`` a seen-item bucket), value = the RocksDB value, ``None`` (a
-tombstone) for a deleted key -- an evicted segment, an emptied bucket -- so compaction keeps the
-topic about the size of the live state. Key ``o<p>`` (value: the next source offset) is the
+segment), value = the RocksDB value, ``None`` (a tombstone) for a deleted key -- an evicted
+segment -- so compaction keeps the topic about the size of the live state. The seen-item
+buckets (``u<user>h<bucket>``) are *not* published: they are a function of the stored items, and
+were ~85% of the records a batch changed (a new item touches its own bucket), so the restore
+rebuilds them from the restored segments (``stream.recovery.rebuild_seen``; a standby marks the users
+it applied and the takeover rebuilds them). A changelog written before this still holds bucket
+records; a restore checks and ignores them. Key ``o<p>`` (value: the next source offset) is the
 batch's **marker**: the state in the changelog up to it is the state after that source offset.
 
 **Write ordering: one Kafka transaction per batch, then RocksDB.** The worker stages a batch,
@@ -32,6 +36,7 @@ falls back to replaying the source topic from offset 0.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 import time
@@ -41,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from rocksdict import WriteBatch
 
 from longretriever.core.errors import ServiceUnavailable
+from longretriever.stream import recovery
 from longretriever.stream.seen import decode_bucket
 from longretriever.stream.segments import decode_segment
 
@@ -53,6 +59,9 @@ SUFFIX = ".state-changelog"
 _MARKER = b"o"
 _Q = struct.Struct(">q")
 _APPLY_EVERY = 20_000  # records per RocksDB write during a restore
+# aiokafka's 16 KiB default batch puts ~5 segments in a produce batch, and the sender keeps one
+# batch per partition in flight: a 4 MB transaction took ~60 sequential round trips
+_BATCH_BYTES = 1_048_576
 
 
 def changelog_topic(topic: str) -> str:
@@ -144,7 +153,7 @@ def records_of(pending: dict[bytes, bytes | None], partition_of: dict[int, int])
     """The user records of a staged batch, per changelog partition (= the user's source partition)."""
     out: dict[int, list] = {}
     for k, v in pending.items():
-        if k[:1] == b"u":
+        if k[:1] == b"u" and k[9:10] != b"h":  # seen-item buckets: rebuilt on restore
             out.setdefault(partition_of[_Q.unpack(k[1:9])[0]], []).append((k, v))
     return out
 
@@ -158,7 +167,7 @@ class ChangelogPublisher:
 
         self.topic = changelog_topic(topic)
         self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id,
-                                         enable_idempotence=True, acks="all", linger_ms=2,
+                                         enable_idempotence=True, acks="all", linger_ms=2, max_batch_size=_BATCH_BYTES,
                                          max_request_size=8 * 1_048_576, **security)
 
     async def start(self) -> None:
@@ -197,22 +206,31 @@ class RestoreResult:
     garbled_key: bytes | None = None  # tombstoned by the worker, so compaction drops it
 
 
+def restore_consumer(bootstrap: str, security: dict[str, Any]) -> Any:
+    """The ``read_committed`` consumer restores read with (a worker keeps one for all of its
+    restores: starting one costs a metadata round trip per partition restored)."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                            isolation_level="read_committed", auto_offset_reset="earliest",
+                            max_partition_fetch_bytes=8 * 1_048_576, fetch_max_bytes=64 * 1_048_576, **security)
+
+
 async def restore(store: "StateStore", bootstrap: str, topic: str, partition: int,
-                  security: dict[str, Any], full: bool) -> RestoreResult:
+                  security: dict[str, Any], full: bool, consumer: Any = None) -> RestoreResult:
     """Bring ``partition``'s users in the local state up to the changelog: from offset 0
     (``full``: the partition was never here) or from the stored ``l<p>`` (the delta). Falls back
     (returns ``how="source_fallback"``) on a missing/empty changelog or a garbled record, after
     removing what it wrote, so the caller replays the source from 0."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     t0 = time.monotonic()
     ctopic = changelog_topic(topic)
     tp = TopicPartition(ctopic, partition)
     start = 0 if full else store.changelog_offset(partition) or 0
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                         isolation_level="read_committed", auto_offset_reset="earliest",
-                         max_partition_fetch_bytes=8 * 1_048_576, fetch_max_bytes=64 * 1_048_576, **security)
-    await c.start()
+    c = consumer if consumer is not None else restore_consumer(bootstrap, security)
+    if consumer is None:
+        await c.start()
     written: set[bytes] = set()
     n = 0
     log.info("restoring partition %d from %s offset %d (%s)", partition, ctopic, start, "full" if full else "delta")
@@ -228,7 +246,9 @@ async def restore(store: "StateStore", bootstrap: str, topic: str, partition: in
         c.seek(tp, start)
         wb, staged = WriteBatch(raw_mode=True), 0
         while await c.position(tp) < end:
-            batch = await c.getmany(tp, timeout_ms=1000, max_records=_APPLY_EVERY)
+            # short: a fetch that holds only a transaction marker returns no record but moves
+            # the position past it (a delta after a standby starts at such a marker)
+            batch = await c.getmany(tp, timeout_ms=50, max_records=_APPLY_EVERY)
             for rec in batch.get(tp, ()):
                 try:
                     staged += _stage(wb, written, rec)
@@ -239,9 +259,10 @@ async def restore(store: "StateStore", bootstrap: str, topic: str, partition: in
                     return res
                 n += 1
             if staged >= _APPLY_EVERY:
-                store.commit_restore(wb, partition, written_users=written)
+                recovery.commit_restore(store, wb, partition, written_users=written)
                 wb, staged = WriteBatch(raw_mode=True), 0
-        store.commit_restore(wb, partition, written_users=written, changelog_end=end)
+        recovery.commit_restore(store, wb, partition, written_users=written, changelog_end=end)
+        recovery.rebuild_seen(store, partition)
         how = "changelog" if full else "delta"
         res = RestoreResult(partition, n, start, end, time.monotonic() - t0, how)
         if n or full:
@@ -251,13 +272,18 @@ async def restore(store: "StateStore", bootstrap: str, topic: str, partition: in
     except (OSError, ServiceUnavailable) as exc:
         return _fallback(store, partition, written, full, t0, start, f"changelog unreadable: {exc}")
     finally:
-        await c.stop()
+        if consumer is None:
+            await c.stop()
+        else:
+            c.unsubscribe()  # assign() next time starts from a clean assignment
 
 
 def _stage(wb: WriteBatch, written: set[bytes], rec: Any) -> int:
     """Check one changelog record and stage it; 1 if it is a user record (its user noted)."""
     check_record(rec.key, rec.value)
-    if rec.value is None:
+    if rec.key[9:10] == b"h" and rec.key[:1] == b"u":
+        pass  # a seen-item bucket of an older changelog: the restore rebuilds the index anyway
+    elif rec.value is None:
         wb.delete(rec.key)
     else:
         wb.put(rec.key, rec.value)
@@ -271,7 +297,7 @@ def _fallback(store: "StateStore", partition: int, written: set[bytes], full: bo
               reason: str) -> RestoreResult:
     """Remove what this restore wrote (and, for a full restore, everything of the partition)
     so the source replay from offset 0 rebuilds it exactly."""
-    store.drop_partition(partition, users=written)
+    recovery.drop_partition(store, partition, users=written)
     log.warning("partition %d: restore from %s impossible (%s); replaying the source topic from offset 0 "
                 "instead", partition, "changelog", reason)
     return RestoreResult(partition, 0, start, start, time.monotonic() - t0, "source_fallback", reason)
@@ -292,16 +318,17 @@ class Standby:
         self._task = None
         self._consumer = None
         self._dirty = True
+        self._apply_lock = None
+        self._marked = False  # users applied whose seen-item index is still to be rebuilt
 
     async def start(self) -> None:
-        import asyncio
-
         from aiokafka import AIOKafkaConsumer
 
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
                                           isolation_level="read_committed", auto_offset_reset="earliest",
                                           **self.security)
         await self._consumer.start()
+        self._apply_lock = asyncio.Lock()
         self._task = asyncio.create_task(self._run(), name="changelog-standby")
 
     async def stop(self) -> None:
@@ -318,10 +345,24 @@ class Standby:
         self.following |= partitions
         self._dirty = True
 
-    def stop_following(self, partitions: set[int]) -> None:
-        """Synchronously: nothing of these partitions is applied after this returns."""
+    async def stop_following(self, partitions: set[int]) -> None:
+        """Nothing of these partitions is applied after this returns (it waits for an apply in
+        progress)."""
         self.following -= partitions
         self._dirty = True
+        async with self._apply_lock:
+            pass
+
+    def _apply(self, partition: int, recs: list, end: int) -> None:
+        """Stage and write one fetch of a followed partition (in a worker thread: the event
+        loop keeps serving heartbeats and the owned partitions)."""
+        wb, written = WriteBatch(raw_mode=True), set()
+        for rec in recs:
+            try:
+                _stage(wb, written, rec)
+            except GarbledRecord as exc:
+                log.warning("standby: skipping garbled changelog record %s:%d (%s)", partition, rec.offset, exc)
+        recovery.commit_restore(self.store, wb, partition, written, changelog_end=end)
 
     async def _run(self) -> None:
         from aiokafka import TopicPartition
@@ -335,17 +376,20 @@ class Standby:
                 for tp in tps:
                     c.seek(tp, self.store.changelog_offset(tp.partition) or 0)
             data = await c.getmany(timeout_ms=200, max_records=_APPLY_EVERY)
+            if not data and self._marked:  # caught up: rebuild the seen-item index of what it
+                async with self._apply_lock:  # applied, so a takeover has nothing left to rebuild
+                    for p in sorted(self.following):
+                        await asyncio.to_thread(recovery.rebuild_seen, self.store, p)
+                    self._marked = False
             for tp, recs in data.items():
-                if tp.partition not in self.following or self._dirty:
-                    continue  # assigned to this worker meanwhile: its owner restores it
-                wb, written = WriteBatch(raw_mode=True), set()
-                for rec in recs:
-                    try:
-                        _stage(wb, written, rec)
-                    except GarbledRecord as exc:
-                        log.warning("standby: skipping garbled changelog record %s:%d (%s)", tp.partition,
-                                    rec.offset, exc)
-                self.store.commit_restore(wb, tp.partition, written, changelog_end=recs[-1].offset + 1)
+                async with self._apply_lock:
+                    if tp.partition not in self.following or self._dirty:
+                        continue  # assigned to this worker meanwhile: its owner restores it
+                    # the position, not the last record + 1: past the batch's commit marker, so a
+                    # takeover's delta starts at the end, not at a marker it must wait past
+                    end = max(recs[-1].offset + 1, await c.position(tp))
+                    await asyncio.to_thread(self._apply, tp.partition, recs, end)
+                    self._marked = True
                 self.applied += len(recs)
                 from longretriever.stream import metrics
 

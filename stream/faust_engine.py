@@ -75,12 +75,14 @@ class FaustStateWorker(StreamWorker):
         await self.producer.start()
 
     async def close(self) -> None:
+        await self.finish_inflight(raise_error=False)
         if self._commit_task is not None:
             await asyncio.gather(self._commit_task, return_exceptions=True)
         if self.producer is not None:
             await self.producer.stop()
         if self.publisher is not None:
             await self.publisher.stop()
+        await self.close_restorer()
 
     async def on_assigned(self, assigned: set) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.s.topic)
@@ -105,6 +107,7 @@ class FaustStateWorker(StreamWorker):
         for msgs in data.values():
             msgs.sort(key=lambda m: m.offset)
         await self._process(data)
+        await self.finish_inflight()  # no pipeline here: acked only once in RocksDB
         for ev in events:
             ev.ack()  # only now: faust commits no offset the state does not have
 

@@ -108,3 +108,27 @@ def item_deltas(added: np.ndarray, removed: np.ndarray) -> tuple[np.ndarray, np.
     net = np.bincount(inv, weights=signs, minlength=uniq.size).astype(np.int64)
     nz = net != 0
     return uniq[nz], net[nz]
+
+
+def layout(items: np.ndarray, counts: np.ndarray) -> tuple[int, list[tuple[int, bytes]]]:
+    """The whole index of one user from its distinct sorted ``items`` and positive ``counts``:
+    (bucket count, [(bucket, encoded bucket)] for the non-empty buckets). The index is a function
+    of the item multiset, so this equals any sequence of incremental updates that reached it."""
+    n = bucket_count(items.size)
+    bk = bucket_of(items, n)
+    order = np.argsort(bk, kind="stable")  # ids stay sorted inside each bucket
+    cuts = np.searchsorted(bk[order], np.arange(n + 1))
+    out = []
+    for b in range(n):
+        sel = order[cuts[b]:cuts[b + 1]]
+        if sel.size:
+            out.append((b, encode_bucket(items[sel], counts[sel])))
+    return n, out
+
+
+def index_of(items: np.ndarray) -> tuple[int, int, list[tuple[int, bytes]]]:
+    """(distinct items, bucket count, encoded buckets) of a stored sequence's ``items``: how a
+    restore rebuilds the index that the changelog does not carry."""
+    uniq, counts = np.unique(np.asarray(items, np.int64), return_counts=True)
+    n, buckets = layout(uniq, counts.astype(np.int64))
+    return int(uniq.size), n, buckets

@@ -3,6 +3,8 @@
 Keys (big-endian so iteration is ordered):
 
 - ``P<partition:4><user:8>``     the users of a source partition (to drop or restore one)
+- ``R<partition:4><user:8>``     a restored user whose seen-item index is to be rebuilt
+  (``stream.recovery``)
 - ``c``                          the state's record: item -> context table fingerprint, names
 - ``l<partition:4>``             changelog offset the state reflects (``stream.changelog``)
 - ``o<partition:4>``             next source offset to consume for that partition
@@ -146,6 +148,9 @@ class StateStore:
         self._wopts = WriteOptions()
         self._wopts.sync = sync
         self._pending: dict[bytes, bytes | None] = {}
+        # a staged batch handed off to an asynchronous commit (the changelog pipeline): the next
+        # batch is staged on top of it, reading through it, until it is in RocksDB
+        self._inflight: dict[bytes, bytes | None] | None = None
         self._tls = threading.local()
         self._closed = False
         from longretriever.stream.writer import BatchWriter  # the write path (same layer)
@@ -222,39 +227,11 @@ class StateStore:
         v = self.db.get(lkey(partition))
         return None if v is None else int(_U.unpack(v)[0])
 
-    def partition_users(self, partition: int) -> list[int]:
-        prefix = b"P" + _P.pack(partition)
-        return [_U.unpack(k[5:13])[0] for k in self._keys(prefix)]
-
     def _keys(self, prefix: bytes) -> Iterator[bytes]:
         for k in self.db.keys(from_key=prefix):
             if not k.startswith(prefix):
                 break
             yield k
-
-    def commit_restore(self, wb: WriteBatch, partition: int, written_users: set[bytes],
-                       changelog_end: int | None = None) -> None:
-        """Write restored changelog records plus the partition's user index (and, at the end of
-        a restore, the changelog offset reached)."""
-        for u in written_users:
-            wb.put(b"P" + _P.pack(partition) + u[1:9], b"")
-        if changelog_end is not None:
-            wb.put(lkey(partition), _U.pack(changelog_end))
-        self.db.write(wb, self._wopts)
-
-    def drop_partition(self, partition: int, users: set[bytes] = frozenset()) -> None:
-        """Delete every user of ``partition`` (its index plus ``users``, ``u<user>`` prefixes) and
-        its offsets: the partition is then rebuilt from scratch."""
-        wb = WriteBatch(raw_mode=True)
-        prefixes = {ukey(u) for u in self.partition_users(partition)} | set(users)
-        for pre in prefixes:
-            for k in self._keys(pre):
-                wb.delete(k)
-        for k in self._keys(b"P" + _P.pack(partition)):
-            wb.delete(k)
-        wb.delete(okey(partition))
-        wb.delete(lkey(partition))
-        self.db.write(wb, self._wopts)
 
     # ---- reads ---------------------------------------------------------------------------
     def _load_meta(self, user: int) -> UserMeta | None:
@@ -296,6 +273,9 @@ class StateStore:
                 raise
         if key in self._pending:  # the writer reading through its own staged batch
             return self._pending[key]
+        inflight = self._inflight
+        if inflight is not None and key in inflight:  # ... and the one being committed
+            return inflight[key]
         return self.db.get(key)
 
     def _segment(self, user: int, ctx: int, seg: int, skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -479,6 +459,24 @@ class StateStore:
             self.db.write(wb, self._wopts)
         finally:
             self._pending.clear()
+
+    def hand_off(self) -> None:
+        """The staged batch will be committed later (:meth:`commit_handed_off`); the next
+        :meth:`prepare` stages on top of it. One batch at a time may be handed off."""
+        if self._inflight is not None:
+            raise AssertionError("a handed-off batch is still uncommitted")
+        self._inflight, self._pending = self._pending, {}
+
+    def commit_handed_off(self, wb: WriteBatch) -> None:
+        """Write the handed-off batch; readers of the layer then read the same from RocksDB."""
+        self.db.write(wb, self._wopts)
+        self._inflight = None
+
+    def discard_staged(self) -> None:
+        """Forget every staged and handed-off record (a failed commit: the batches are
+        consumed again from the offsets in the state)."""
+        self._inflight = None
+        self._pending.clear()
 
 
 def _merged(items: list[np.ndarray], ts: list[np.ndarray], cs: list[np.ndarray]) -> UserSequence:

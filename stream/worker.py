@@ -78,7 +78,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.w.batch_lock:  # a batch in flight commits (and publishes) before we give it up
-            pass
+            await self.w.finish_inflight()
         for tp in revoked:
             self.w.stats.assigned.discard(tp.partition)
         if self.w.standby is not None:
@@ -92,7 +92,7 @@ class _Rebalance(ConsumerRebalanceListener):
         # fetching newly assigned partitions while this callback runs)
         self.w.consumer.pause(*assigned)
         if self.w.standby is not None:
-            self.w.standby.stop_following({tp.partition for tp in assigned})
+            await self.w.standby.stop_following({tp.partition for tp in assigned})
         for tp in assigned:
             if self.w.s.restore == "changelog":
                 await self.w.restore_partition(tp.partition)
@@ -132,6 +132,10 @@ class StreamWorker:
         self.standby = None  # stream.changelog.Standby when standby
         self.restores: list = []  # stream.changelog.RestoreResult, one per assigned partition
         self.batch_lock = asyncio.Lock()  # one batch at a time; a revocation waits for it
+        # with the changelog: the batch whose transaction + RocksDB commit runs while the next
+        # batch is decoded and staged on top of it (stream.changelog, "pipeline")
+        self._inflight: asyncio.Task | None = None
+        self._restorer = None  # the consumer every changelog restore of this worker reads with
 
     def stop(self) -> None:
         self._stop.set()
@@ -160,10 +164,13 @@ class StreamWorker:
         try:
             targets = await self._end_offsets() if until_caught_up else None
             while not self._stop.is_set():
-                data = await self.consumer.getmany(timeout_ms=self.s.fetch_timeout_ms,
+                busy = self._inflight is not None and not self._inflight.done()
+                data = await self.consumer.getmany(timeout_ms=0 if busy else self.s.fetch_timeout_ms,
                                                    max_records=self.s.fetch_max_records)
                 if data:
                     await self._process(data)
+                elif busy:  # nothing more to stage: finish the batch in flight now
+                    await self.finish_inflight()
                 self._summary.maybe_log()
                 if targets is not None and self._caught_up(targets):
                     break
@@ -171,7 +178,9 @@ class StreamWorker:
                     break
                 if max_events is not None and self.stats.applied >= max_events:
                     break
+            await self.finish_inflight()
         finally:
+            await self.finish_inflight(raise_error=False)
             self.stats.seconds = time.monotonic() - t0
             self._summary.maybe_log(force=True)
             if self._commit_task is not None:
@@ -182,7 +191,13 @@ class StreamWorker:
             await self.consumer.stop()
             if self.publisher is not None:
                 await self.publisher.stop()
+            await self.close_restorer()
         return self.stats
+
+    async def close_restorer(self) -> None:
+        if self._restorer is not None:
+            await self._restorer.stop()
+            self._restorer = None
 
     async def _start_changelog(self, security: dict) -> None:
         import hashlib
@@ -202,7 +217,11 @@ class StreamWorker:
         from longretriever.stream import changelog as cl
 
         full = self.store.next_offset(partition) is None
-        res = await cl.restore(self.store, self.s.bootstrap, self.s.topic, partition, self.s.kafka_security(), full)
+        if self._restorer is None:
+            self._restorer = cl.restore_consumer(self.s.bootstrap, self.s.kafka_security())
+            await self._restorer.start()
+        res = await cl.restore(self.store, self.s.bootstrap, self.s.topic, partition, self.s.kafka_security(), full,
+                               consumer=self._restorer)
         self.restores.append(res)
         if res.garbled_key is not None:  # tombstone it: compaction then drops the garbled record
             await self.publisher.publish({partition: [(res.garbled_key, None)]}, {})
@@ -257,10 +276,45 @@ class StreamWorker:
         if staged is None:
             return
         wb, res, rejected, offsets, records = staged
-        await self._dead_letter(rejected)  # before the state commit: nothing is lost on a crash
-        if self.publisher is not None:  # the changelog transaction first (stream.changelog)
-            self.store.set_changelog_offsets(wb, await self.publisher.publish(records, offsets))
+        try:
+            await self._dead_letter(rejected)  # before the state commit: nothing is lost on a crash
+            if self.publisher is not None:
+                # the pipeline: batch N's transaction + commit ran while this batch was staged
+                # on top of it; this batch's transaction starts only after N is in RocksDB
+                await self.finish_inflight()
+        except BaseException:
+            self.store.discard_staged()
+            raise
+        if self.publisher is not None:
+            self.store.hand_off()
+            self._inflight = asyncio.create_task(self._publish_and_commit(wb, res, rejected, offsets, records, t0))
+            return
         await asyncio.to_thread(self.store.commit, wb)
+        self._committed(res, rejected, offsets, t0)
+
+    async def _publish_and_commit(self, wb, res, rejected, offsets, records, t0: float) -> None:
+        """The changelog transaction first, then RocksDB (stream.changelog)."""
+        try:
+            self.store.set_changelog_offsets(wb, await self.publisher.publish(records, offsets))
+            await asyncio.to_thread(self.store.commit_handed_off, wb)
+        except BaseException:
+            self.store.discard_staged()
+            raise
+        self._committed(res, rejected, offsets, t0)
+
+    async def finish_inflight(self, raise_error: bool = True) -> None:
+        """Wait for the batch in flight (its transaction and RocksDB commit); re-raises its error."""
+        task, self._inflight = self._inflight, None
+        if task is None:
+            return
+        try:
+            await task
+        except BaseException:
+            if raise_error:
+                raise
+            log.exception("the last batch's changelog commit failed; it is consumed again on restart")
+
+    def _committed(self, res, rejected, offsets: dict[int, int], t0: float) -> None:
         self._account(res, len(rejected))
         for p, off in offsets.items():
             hw = self.consumer.highwater(TopicPartition(self.s.topic, p))

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rocksdict import WriteBatch
 
-from longretriever.stream.seen import (TARGET, apply_deltas, bucket_count, bucket_of, decode_bucket, encode_bucket,
+from longretriever.stream.seen import (TARGET, apply_deltas, bucket_count, bucket_of, decode_bucket, encode_bucket, layout,
                                        item_deltas)
 from longretriever.stream.segments import decode_segment, encode_segment, first_key, merge_sorted, stored_mask
 from longretriever.stream.writer_fast import MAX_EVENTS, try_fast
@@ -366,16 +366,12 @@ class BatchWriter:
             raise AssertionError("seen-item count below zero: state corrupted")
         keep = total > 0
         uniq, total = uniq[keep], total[keep]
-        want = bucket_count(uniq.size)
-        bk = bucket_of(uniq, want)
-        order = np.argsort(bk, kind="stable")  # ids stay sorted inside each bucket
-        sb = bk[order]
-        cuts = np.searchsorted(sb, np.arange(max(n, want) + 1))
-        for b in range(max(n, want)):
-            sel = order[cuts[b]:cuts[b + 1]]
-            if sel.size:
-                self._put(wb, hkey(user, b), encode_bucket(uniq[sel], total[sel]))
-            elif b < n and parts[b][0].size:
+        want, buckets = layout(uniq, total)
+        for b, buf in buckets:
+            self._put(wb, hkey(user, b), buf)
+        filled = {b for b, _ in buckets}
+        for b in range(n):
+            if b not in filled and parts[b][0].size:
                 self._delete(wb, hkey(user, b))
         m.distinct, m.buckets = int(uniq.size), want
 

@@ -132,3 +132,39 @@ def test_readers_never_see_a_staged_batch(tmp_path):
         assert store.sequence(1).items.tolist() == before
         assert store.context_tail(1, CTX.context_of(np.array([1]))[0], 5)[0].tolist() == [1]
     assert store.sequence(1).items.tolist() == [3, 4, 5] and store.watermark() == {0: 5}
+
+
+def _records(store):
+    return {k: v for k, v in store.db.items()}
+
+
+@pytest.mark.parametrize("max_len,seg", [(10_000, 16), (50, 4)])
+def test_staging_on_top_of_a_handed_off_batch_equals_sequential_commits(tmp_path, max_len, seg):
+    """The changelog pipeline: batch N+1 is staged while N is still being committed, reading
+    through N's staged records. Every record then equals committing the batches one by one, and
+    a reader never sees a handed-off batch before it is committed."""
+    rng = np.random.default_rng(seg)
+    u, it, t = random_events(rng, 900)
+    cuts = np.sort(rng.choice(np.arange(1, 900), 30, replace=False)).tolist() + [900]
+    seq = StateStore(tmp_path / "seq", CTX, max_len=max_len, segment_events=seg, late_tolerance_ms=10**12)
+    pipe = StateStore(tmp_path / "pipe", CTX, max_len=max_len, segment_events=seg, late_tolerance_ms=10**12)
+    lo, inflight = 0, None
+    for hi in cuts:
+        seq.apply(u[lo:hi], it[lo:hi], t[lo:hi], {0: hi})
+        wb, _ = pipe.prepare(u[lo:hi], it[lo:hi], t[lo:hi], {0: hi})
+        if inflight is not None:
+            with pipe.reading():  # a reader sees only committed batches
+                assert (pipe.next_offset(0) or 0) == inflight[1]
+            pipe.commit_handed_off(inflight[0])
+        pipe.hand_off()
+        inflight = (wb, lo)
+        lo = hi
+    pipe.commit_handed_off(inflight[0])
+    assert pipe.next_offset(0) == 900
+    assert _records(pipe) == _records(seq)
+    with pytest.raises(AssertionError):
+        pipe.prepare(u[:5], it[:5], t[:5], {0: 905})
+        pipe.hand_off()
+        pipe.hand_off()
+    seq.close()
+    pipe.close()
