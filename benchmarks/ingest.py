@@ -12,7 +12,8 @@ and on the micro-batched topic also:
 - ``resent_worker_eps``: the whole history produced again into the same topic and consumed by
   the worker on top of its state (every event a duplicate; ``resent_vs_first`` vs ``worker_eps``)
 - ``worker_eps_changelog``: the worker publishing every commit to the changelog (a transaction
-  per batch, ``--restore changelog``; ``changelog_vs_plain`` vs ``worker_eps``)
+  per batch, ``--restore changelog``; ``changelog_vs_plain`` vs ``worker_eps``), and
+  ``single_event_worker_eps_changelog`` / ``single_event_changelog_vs_plain`` on the other topic
 - ``faust_engine_eps`` / ``single_event_faust_engine_eps``: the faust engine (the same state
   path as a faust-streaming agent, ``stream --engine faust``) on both topics
 - ``backfill_eps``: ``longretriever stream --until-caught-up`` as a whole process (startup incl.)
@@ -168,6 +169,10 @@ def run_ingest_bench(users: int = 200, events_per_user: int = 3000, bootstrap: s
         store = StateStore(tmp / "state-changelog", ds.contexts)
         changelog_eps = _worker_pass(bootstrap, topic, store, "bench-c", total, restore="changelog").stats.ingest_eps()
         store.close()
+        store = StateStore(tmp / "state-single-changelog", ds.contexts)
+        single_changelog_eps = _worker_pass(bootstrap, single, store, "bench-sc", total,
+                                            restore="changelog").stats.ingest_eps()
+        store.close()
         engines = {}
         if with_faust:
             for name, t in (("faust_engine_eps", topic), ("single_event_faust_engine_eps", single)):
@@ -193,6 +198,8 @@ def run_ingest_bench(users: int = 200, events_per_user: int = 3000, bootstrap: s
             "single_event_worker_vs_raw": _ratio(single_eps, raw_single),
             "worker_eps_changelog": round(changelog_eps),
             "changelog_vs_plain": _ratio(changelog_eps, worker_eps),
+            "single_event_worker_eps_changelog": round(single_changelog_eps),
+            "single_event_changelog_vs_plain": _ratio(single_changelog_eps, single_eps),
             **engines,
             "resent_worker_eps": round(resent.taken_eps()),
             "resent_vs_first": _ratio(resent.taken_eps(), worker_eps),

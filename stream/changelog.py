@@ -177,20 +177,29 @@ class ChangelogPublisher:
         await self.producer.stop()
 
     async def publish(self, records: dict[int, list], offsets: dict[int, int]) -> dict[int, int]:
-        """One transaction: every changed record and each partition's marker. Returns, per
-        changelog partition, the offset after its last record (``l<p>`` to store)."""
-        futures = []
+        """One transaction: every changed record and each partition's marker, appended to
+        producer batches directly (``send`` per record cost ~30 us of Python each). Returns,
+        per changelog partition, the offset after its last record (``l<p>`` to store)."""
+        sent: list[tuple[Any, int]] = []  # (future of a batch -> its base offset, records in it)
         async with self.producer.transaction():
-            for p, recs in records.items():
+            for p in sorted(set(records) | set(offsets)):
+                recs = list(records.get(p, ()))
+                if p in offsets:
+                    recs.append((_MARKER + struct.pack(">I", p), _Q.pack(offsets[p])))
+                batch, n = self.producer.create_batch(), 0
                 for k, v in recs:
-                    futures.append(await self.producer.send(self.topic, key=k, value=v, partition=p))
-            for p, off in offsets.items():
-                futures.append(await self.producer.send(self.topic, key=_MARKER + struct.pack(">I", p),
-                                                        value=_Q.pack(off), partition=p))
+                    if batch.append(key=k, value=v, timestamp=None) is None:  # full
+                        sent.append((await self.producer.send_batch(batch, self.topic, partition=p), n))
+                        batch, n = self.producer.create_batch(), 0
+                        if batch.append(key=k, value=v, timestamp=None) is None:
+                            raise ServiceUnavailable(f"changelog record {k[:20]!r} larger than a producer batch")
+                    n += 1
+                if n:
+                    sent.append((await self.producer.send_batch(batch, self.topic, partition=p), n))
         ends: dict[int, int] = {}
-        for f in futures:
+        for f, n in sent:
             md = f.result()
-            ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+            ends[md.partition] = max(ends.get(md.partition, 0), md.offset + n)
         return ends
 
 
