@@ -233,3 +233,25 @@ def test_standby_follows_the_other_partitions_so_failover_is_a_delta(kafka_boots
     assert_state_matches(store_b, expected_sequences(ds.events, ds.contexts, 100_000))
     store_a.close()
     store_b.close()
+
+
+def test_missing_changelog_topic_falls_back_with_a_shared_restore_consumer(kafka_bootstrap, topic_name, tmp_path):
+    """No changelog topic at all (deleted, or never created): each partition falls back to the
+    source, and the worker's shared restore consumer keeps working for the next partition."""
+    from longretriever.stream import changelog as cl
+
+    ensure_topic(kafka_bootstrap, topic_name, 2)
+    store = StateStore(tmp_path / "s", None)
+
+    async def scenario():
+        c = cl.restore_consumer(kafka_bootstrap, {})
+        await c.start()
+        try:
+            return [await cl.restore(store, kafka_bootstrap, topic_name, p, {}, True, consumer=c) for p in (0, 1)]
+        finally:
+            await c.stop()
+
+    results = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert [(r.how, r.reason) for r in results] == [("source_fallback", "no changelog topic")] * 2
+    assert store.next_offset(0) is None and store.next_offset(1) is None
+    store.close()
