@@ -67,10 +67,29 @@ def age_buckets(n: int) -> np.ndarray:
     return np.minimum(1 + np.floor(np.log2(age + 1)).astype(np.int64), AGE_BUCKETS - 1)
 
 
+def pack_slices(flat: np.ndarray, ends: np.ndarray, lengths: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The one layout rule of every encoder row. Row ``i`` is ``flat[ends[i] - lengths[i] :
+    ends[i]]`` (dense indices, oldest first); returns (dense index + 1 [B, L], recency bucket
+    [B, L], mask [B, L]), right-padded to ``L = max(1, max(lengths))``. Vectorised: training
+    gathers its rows straight from flat per-user arrays with it (``export.examples``), serving
+    and evaluation through :func:`build_encoder_inputs`."""
+    ends = np.asarray(ends, np.int64).reshape(-1)
+    lengths = np.asarray(lengths, np.int64).reshape(-1)
+    width = max(1, int(lengths.max()) if lengths.size else 1)
+    col = np.arange(width, dtype=np.int64)[None, :]
+    n = lengths[:, None]
+    ok = col < n
+    src = np.where(ok, ends[:, None] - n + col, 0)
+    items = np.where(ok, np.asarray(flat, np.int64)[src] + 1, 0) if flat.size else np.zeros(ok.shape, np.int64)
+    age = np.where(ok, n - 1 - col, 0)  # newest = 0
+    buckets = np.minimum(1 + np.floor(np.log2(age + 1.0)).astype(np.int64), AGE_BUCKETS - 1)
+    return items, np.where(ok, buckets, 0), ok.astype(np.float32)
+
+
 def _pack(vocab: ItemVocab, rows: list[np.ndarray], cap: int
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Vectorised: drop unknown ids, keep the newest ``cap`` per row, right-pad.
-    Returns (dense index + 1 [B, L], age bucket [B, L], mask [B, L])."""
+    """Drop unknown ids, keep the newest ``cap`` per row, then :func:`pack_slices`."""
     b = len(rows)
     arrs = [np.asarray(r, dtype=np.int64).reshape(-1) for r in rows]
     lens = np.fromiter((a.size for a in arrs), np.int64, b)
@@ -79,22 +98,9 @@ def _pack(vocab: ItemVocab, rows: list[np.ndarray], cap: int
     idx = vocab.dense(flat)
     ok = idx >= 0
     idx, row = idx[ok], row[ok]
-    counts = np.bincount(row, minlength=b) if cap > 0 else np.zeros(b, np.int64)
-    kept = np.minimum(counts, max(cap, 0))
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    within = np.arange(idx.size, dtype=np.int64) - starts[row]
-    col = within - (counts - kept)[row]
-    keep = col >= 0
-    idx, row, col = idx[keep], row[keep], col[keep]
-    width = max(1, int(kept.max()) if b else 1)
-    items = np.zeros((b, width), np.int64)
-    age = np.zeros((b, width), np.int64)
-    mask = np.zeros((b, width), np.float32)
-    items[row, col] = idx + 1
-    a = kept[row] - 1 - col
-    age[row, col] = np.minimum(1 + np.floor(np.log2(a + 1.0)).astype(np.int64), AGE_BUCKETS - 1)
-    mask[row, col] = 1.0
-    return items, age, mask
+    counts = np.bincount(row, minlength=b).astype(np.int64)
+    ends = np.cumsum(counts)
+    return pack_slices(idx, ends, np.minimum(counts, max(cap, 0)))
 
 
 def build_encoder_inputs(ctx_items: list[np.ndarray], recent_items: list[np.ndarray],
