@@ -142,8 +142,9 @@ def _plackett_order(rng: np.random.Generator, logits: np.ndarray) -> np.ndarray:
 
 
 def generate_with_truth(users: int, events_per_user: int, items: int, contexts: int, seed: int,
-                        min_events: int | None = None) -> SynthData:
-    """Events, items and the generator's truth (see the module docstring)."""
+                        min_events: int | None = None, drift: float = DRIFT) -> SynthData:
+    """Events, items and the generator's truth (see the module docstring). ``drift`` is the
+    taste random-walk step at every era change (0: every interest keeps one taste for life)."""
     if users < 1 or events_per_user < 1:
         raise ConfigError(f"users and events per user must be >= 1, got {users} and {events_per_user}")
     if contexts < 1 or items < contexts:
@@ -151,6 +152,8 @@ def generate_with_truth(users: int, events_per_user: int, items: int, contexts: 
                           f"got {contexts} contexts and {items} items")
     if min_events is not None and not 1 <= min_events <= events_per_user:
         raise ConfigError(f"min events per user must be in [1, events per user], got {min_events}")
+    if not 0.0 <= drift <= 10.0:
+        raise ConfigError(f"drift must be in [0, 10], got {drift}")
     rng = np.random.default_rng(seed)
     U, N, C = int(users), int(items), int(contexts)
 
@@ -248,7 +251,7 @@ def generate_with_truth(users: int, events_per_user: int, items: int, contexts: 
             e_now = int(np.searchsorted(bounds, pos, side="right"))
             if e_now != era:  # a new era: tastes drift, consumption orders are redrawn
                 if era >= 0:
-                    taste = _unit(taste + DRIFT * rng.standard_normal(taste.shape))
+                    taste = _unit(taste + drift * rng.standard_normal(taste.shape))
                 era = e_now
                 block = new_block()
                 for g in range(k):
@@ -363,11 +366,11 @@ def oracle_scores(truth: Truth, user_index: int, t: int) -> np.ndarray:
 
 
 def generate(users: int, events_per_user: int, items: int, contexts: int, seed: int,
-             min_events: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+             min_events: int | None = None, drift: float = DRIFT) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Synthetic ``(events, items)``: events ``user_id, item_id, timestamp`` (seconds),
     ``action`` in {click, like}, rows by user id then time (not globally by time); items
     ``item_id, category``. Same arguments -> identical frames. See the module docstring."""
-    d = generate_with_truth(users, events_per_user, items, contexts, seed, min_events)
+    d = generate_with_truth(users, events_per_user, items, contexts, seed, min_events, drift)
     return d.events, d.items
 
 
@@ -384,12 +387,12 @@ def truth_path_for(out: Path | str) -> Path:
 
 
 def write(out: Path | str, users: int, events_per_user: int, items: int, contexts: int,
-          seed: int, min_events: int | None = None) -> tuple[Path, Path]:
+          seed: int, min_events: int | None = None, drift: float = DRIFT) -> tuple[Path, Path]:
     """Generate and write ``out`` (events CSV, header ``user_id,item_id,timestamp,action``),
     ``<out stem>.items.csv`` (header ``item_id,category``) and ``<out stem>.truth.npz``.
     Returns (events, items); they load with ``longretriever.data.events.load_dataset``."""
     out = Path(out)
-    d = generate_with_truth(users, events_per_user, items, contexts, seed, min_events)
+    d = generate_with_truth(users, events_per_user, items, contexts, seed, min_events, drift)
     out.parent.mkdir(parents=True, exist_ok=True)
     items_out = items_path_for(out)
     d.events.to_csv(out, index=False, columns=["user_id", "item_id", "timestamp", "action"], chunksize=1_000_000)

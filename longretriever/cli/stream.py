@@ -155,6 +155,8 @@ def synth_cmd(users: int = typer.Option(100, min=1, help="users"),
               items: int = typer.Option(50_000, min=1, help="items in the catalogue (>= --contexts)"),
               contexts: int = typer.Option(20, min=1, help="contexts (item categories c00, c01, ...)"),
               seed: int = typer.Option(0, help="random seed (the output is deterministic per seed)"),
+              drift: float = typer.Option(0.25, min=0.0, max=10.0, help="taste random-walk step of every "
+                                          "interest at each era change (0: a stable taste for life)"),
               out: Path = typer.Option(..., help="events CSV to write; the item table goes next to "
                                        "it as <stem>.items.csv, the generator's truth as "
                                        "<stem>.truth.npz")) -> None:
@@ -167,5 +169,5 @@ def synth_cmd(users: int = typer.Option(100, min=1, help="users"),
     if min_events_per_user is not None and min_events_per_user > events_per_user:
         raise ConfigError(f"--min-events-per-user ({min_events_per_user}) must be <= --events-per-user "
                           f"({events_per_user})")
-    ev, it = write(out, users, events_per_user, items, contexts, seed, min_events_per_user)
+    ev, it = write(out, users, events_per_user, items, contexts, seed, min_events_per_user, drift)
     typer.echo(f"{ev}\n{it}")

@@ -141,3 +141,26 @@ def test_more_events_than_items_re_consumes_instead_of_failing() -> None:
     assert len(ev) == 1200 and ev.groupby("user_id").size().eq(400).all()
     per_user_distinct = ev.groupby("user_id")["item_id"].nunique()
     assert (per_user_distinct <= 120).all() and (per_user_distinct > 100).all()
+
+
+def test_drift_zero_keeps_each_interest_taste_and_changes_nothing_else() -> None:
+    drifting = synth.generate_with_truth(users=12, events_per_user=800, items=3000, contexts=10, seed=3)
+    stable = synth.generate_with_truth(users=12, events_per_user=800, items=3000, contexts=10, seed=3, drift=0.0)
+    t = stable.truth
+    same_slot_changes = 0
+    for u in range(12):
+        k = int(t.int_offset[u + 1] - t.int_offset[u])
+        blocks = sorted(set(t.ev_block[t.ev_offset[u]:t.ev_offset[u + 1]].tolist()))
+        for a, b in zip(blocks, blocks[1:]):
+            for g in range(k):
+                if t.block_ctx[a + g] == t.block_ctx[b + g]:  # same category: the taste must not move
+                    assert np.allclose(t.taste[a + g], t.taste[b + g])
+                    same_slot_changes += 1
+    assert same_slot_changes > 0
+    d = drifting.truth
+    assert not np.allclose(d.taste, t.taste)  # the default drifts
+    # the random stream is the same: the first era of every user is identical
+    first = [int(d.ev_offset[u]) for u in range(12)]
+    assert d.ev_item[first].tolist() == t.ev_item[first].tolist()
+    with pytest.raises(ConfigError):
+        synth.generate_with_truth(users=2, events_per_user=10, items=100, contexts=2, seed=0, drift=-1.0)
