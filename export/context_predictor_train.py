@@ -93,7 +93,7 @@ def coverage(scorer: ContextPredictor | None, ex: ContextExamples, m: int) -> fl
 
 
 def train_context_predictor(split: Split, taus=DEFAULT_TAUS, window: int = DEFAULT_WINDOW,
-                            max_per_user: int = 256, iters: int = 50,
+                            max_per_user: int = 64, iters: int = 50,
                             seed: int = 0) -> tuple[ContextPredictor, dict]:
     """Fit on the training positions, choose the L2 penalty on validation log loss; returns
     the predictor and its metrics (log loss and top-1/top-8 coverage on validation, next to

@@ -1,4 +1,4 @@
-"""The LongRetriever two-tower model (torch) and its sampled-softmax loss.
+"""The LongRetriever two-tower model (torch) and its in-context loss.
 
 Item tower: ``normalize(id_emb[i] + ctx_emb[context(i)])``.
 
@@ -16,9 +16,13 @@ User tower (one vector per (user, context)), built for cost -- O(L * H * d) per 
 Masked softmax adds ``(mask - 1) * 1e4`` (finite) and multiplies by the mask afterwards, so an
 empty or fully padded row attends to nothing and gives a finite vector.
 
-The loss is a sampled softmax over in-batch positives plus ``n_ctx_neg`` negatives drawn from
-the positive's own context, each logit corrected by ``log`` of its expected sample count
-(logQ), divided by the temperature ``tau``.
+The loss (:func:`in_context_loss`) is the exact softmax, at temperature ``tau``, over every item
+of the target's context except those the user consumed before the target: a context vector
+only ever ranks its own context's items, and serving removes what the user has seen, so
+training ranks exactly that candidate set. (The earlier sampled softmax -- in-batch positives
+from every context plus frequency-sampled in-context negatives -- treated the user's own past
+items as negatives, pushing each context vector away from the history it summarises;
+docs/model.md has the measurements.)
 """
 
 from __future__ import annotations
@@ -44,8 +48,6 @@ class ModelConfig:
     recent_heads: int = 2
     hidden: int = 128
     tau: float = 0.07
-    n_ctx_neg: int = 64
-    ctx_neg_alpha: float = 0.75  # in-context negatives ~ freq ** alpha
     dropout: float = 0.1
 
     def to_dict(self) -> dict:
@@ -125,60 +127,23 @@ class LongRetrieverModel(nn.Module):
             return self(*[torch.as_tensor(inputs[n]) for n in INPUT_NAMES]).numpy()
 
 
-class ContextNegativeSampler:
-    """Samples negatives from a given context with probability ~ freq ** alpha (vectorised
-    over rows via one global cumulative sum ordered by context)."""
+def in_context_loss(model: LongRetrieverModel, user: torch.Tensor, pos: torch.Tensor, block: torch.Tensor,
+                    excluded: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Exact softmax over one context's items: the in-context ranking serving does.
 
-    def __init__(self, item_contexts: np.ndarray, freq: np.ndarray, num_contexts: int,
-                 alpha: float = 0.75):
-        ctx = np.asarray(item_contexts, dtype=np.int64)
-        order = np.argsort(ctx, kind="stable")
-        w = (np.asarray(freq, dtype=np.float64) + 1.0) ** alpha
-        ws = w[order]
-        cum = np.cumsum(ws)
-        totals = np.bincount(ctx, weights=w, minlength=num_contexts)
-        starts = np.concatenate([[0.0], np.cumsum(totals)[:-1]])
-        self.order = torch.as_tensor(order, dtype=torch.long)
-        self.cum = torch.as_tensor(cum, dtype=torch.float64)
-        self.starts = torch.as_tensor(starts, dtype=torch.float64)
-        self.totals = torch.as_tensor(totals, dtype=torch.float64)
-        self.prob = torch.as_tensor(w / np.maximum(totals[ctx], 1e-12), dtype=torch.float32)
-
-    def to(self, device: torch.device) -> "ContextNegativeSampler":
-        for name in ("order", "cum", "starts", "totals", "prob"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
-
-    def sample(self, contexts: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
-        """Dense indices [B, n] drawn from each row's context (rows of empty contexts get
-        arbitrary items that the caller masks via ``prob``)."""
-        u = torch.rand(contexts.shape[0], n, generator=gen, dtype=torch.float64, device=self.cum.device)
-        target = self.starts[contexts].unsqueeze(1) + u * self.totals[contexts].unsqueeze(1)
-        pos = torch.searchsorted(self.cum, target, right=True).clamp(max=self.cum.numel() - 1)
-        return self.order[pos]
-
-
-def sampled_softmax_loss(model: LongRetrieverModel, user: torch.Tensor, pos: torch.Tensor,
-                         log_q: torch.Tensor, sampler: ContextNegativeSampler | None,
-                         pos_ctx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """``user`` [B,d] normalised, ``pos`` [B] dense indices, ``log_q`` [N] log probability of
-    each item being a training positive (its frequency share)."""
-    cfg = model.cfg
-    b = pos.shape[0]
-    v_pos = model.item_vectors(pos + 1)
-    logits = user @ v_pos.T / cfg.tau - (log_q[pos] + float(np.log(b))).unsqueeze(0)
-    dup = (pos.unsqueeze(0) == pos.unsqueeze(1)) & ~torch.eye(b, dtype=torch.bool, device=pos.device)
-    logits = logits.masked_fill(dup, -MASK_NEG)
-    parts = [logits]
-    if sampler is not None and cfg.n_ctx_neg > 0:
-        neg = sampler.sample(pos_ctx, cfg.n_ctx_neg, gen)  # B,n
-        v_neg = model.item_vectors(neg + 1)
-        nl = torch.einsum("bd,bnd->bn", user, v_neg) / cfg.tau
-        nl = nl - torch.log(sampler.prob[neg] * cfg.n_ctx_neg)
-        nl = nl.masked_fill(neg == pos.unsqueeze(1), -MASK_NEG)
-        parts.append(nl)
-    full = torch.cat(parts, dim=1)
-    return F.cross_entropy(full, torch.arange(b, device=full.device))
+    ``user`` [B, d] are the rows' vectors for the batch's context, ``block`` [S] the dense ids of
+    every item of that context, ``pos`` [B] the position of each row's target inside ``block``.
+    ``excluded`` = (rows, positions in ``block``) of what serving would exclude for the row --
+    the items the user consumed before the target -- masked out of that row's softmax (a row's
+    own target is never masked, so a repeat stays trainable)."""
+    logits = user @ model.item_vectors(block + 1).T / model.cfg.tau  # B, S
+    if excluded is not None and excluded[0].numel():
+        rows, cols = excluded
+        keep = cols != pos[rows]
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        mask[rows[keep], cols[keep]] = True
+        logits = logits.masked_fill(mask, -MASK_NEG)
+    return F.cross_entropy(logits, pos)
 
 
 def eager_encoder(state_path, model_config: dict, item_contexts: np.ndarray, threads: int = 1):
@@ -188,7 +153,8 @@ def eager_encoder(state_path, model_config: dict, item_contexts: np.ndarray, thr
 
     if not Path(state_path).is_file():
         return None
-    model = LongRetrieverModel(ModelConfig(**model_config), item_contexts)
+    known = {k: v for k, v in model_config.items() if k in ModelConfig.__dataclass_fields__}
+    model = LongRetrieverModel(ModelConfig(**known), item_contexts)
     model.load_state_dict(torch.load(state_path, weights_only=True))
     model.eval()
     torch.set_num_threads(max(1, threads))

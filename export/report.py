@@ -44,7 +44,7 @@ PROTOCOL = ("leave-last-out (last event = test, second-to-last = validation, res
 TASKS = ("longretriever", "sasrec200", "sasrec50", "multi_interest")
 
 
-def run_task(split: Split, cfg: TrainConfig, task: str, predictor=None, progress: bool = False,
+def run_task(split: Split, cfg: TrainConfig, task: str, progress: bool = False,
              exclude_seen: bool = True) -> dict[str, Any]:
     """Train one model of one seed (``task`` in :data:`TASKS`) and score it on the test cases:
     its summaries only (metrics, length quartiles and buckets, loss and validation curves,
@@ -65,12 +65,20 @@ def run_task(split: Split, cfg: TrainConfig, task: str, predictor=None, progress
                                    lambda m: r100(rank_metrics(eval_multi_interest(m, split, val, xs))), progress)
         rows = rank_metrics(eval_multi_interest(res.model, split, test, xs))
     elif task == "longretriever":
-        lp_val = plan_cases(split, val, cfg.k, cfg.w, exclude_seen=xs)
+        # the next-context predictor is trained here, in this job, so the SASRec and
+        # multi-interest jobs need not wait for it; the epoch is chosen with the context choice
+        # the model will most likely be served with
+        t_p = time.perf_counter()
+        predictor, pmetrics = train_context_predictor(split)
+        pmetrics["seconds"] = time.perf_counter() - t_p
+        out["notes"]["context_predictor"] = pmetrics
+        lp_val = plan_cases(split, val, cfg.k, cfg.w, scorer=predictor, exclude_seen=xs)
         lp_test = plan_cases(split, test, cfg.k, cfg.w, exclude_seen=xs)
-        res = train_longretriever(split, cfg, lambda m: r100(eval_longretriever(m, split, val, lp_val)), progress)
+        res = train_longretriever(split, replace(cfg, exclude_seen=cfg.exclude_seen and xs),
+                                  lambda m: r100(eval_longretriever(m, split, val, lp_val)), progress)
         by_rows = {"frequency": eval_longretriever(res.model, split, test, lp_test)}
         choice = "frequency"
-        if predictor is not None:
+        if predictor is not None:  # always, unless the split has no usable context
             val_by = compare_choices(res.model, split, val, cfg.k, cfg.w, predictor, exclude_seen=xs)
             lt = plan_cases(split, test, cfg.k, cfg.w, scorer=predictor, exclude_seen=xs)
             by_rows["learned"] = eval_longretriever(res.model, split, test, lt)
@@ -89,11 +97,11 @@ def run_task(split: Split, cfg: TrainConfig, task: str, predictor=None, progress
 
 def _task_job(args) -> dict[str, Any]:
     """One (seed, model) job, in a worker process when parallel."""
-    split, cfg, task, predictor, progress, exclude_seen = args
+    split, cfg, task, progress, exclude_seen = args
     import torch
 
     torch.set_num_threads(max(1, cfg.threads or default_threads()))
-    return run_task(split, cfg, task, predictor, progress, exclude_seen)
+    return run_task(split, cfg, task, progress, exclude_seen)
 
 
 def assemble_seed(split: Split, tasks: dict[str, dict[str, Any]], exclude_seen: bool = True) -> dict[str, Any]:
@@ -126,7 +134,7 @@ def assemble_seed(split: Split, tasks: dict[str, dict[str, Any]], exclude_seen: 
     return out
 
 
-def run_seeds(split: Split, cfg: TrainConfig, seeds: int, progress: bool, predictor,
+def run_seeds(split: Split, cfg: TrainConfig, seeds: int, progress: bool,
               jobs: int = 1, exclude_seen: bool = True) -> list[dict[str, Any]]:
     """Every seed's results, in seed order. The unit of parallel work is one model of one
     seed (:data:`TASKS`), so ``--jobs 2`` keeps both cores busy with one seed too; each job is
@@ -134,7 +142,7 @@ def run_seeds(split: Split, cfg: TrainConfig, seeds: int, progress: bool, predic
     jobs = max(1, jobs)
     threads = cfg.threads or default_threads(min(jobs, seeds * len(TASKS)))
     keys = [(s, t) for s in range(seeds) for t in TASKS]
-    args = [(split, replace(cfg, seed=cfg.seed + s, threads=threads), t, predictor, progress and jobs <= 1,
+    args = [(split, replace(cfg, seed=cfg.seed + s, threads=threads), t, progress and jobs <= 1,
              exclude_seen) for s, t in keys]
     results = parallel_map(_task_job, args, jobs)
     by_seed: list[dict[str, dict[str, Any]]] = [{} for _ in range(seeds)]
@@ -149,10 +157,8 @@ def run_eval(ds: Dataset, out_dir: Path | str, cfg: TrainConfig, seeds: int = 3,
     out_dir.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     split = make_split(ds)
-    t0 = time.perf_counter()
-    predictor, pmetrics = train_context_predictor(split)
-    pmetrics["seconds"] = time.perf_counter() - t0
-    runs = run_seeds(split, cfg, seeds, progress, predictor, jobs, exclude_seen)
+    runs = run_seeds(split, cfg, seeds, progress, jobs, exclude_seen)
+    pmetrics = runs[0]["notes"].get("context_predictor")
     models = MODELS
     if ds.truth is not None:  # a synthetic set: the generator's own ranking is the ceiling
         add_oracle(split, Truth.load(ds.truth), runs, exclude_seen)

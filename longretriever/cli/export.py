@@ -108,12 +108,12 @@ def train_cmd(events: Events,
         ds = learn_contexts(ds, contexts, cfg, progress)
     split = make_split(ds)
     val = make_cases(split, "val")
+    predictor, pmetrics = train_context_predictor(split)
     val_fn = None
-    if validate and val.users.size:
-        lp = plan_cases(split, val, k, w)
+    if validate and val.users.size:  # epochs are compared under the choice serving will likely use
+        lp = plan_cases(split, val, k, w, scorer=None if context_choice.value == "frequency" else predictor)
         val_fn = lambda m: mean_metrics(eval_longretriever(m, split, val, lp))["recall@100"]  # noqa: E731
     res = train_longretriever(split, cfg, val_fn, progress)
-    predictor, pmetrics = train_context_predictor(split)
     choice = "frequency" if context_choice.value == "auto" else context_choice.value
     by_choice = {}
     if val.users.size:

@@ -46,7 +46,7 @@ def bundle_dir(tmp_path_factory):
     from tests.fixtures.data import synthetic
 
     split = make_split(synthetic(n_users=12, n_items=60))
-    cfg = TrainConfig(epochs=1, batch=32, dim=8, k=8, w=4, n_ctx_neg=4, heads=2, hidden=16, seed=1, budget=8)
+    cfg = TrainConfig(epochs=1, batch=32, dim=8, k=8, w=4, heads=2, hidden=16, seed=1, budget=8)
     res = train_longretriever(split, cfg, progress=False)
     out = tmp_path_factory.mktemp("tamper") / "bundle"
     save_bundle(out, res.model, split.vocab, split.item_contexts, split.table.names, split.train_freq,

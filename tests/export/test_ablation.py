@@ -9,7 +9,7 @@ from tests.fixtures.data import synthetic
 
 def test_ablation_report(tmp_path):
     ds = synthetic(n_users=20, n_items=80, seed=4)
-    cfg = TrainConfig(epochs=1, batch=32, dim=8, k=8, w=4, n_ctx_neg=4, heads=2, hidden=16)
+    cfg = TrainConfig(epochs=1, batch=32, dim=8, k=8, w=4, heads=2, hidden=16)
     variants = {"full": {}, "K=0 (no hard search)": {"k": 0}, "W=0 (no recent window)": {"w": 0}}
     res = run_ablation(ds, tmp_path, cfg, seeds=1, jobs=1, variants=variants)
     assert set(res["summary"]) == set(variants) | set(SERVING) | {SASREC}
@@ -31,7 +31,7 @@ def test_ablation_with_seen_items_scores_repeats(tmp_path):
     """With seen items included, a target the user already had can be a hit; with them
     excluded it never is, so including them can only help on repeat-heavy data."""
     ds = synthetic(n_users=20, n_items=24, seed=6)  # few items: most targets are repeats
-    cfg = TrainConfig(epochs=1, batch=32, dim=8, k=8, w=4, n_ctx_neg=4, heads=2, hidden=16)
+    cfg = TrainConfig(epochs=1, batch=32, dim=8, k=8, w=4, heads=2, hidden=16)
     v = {"full": {}}
     incl = run_ablation(ds, tmp_path / "i", cfg, variants=v, jobs=1, exclude_seen=False)
     excl = run_ablation(ds, tmp_path / "e", cfg, variants=v, jobs=1)

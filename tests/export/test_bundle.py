@@ -19,7 +19,7 @@ from tests.fixtures.data import synthetic
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
     split = make_split(synthetic())
-    cfg = TrainConfig(epochs=1, batch=32, dim=16, k=8, w=4, n_ctx_neg=8, heads=2, hidden=32, seed=1)
+    cfg = TrainConfig(epochs=1, batch=32, dim=16, k=8, w=4, heads=2, hidden=32, seed=1)
     res = train_longretriever(split, cfg, progress=False)
     out = tmp_path_factory.mktemp("b") / "bundle"
     save_bundle(out, res.model, split.vocab, split.item_contexts, split.table.names, split.train_freq,
@@ -128,7 +128,7 @@ def test_encode_rejects_unknown_context(bundle_dir):
 
 def test_training_is_deterministic():
     split = make_split(synthetic(n_users=12, seed=5))
-    cfg = TrainConfig(epochs=1, batch=16, dim=8, k=8, w=4, n_ctx_neg=4, heads=2, hidden=16, seed=7)
+    cfg = TrainConfig(epochs=1, batch=16, dim=8, k=8, w=4, heads=2, hidden=16, seed=7)
     a = train_longretriever(split, cfg, progress=False)
     b = train_longretriever(split, cfg, progress=False)
     assert a.step_losses == b.step_losses

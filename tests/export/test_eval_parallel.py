@@ -12,7 +12,7 @@ from tests.fixtures.data import synthetic
 
 def test_parallel_seeds_give_the_same_report_as_sequential(tmp_path):
     ds = synthetic(n_users=24, n_items=80, seed=3)
-    cfg = TrainConfig(epochs=1, batch=32, dim=8, k=8, w=4, n_ctx_neg=4, heads=2, hidden=16)
+    cfg = TrainConfig(epochs=1, batch=32, dim=8, k=8, w=4, heads=2, hidden=16)
     seq = run_eval(ds, tmp_path / "seq", cfg, seeds=2, progress=False, jobs=1)
     par = run_eval(ds, tmp_path / "par", cfg, seeds=2, progress=False, jobs=2)
     timing = ("train_examples_per_s",)  # measured speeds, the only numbers allowed to differ
@@ -33,7 +33,7 @@ def test_parallel_seeds_give_the_same_report_as_sequential(tmp_path):
 
 def test_include_seen_ranks_seen_items_for_every_model(tmp_path):
     ds = synthetic(n_users=24, n_items=40, seed=5)  # small catalogue: targets are often seen items
-    cfg = TrainConfig(epochs=1, batch=32, dim=8, k=8, w=4, n_ctx_neg=4, heads=2, hidden=16)
+    cfg = TrainConfig(epochs=1, batch=32, dim=8, k=8, w=4, heads=2, hidden=16)
     excl = run_eval(ds, tmp_path / "excl", cfg, seeds=1, progress=False, jobs=1)
     incl = run_eval(ds, tmp_path / "incl", cfg, seeds=1, progress=False, jobs=1, exclude_seen=False)
     assert "seen items excluded" in excl["protocol"] and "ranked too" in incl["protocol"]

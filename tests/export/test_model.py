@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from longretriever.core.features import INPUT_NAMES, ItemVocab, build_encoder_inputs
-from longretriever.export.model import ContextNegativeSampler, LongRetrieverModel, ModelConfig, sampled_softmax_loss
+from longretriever.export.model import LongRetrieverModel, ModelConfig, in_context_loss
 
 N, C = 300, 5
 
@@ -11,8 +11,7 @@ N, C = 300, 5
 def make_model(seed=0, dim=16):
     torch.manual_seed(seed)
     ctx = np.arange(N) % C
-    return LongRetrieverModel(ModelConfig(num_items=N, num_contexts=C, dim=dim, heads=2, hidden=32,
-                                          n_ctx_neg=8), ctx), ctx
+    return LongRetrieverModel(ModelConfig(num_items=N, num_contexts=C, dim=dim, heads=2, hidden=32), ctx), ctx
 
 
 def batch(rng, lengths, k, w=4):
@@ -35,10 +34,10 @@ def test_empty_rows_are_finite_forward_and_backward():
     u = m(*tensors(inp))
     assert torch.isfinite(u).all()
     assert torch.allclose(u.norm(dim=-1), torch.ones(4), atol=1e-5)
-    sampler = ContextNegativeSampler(ctx, rng.integers(0, 10, N), C)
-    pos = torch.tensor([1, 2, 3, 3])
-    loss = sampled_softmax_loss(m, u, pos, torch.full((N,), -np.log(N)), sampler,
-                                torch.as_tensor(ctx[pos.numpy()]), torch.Generator().manual_seed(0))
+    block = torch.as_tensor(np.flatnonzero(ctx == 1))  # every row ranks context 1
+    pos = torch.tensor([0, 1, 2, 2])
+    excluded = (torch.tensor([0, 1, 1, 3]), torch.tensor([3, 4, 1, 2]))  # row 1 excludes its own target
+    loss = in_context_loss(m, u, pos, block, excluded)
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
@@ -65,13 +64,24 @@ def test_deterministic_with_seed():
     assert np.array_equal(a.encode_np(inp), b.encode_np(inp))
 
 
-def test_context_sampler_stays_in_context():
-    ctx = np.arange(N) % C
-    s = ContextNegativeSampler(ctx, np.ones(N), C)
-    want = torch.tensor([0, 3, 4])
-    got = s.sample(want, 50, torch.Generator().manual_seed(0))
-    assert (torch.as_tensor(ctx)[got] == want.unsqueeze(1)).all()
-    assert torch.allclose(s.prob[torch.arange(C)], torch.full((C,), 1.0 / (N // C)))
+def test_in_context_loss_is_the_exact_softmax_without_the_excluded_items():
+    m, ctx = make_model()
+    m.eval()
+    rng = np.random.default_rng(5)
+    u = m(*tensors(batch(rng, [3, 6, 0], k=8))).detach()
+    block = torch.as_tensor(np.flatnonzero(ctx == 2))
+    pos = torch.tensor([4, 0, 7])
+    excluded = (torch.tensor([0, 0, 1, 2]), torch.tensor([1, 4, 3, 5]))  # (0, 4) is row 0's target: kept
+    got = in_context_loss(m, u, pos, block, excluded)
+    logits = (u @ m.item_vectors(block + 1).T / m.cfg.tau).detach().numpy().astype(np.float64)
+    want = []
+    for r, dropped in enumerate(({1}, {3}, {5})):
+        keep = [j for j in range(block.numel()) if j not in dropped]
+        row = logits[r, keep]
+        want.append(np.log(np.exp(row - row.max()).sum()) + row.max() - logits[r, int(pos[r])])
+    assert abs(float(got) - float(np.mean(want))) < 1e-4
+    # excluding an item changes only the rows it is excluded from
+    assert abs(float(in_context_loss(m, u, pos, block)) - float(got)) > 1e-6
 
 
 @pytest.mark.parametrize("k", [32])
@@ -98,45 +108,3 @@ def test_torch_onnxruntime_parity_all_lengths(tmp_path, k):
     single = batch(rng, [0], k)  # batch 1, fully padded
     worst = max(worst, float(np.abs(sess.run([OUTPUT_NAME], single)[0] - m.encode_np(single)).max()))
     assert worst < 1e-4
-
-
-def test_sample_examples_budget_zero_means_all_positions():
-    from longretriever.export.train import Split, sample_examples
-
-    class Stub:
-        users = [np.zeros(n) for n in (2, 5, 40)]  # training positions [1, n-2) for n >= 3
-        train_range = Split.train_range
-
-    rng = np.random.default_rng(0)
-    u, t = sample_examples(Stub(), 0, rng)
-    assert u.size == (1 + 2 + 37)  # n=2 trains on [1, 2); n=5 on [1, 3); n=40 on [1, 38)
-    assert sorted(zip(u.tolist(), t.tolist())) == sorted(
-        [(0, 1)] + [(1, p) for p in (1, 2)] + [(2, p) for p in range(1, 38)])
-    u8, _ = sample_examples(Stub(), 8, np.random.default_rng(0))
-    assert np.bincount(u8, minlength=3).tolist() == [1, 2, 8]
-
-
-def test_length_bucketing_keeps_every_example_once_and_groups_lengths():
-    from longretriever.export.train import TrainConfig, context_lengths, example_batches, make_split
-    from tests.fixtures.data import synthetic
-
-    split = make_split(synthetic(n_users=40, n_items=120, seed=8))
-    lengths = context_lengths(split, 8)
-    plain = list(example_batches(split, TrainConfig(batch=16, bucket=0), np.random.default_rng(3), lengths))
-    bucketed = list(example_batches(split, TrainConfig(batch=16, bucket=4), np.random.default_rng(3), lengths))
-
-    def pairs(batches):
-        return sorted((int(u), int(t)) for ub, tb in batches for u, t in zip(ub, tb))
-
-    assert pairs(bucketed) == pairs(plain)  # same examples, each once
-    # lengths are min(k, earlier events of the target's context), checked by hand for one case
-    u = split.users[0]
-    t = len(u) - 3
-    assert lengths(np.array([0]), np.array([t]))[0] == min(8, int(np.sum(u.contexts[:t] == u.contexts[t])))
-
-    def pad(batches):  # what the encoder pads to: the longest row of each batch
-        return sum(int(lengths(ub, tb).max()) * ub.size for ub, tb in batches)
-
-    assert pad(bucketed) < pad(plain)
-    again = list(example_batches(split, TrainConfig(batch=16, bucket=4), np.random.default_rng(3), lengths))
-    assert [(ub.tolist(), tb.tolist()) for ub, tb in again] == [(ub.tolist(), tb.tolist()) for ub, tb in bucketed]
