@@ -11,8 +11,10 @@ trained model is also scored with the learned context choice and with fewer cont
 * ``seen items as negatives`` -- the in-context softmax keeps the items the user consumed
   before the target (serving excludes them; this row trains as if it did not);
 * ``W=64`` -- a longer recent window (sensitivity, not a removal);
-* ``no co-occurrence init`` -- item embeddings from a random start instead of the per-context
-  PPMI-SVD vectors (``export.pretrain``);
+* ``per-context PPMI init only`` / ``global PPMI init only`` -- one half of the default
+  ``ppmi_mix`` item initialisation (``export.pretrain``) over all the dimensions;
+* ``no co-occurrence init`` -- item embeddings from a random start instead of the PPMI-SVD
+  vectors;
 * ``frequency choice`` / ``M=1`` / ``M=4`` -- the full model served differently.
 
 Every LongRetriever row is served with the learned next-context predictor choosing M=8
@@ -49,6 +51,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "W=0 (no recent window)": {"w": 0},
     "seen items as negatives": {"exclude_seen": False},
     "W=64 (longer recent window)": {"w": 64},
+    "per-context PPMI init only": {"pretrain": "ppmi"},
+    "global PPMI init only": {"pretrain": "ppmi_global"},
     "no co-occurrence init": {"pretrain": "none"},
 }
 SERVING = {"frequency choice": ("frequency", 8), "M=1": ("learned", 1), "M=4": ("learned", 4)}

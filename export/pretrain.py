@@ -1,4 +1,4 @@
-"""Item representations from co-occurrence, before any gradient step: per-context PPMI-SVD.
+"""Item representations from co-occurrence, before any gradient step: PPMI-SVD.
 
 Two items are neighbours when a user consumes them close together *in the same context*
 (within ``window`` events of the user's per-context subsequence -- the sequence the hard
@@ -9,8 +9,15 @@ vector is ``U[:, :dim] * sqrt(S[:dim])`` of its context's block. Only training p
 counted (the split's train ranges), so validation and test events never shape the vectors.
 
 Each context gets its own basis: retrieval ranks items inside one context at a time, and a
-shared low-rank space would let large contexts crowd out the small ones. The result
-initialises the two-tower model's item embeddings (``TrainConfig.pretrain``).
+shared low-rank space would let large contexts crowd out the small ones. A *global* PPMI-SVD
+(pairs within ``window`` events of the user's whole sequence, any contexts) carries what the
+per-context blocks cannot: which items go together across contexts, and -- on data whose
+contexts are coarse (MovieLens genres) -- finer taste inside a context. ``item_embeddings``
+picks the mode (``TrainConfig.pretrain``): ``ppmi`` (per-context only), ``ppmi_global``
+(global only) or ``ppmi_mix`` (the default: per-context dimensions next to global ones, each
+part scaled to unit mean norm). Measured in docs/model.md: per-context alone is best on
+synthetic data whose contexts are the generator's interests, global alone on MovieLens; the
+mix keeps most of both. The result initialises the two-tower model's item embeddings.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import torch
 from longretriever.export.train import Split
 
 SMOOTHING = 0.75
+MODES = ("ppmi", "ppmi_global", "ppmi_mix")
+MIX_GLOBAL_SHARE = 0.5  # ppmi_mix: share of the dimensions from the global factorisation
 
 
 def context_pairs(split: Split, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,14 +51,45 @@ def context_pairs(split: Split, window: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(left), np.concatenate(right)
 
 
+def global_pairs(split: Split, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense item ids (a, b) of every ordered pair of training events of one user at most
+    ``window`` apart in the user's whole sequence (any contexts)."""
+    left, right = [], []
+    for u in split.users:
+        _, hi = split.train_range(u)
+        d = split.vocab.dense(u.items[:hi])
+        d = d[d >= 0]
+        for off in range(1, min(window, d.size - 1) + 1):
+            left.append(d[:-off])
+            right.append(d[off:])
+    if not left:
+        z = np.zeros(0, np.int64)
+        return z, z
+    return np.concatenate(left), np.concatenate(right)
+
+
+def symmetric_counts(rows: np.ndarray, cols: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, count) of the symmetric co-occurrence matrix of the pairs, sorted by (a, b): each
+    pair counts once as (a, b) and once as (b, a). One sort of the unordered pairs, half the
+    size of sorting both directions."""
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
+    uniq, counts = np.unique(lo * n + hi, return_counts=True)
+    a, b = uniq // n, uniq % n
+    diag = a == b
+    a2 = np.concatenate([a, b[~diag]])
+    b2 = np.concatenate([b, a[~diag]])
+    c2 = np.concatenate([np.where(diag, 2 * counts, counts), counts[~diag]])
+    order = np.lexsort((b2, a2))
+    return a2[order], b2[order], c2[order]
+
+
 def ppmi_svd(rows: np.ndarray, cols: np.ndarray, n: int, dim: int, seed: int = 0) -> np.ndarray:
     """``[n, dim]`` vectors from symmetric co-occurrence pairs of ``n`` local ids."""
     out = np.zeros((n, dim))
-    if rows.size == 0 or n < 2:
+    if rows.size == 0 or n < 2 or dim < 1:
         return out
-    key = np.concatenate([rows * n + cols, cols * n + rows])
-    uniq, counts = np.unique(key, return_counts=True)
-    a, b = uniq // n, uniq % n
+    a, b, counts = symmetric_counts(rows, cols, n)
     c = counts.astype(np.float64)
     total = c.sum()
     row_sum = np.bincount(a, weights=c, minlength=n)
@@ -97,6 +137,29 @@ def cooccurrence_embeddings(split: Split, dim: int, window: int = 50, seed: int 
         members = by_item[item_start[c_i]:item_start[c_i] + item_n[c_i]]
         a, b = int(lo[c_i]), int(hi[c_i])
         emb[members] = ppmi_svd(local[rows[a:b]], local[cols[a:b]], members.size, dim, seed)
+    return _unit_mean_norm(emb).astype(np.float32)
+
+
+def _unit_mean_norm(emb: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(emb, axis=1)
     scale = norms[norms > 0].mean() if (norms > 0).any() else 1.0
-    return (emb / scale).astype(np.float32)
+    return emb / scale
+
+
+def global_embeddings(split: Split, dim: int, window: int = 50, seed: int = 0) -> np.ndarray:
+    """float32 ``[N, dim]`` PPMI-SVD vectors from pairs in the users' whole sequences, unit mean norm."""
+    rows, cols = global_pairs(split, window)
+    return _unit_mean_norm(ppmi_svd(rows, cols, len(split.vocab), dim, seed)).astype(np.float32)
+
+
+def item_embeddings(split: Split, mode: str, dim: int, window: int = 50, seed: int = 0) -> np.ndarray:
+    """The initial item vectors of one pretraining mode (see the module docstring)."""
+    if mode == "ppmi":
+        return cooccurrence_embeddings(split, dim, window, seed)
+    if mode == "ppmi_global":
+        return global_embeddings(split, dim, window, seed)
+    if mode == "ppmi_mix":
+        g = int(round(dim * MIX_GLOBAL_SHARE))
+        parts = [cooccurrence_embeddings(split, dim - g, window, seed), global_embeddings(split, g, window, seed)]
+        return _unit_mean_norm(np.concatenate(parts, axis=1)).astype(np.float32)
+    raise ValueError(f"unknown pretraining mode {mode!r}; use one of {MODES}")

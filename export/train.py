@@ -101,8 +101,8 @@ class TrainConfig:
     exclude_seen: bool = True  # the in-context softmax leaves out what the user consumed before (as serving does)
     threads: int = 0  # intra-op threads; 0 = the machine's cores / parallel jobs (export.device)
     device: str = "cpu"  # cpu | cuda | auto
-    pretrain: str = "ppmi"  # item embeddings initialised from: ppmi (export.pretrain) | none
-    pretrain_window: int = 50  # co-occurrence window of the ppmi pretraining, in per-context events
+    pretrain: str = "ppmi_mix"  # item embeddings initialised from: ppmi | ppmi_global | ppmi_mix (export.pretrain) | none
+    pretrain_window: int = 50  # co-occurrence window of the ppmi pretraining, in events (per-context / whole sequence)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -193,12 +193,12 @@ def build_model(split: Split, cfg: TrainConfig) -> LongRetrieverModel:
     mcfg = ModelConfig(num_items=len(split.vocab), num_contexts=split.table.num_contexts,
                        dim=cfg.dim, heads=cfg.heads, hidden=cfg.hidden, tau=cfg.tau, dropout=cfg.dropout)
     model = LongRetrieverModel(mcfg, split.item_contexts)
-    if cfg.pretrain == "ppmi":
-        from longretriever.export.pretrain import cooccurrence_embeddings
+    if cfg.pretrain != "none":
+        from longretriever.export.pretrain import MODES, item_embeddings
 
-        init_item_embeddings(model.item_emb, cooccurrence_embeddings(split, cfg.dim, cfg.pretrain_window, cfg.seed))
-    elif cfg.pretrain != "none":
-        raise ConfigError(f"unknown pretraining {cfg.pretrain!r}; use none or ppmi")
+        if cfg.pretrain not in MODES:
+            raise ConfigError(f"unknown pretraining {cfg.pretrain!r}; use none or one of {', '.join(MODES)}")
+        init_item_embeddings(model.item_emb, item_embeddings(split, cfg.pretrain, cfg.dim, cfg.pretrain_window, cfg.seed))
     return model
 
 

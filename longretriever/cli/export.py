@@ -44,6 +44,16 @@ class DeviceChoice(str, enum.Enum):
     auto = "auto"
 
 
+class PretrainChoice(str, enum.Enum):
+    ppmi_mix = "ppmi_mix"
+    ppmi = "ppmi"
+    ppmi_global = "ppmi_global"
+    none = "none"
+
+
+Pretrain = Annotated[PretrainChoice, typer.Option(help="LongRetriever's item-embedding start: ppmi_mix "
+                                                  "(per-context + global PPMI-SVD dimensions) | ppmi "
+                                                  "(per-context) | ppmi_global | none (random)")]
 Device = Annotated[DeviceChoice, typer.Option(help="where torch trains: cpu | cuda | auto (a GPU when "
                                               "one is visible, else the CPU)")]
 
@@ -92,6 +102,7 @@ def train_cmd(events: Events,
                   ContextChoice.auto, help="how serving picks a user's contexts: frequency | "
                   "learned (next-context predictor) | auto (the better on validation recall@100)"),
               device: Device = DeviceChoice.auto,
+              pretrain: Pretrain = PretrainChoice.ppmi_mix,
               progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """Train LongRetriever and write a verified model bundle."""
     ds, items_used = dataset(events, items, fmt, contexts, single_context)
@@ -101,7 +112,7 @@ def train_cmd(events: Events,
     from longretriever.export.train import TrainConfig, make_split, train_longretriever
 
     cfg = TrainConfig(epochs=epochs, batch=batch, dim=dim, seed=seed, k=k, w=w, budget=budget,
-                      device=device.value)
+                      device=device.value, pretrain=pretrain.value)
     if contexts:
         from longretriever.export.learned_contexts import learn_contexts
 
@@ -152,6 +163,7 @@ def eval_cmd(events: Events,
              contexts: Contexts = None,
              single_context: SingleContext = False,
              device: Device = DeviceChoice.auto,
+             pretrain: Pretrain = PretrainChoice.ppmi_mix,
              include_seen: bool = typer.Option(False, help="rank seen items too (repeat-consumption "
                                                "protocol) for every model; default: seen items excluded"),
              progress: bool = typer.Option(False, help="show progress bars (only with --jobs 1)")) -> None:
@@ -162,7 +174,7 @@ def eval_cmd(events: Events,
 
     t0 = time.perf_counter()
     cfg = TrainConfig(epochs=epochs, seed=seed, budget=budget, dim=dim, batch=batch, k=k, w=w,
-                      device=device.value)
+                      device=device.value, pretrain=pretrain.value)
     if contexts:
         from longretriever.export.learned_contexts import learn_contexts
 
