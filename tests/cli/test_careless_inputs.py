@@ -58,6 +58,7 @@ CASES = [
     ("train-too-few-users", "train --events {tiny} --single-context --out bundle", {}, "at least 10"),
     ("train-unknown-format", "train --events {ok} --format xml --out bundle", {}, "--format"),
     ("train-unknown-context-choice", "train --events {ok} --context-choice best --out bundle", {}, "--context-choice"),
+    ("train-unknown-pretrain", "train --events {ok} --pretrain word2vec --out bundle", {}, "--pretrain"),
     ("eval-no-item-table", "eval --events {nocat} --out report", {}, "--contexts K"),
     ("demo-missing-data", "demo --data {inputs}/nope --out demo", {}, "no such file"),
     ("bad-log-level", "synth --out out/x.csv", {"LONGRETRIEVER_LOG_LEVEL": "loud"}, "not a log level"),
