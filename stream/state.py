@@ -257,10 +257,11 @@ class StateStore:
             return
         self._tls.view = self.db.snapshot()
         self._tls.metas = {}
+        self._tls.segs = {}  # decoded segments of this snapshot: recent() and context_tail() share tails
         try:
             yield
         finally:
-            self._tls.view = self._tls.metas = None
+            self._tls.view = self._tls.metas = self._tls.segs = None
 
     def _get(self, key: bytes) -> bytes | None:
         view = getattr(self._tls, "view", None)
@@ -279,7 +280,14 @@ class StateStore:
         return self.db.get(key)
 
     def _segment(self, user: int, ctx: int, seg: int, skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        items, ts = decode_segment(self._get(skey(user, ctx, seg)))
+        memo = getattr(self._tls, "segs", None)  # inside reading(): a segment cannot change
+        key = skey(user, ctx, seg)
+        got = memo.get(key) if memo is not None else None
+        if got is None:
+            got = decode_segment(self._get(key))
+            if memo is not None:
+                memo[key] = got
+        items, ts = got
         return items[skip:], ts[skip:]
 
     def context_tail(self, user: int, ctx: int, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -168,3 +168,32 @@ def test_staging_on_top_of_a_handed_off_batch_equals_sequential_commits(tmp_path
         pipe.hand_off()
     seq.close()
     pipe.close()
+
+
+def test_one_snapshot_decodes_each_segment_once_and_reads_the_same(tmp_path, monkeypatch):
+    """Inside reading() a segment is decoded once (recent() and the hard searches share the
+    tail segments); the answers equal those read without a snapshot, and a new snapshot sees
+    a later write."""
+    import longretriever.stream.state as state_mod
+
+    rng = np.random.default_rng(5)
+    u, it, t = random_events(rng, 800, users=2)
+    s = StateStore(tmp_path / "s", CTX, segment_events=16)
+    s.apply(u, it, t, {0: 0})
+    plain = [s.recent(1, 100)] + [s.context_tail(1, c, 40) for c in range(3)]
+    calls = []
+    real = state_mod.decode_segment
+    monkeypatch.setattr(state_mod, "decode_segment", lambda b: calls.append(1) or real(b))
+    with s.reading():
+        snap = [s.recent(1, 100)] + [s.context_tail(1, c, 40) for c in range(3)]
+        first = len(calls)
+        again = [s.recent(1, 100)] + [s.context_tail(1, c, 40) for c in range(3)]
+        assert len(calls) == first  # nothing decoded twice
+    assert first > 0
+    for a, b, c in zip(plain[1:], snap[1:], again[1:]):
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and np.array_equal(a[0], c[0])
+    assert np.array_equal(plain[0].items, snap[0].items) and np.array_equal(plain[0].ts, again[0].ts)
+    newest = int(t.max()) + 1000
+    s.apply(np.array([1]), np.array([3]), np.array([newest]), {0: 1})
+    with s.reading():
+        assert s.recent(1, 1).ts[-1] == newest  # a new snapshot does not reuse old segments
