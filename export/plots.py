@@ -15,7 +15,7 @@ KS = (10, 50, 100, 200)
 QUARTILES = ("Q1 (shortest)", "Q2", "Q3", "Q4 (longest)")
 LOSS_NAMES = {"sasrec": "SASRec: in-batch sampled softmax",
               "multi_interest": "multi-interest: in-batch sampled softmax",
-              "longretriever": "LongRetriever: + in-context negatives"}  # same softmax
+              "longretriever": "LongRetriever: exact in-context softmax, seen items masked"}
 
 
 def _plt():

@@ -196,8 +196,8 @@ def ablate_cmd(events: Events,
                jobs: int = typer.Option(2, min=1, help="variants trained in parallel processes"),
                include_seen: bool = typer.Option(False, help="score seen items too (repeat-"
                                                  "consumption protocol), for every row")) -> None:
-    """Retrain LongRetriever without each part (hard search, recent window, in-context
-    negatives) and serve the full model differently (frequency choice, fewer contexts)."""
+    """Retrain LongRetriever without each part (hard search, recent window, seen-item mask,
+    co-occurrence init) and serve the full model differently (frequency choice, fewer contexts)."""
     ds, _ = dataset(events, items, fmt)
     from longretriever.export.ablation import run_ablation
     from longretriever.export.train import TrainConfig
