@@ -258,10 +258,11 @@ class StateStore:
         self._tls.view = self.db.snapshot()
         self._tls.metas = {}
         self._tls.segs = {}  # decoded segments of this snapshot: recent() and context_tail() share tails
+        self._tls.buckets = {}  # seen-item buckets of this snapshot
         try:
             yield
         finally:
-            self._tls.view = self._tls.metas = self._tls.segs = None
+            self._tls.view = self._tls.metas = self._tls.segs = self._tls.buckets = None
 
     def _get(self, key: bytes) -> bytes | None:
         view = getattr(self._tls, "view", None)
@@ -327,9 +328,21 @@ class StateStore:
             if m.buckets is None:  # written before the seen-item index: reindex rebuilds it
                 return np.isin(items, self.sequence(user).items)
             # an id can only be in its own bucket: membership in the union of the buckets read
-            # is membership in the sequence (one vectorised isin, no per-bucket numpy work)
-            parts = [bucket_items(v) for b in np.unique(bucket_of(items, m.buckets)).tolist()
-                     if (v := self._get(hkey(user, b))) is not None]
+            # is membership in the sequence (one vectorised isin, no per-bucket numpy work).
+            # Inside reading() a bucket is fetched once (a query checks deeper candidate lists
+            # of the same contexts again).
+            memo = getattr(self._tls, "buckets", None)
+            parts = []
+            for b in np.unique(bucket_of(items, m.buckets)).tolist():
+                key = hkey(user, b)
+                got = memo.get(key) if memo is not None else None
+                if got is None:
+                    v = self._get(key)
+                    got = bucket_items(v) if v is not None else _NO_ITEMS
+                    if memo is not None:
+                        memo[key] = got
+                if got.size:
+                    parts.append(got)
             return np.isin(items, np.concatenate(parts)) if parts else out
 
     def seen_items(self, user: int) -> tuple[np.ndarray, np.ndarray]:
@@ -485,6 +498,9 @@ class StateStore:
         consumed again from the offsets in the state)."""
         self._inflight = None
         self._pending.clear()
+
+
+_NO_ITEMS = np.zeros(0, np.int64)
 
 
 def _merged(items: list[np.ndarray], ts: list[np.ndarray], cs: list[np.ndarray]) -> UserSequence:
