@@ -130,13 +130,14 @@ def _measure(bundle, index, store, lengths, users, queries, k, max_contexts) -> 
                     t = time.perf_counter()
                     client.retrieve_pb(u, k, max_contexts, include_seen=not exclude)
                     rtt.append((time.perf_counter() - t) * 1000)
-                col = {s: [x.get(s, 0.0) for x in timings] for s in ("state", "encode", "milvus", "merge", "total")}
+                col = {s: [x.get(s, 0.0) for x in timings] for s in ("state", "encode", "milvus", "exact", "merge", "total")}
                 runs.append({"history_events": n, "stored_events_first_user": seq_len, "exclude_seen": exclude,
                              "queries": len(rtt), "fallbacks": int(sum(x["fallback"] for x in timings)),
                              "grpc_p50_ms": percentile(rtt, .5), "grpc_p99_ms": percentile(rtt, .99),
                              "state_p50_ms": percentile(col["state"], .5, 3),
                              "encode_p50_ms": percentile(col["encode"], .5, 3),
                              "search_p50_ms": percentile(col["milvus"], .5, 3),
+                             "exact_p50_ms": percentile(col["exact"], .5, 3),
                              "merge_p50_ms": percentile(col["merge"], .5, 3),
                              "service_p50_ms": percentile(col["total"], .5), "service_p99_ms": percentile(col["total"], .99)})
         client.close()

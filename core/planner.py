@@ -358,10 +358,13 @@ def first_depth(need: int, exclude_seen: bool) -> int:
 
 def fetch_streams(searcher: Searcher, history: History, vectors: Mapping[int, np.ndarray],
                   need: Mapping[int, int], sizes: Mapping[int, int], exclude_seen: bool = True,
-                  timeout: float | None = None) -> tuple[dict[int, list[Candidate]], dict[int, bool]]:
+                  timeout: float | None = None, deep: Searcher | None = None
+                  ) -> tuple[dict[int, list[Candidate]], dict[int, bool]]:
     """Per context with ``need[c] > 0``: its best ranked candidates, seen items removed when
     ``exclude_seen``, at least ``need[c]`` of them -- or all there are (then ``complete[c]``).
-    The searcher is asked again, deeper, for a context that exclusion left short."""
+    A context that exclusion left short is asked again, deeper -- of ``deep`` when given (an
+    exact in-memory search: a user who has seen most of a context's best items needs a deep
+    list, and one more ANN round trip per doubling is what made such queries slow)."""
     depth = {c: min(int(sizes.get(c, 0)), first_depth(n, exclude_seen)) for c, n in need.items() if n > 0}
     streams: dict[int, list[Candidate]] = {}
     complete: dict[int, bool] = {}
@@ -369,8 +372,10 @@ def fetch_streams(searcher: Searcher, history: History, vectors: Mapping[int, np
     for c in need:
         if c not in pending:
             streams[c], complete[c] = [], True
+    asker = searcher
     while pending:
-        hits = searcher.search_contexts({c: vectors[c] for c in pending}, pending, timeout=timeout)
+        hits = asker.search_contexts({c: vectors[c] for c in pending}, pending, timeout=timeout)
+        asker = deep or searcher
         again: dict[int, int] = {}
         for c, asked in pending.items():
             got = list(hits.get(c, []))
@@ -387,20 +392,21 @@ def fetch_streams(searcher: Searcher, history: History, vectors: Mapping[int, np
 
 
 def answer(plan: QueryPlan, vectors: Mapping[int, np.ndarray], searcher: Searcher, history: History,
-           sizes: Mapping[int, int], timeout: float | None = None) -> list[Candidate]:
+           sizes: Mapping[int, int], timeout: float | None = None, deep: Searcher | None = None
+           ) -> list[Candidate]:
     """Steps 4 and 5: fetch each context's stream, fill the slots; when a context runs out
     of items its remaining slots are allocated again among the others (deeper streams are
-    fetched for them if needed)."""
+    fetched for them if needed; ``deep``: see :func:`fetch_streams`)."""
     chosen = plan.chosen
     streams, complete = fetch_streams(searcher, history, vectors, plan.slots, sizes, plan.exclude_seen,
-                                      timeout)
+                                      timeout, deep)
     while True:
         caps = {c: len(streams[c]) for c in streams if complete.get(c)}
         slots = allocate(chosen, plan.k, caps)
         short = {c: n for c, n in slot_counts(slots).items() if n > len(streams.get(c, ())) and not complete.get(c)}
         if not short:
             return emit(slots, streams)
-        more, done = fetch_streams(searcher, history, vectors, short, sizes, plan.exclude_seen, timeout)
+        more, done = fetch_streams(searcher, history, vectors, short, sizes, plan.exclude_seen, timeout, deep)
         streams.update(more)
         complete.update(done)
 

@@ -10,6 +10,7 @@ are computed now with one batched encoder call across all missing contexts.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -77,6 +78,25 @@ class Generation:
     index: pl.Searcher
     cache: VectorCache | None
     names: tuple[str, ...]
+    deep: pl.Searcher | None = None  # deeper re-asks of a context (planner.fetch_streams)
+
+
+class _LazyExact:
+    """Exact in-memory search over the bundle's item vectors (``planner.ExactSearch``), built
+    on first use: the deeper re-asks of a context whose best items the user has mostly seen.
+    Costs one context-sorted copy of the item vectors once built (N x d x 4 bytes)."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self._search: pl.ExactSearch | None = None
+        self._lock = threading.Lock()
+
+    def search_contexts(self, vectors, topk, timeout=None):
+        if self._search is None:
+            with self._lock:
+                if self._search is None:
+                    self._search = pl.ExactSearch.of(self.bundle)
+        return self._search.search_contexts(vectors, topk, timeout)
 
 
 class RetrieverService:
@@ -96,7 +116,7 @@ class RetrieverService:
         if scorer is not None and scorer.window > self.window:
             raise BundleError(f"context predictor reads {scorer.window} events, the service "
                               f"window is {self.window}")
-        return Generation(bundle, catalog, index, cache, tuple(bundle.context_names))
+        return Generation(bundle, catalog, index, cache, tuple(bundle.context_names), _LazyExact(bundle))
 
     def swap(self, gen: Generation) -> None:
         """Serve ``gen`` from the next request on (requests in flight finish on the old one)."""
@@ -163,9 +183,11 @@ class RetrieverService:
         t2 = time.perf_counter()
         remaining = None if timeout is None else max(0.05, timeout - (time.perf_counter() - t0))
         timed = _TimedSearch(gen.index)
-        cands = pl.answer(plan, vectors, timed, history, gen.catalog.sizes, remaining)
+        deep = _TimedSearch(gen.deep) if gen.deep is not None else None
+        cands = pl.answer(plan, vectors, timed, history, gen.catalog.sizes, remaining, deep)
         timings["milvus"] = timed.ms
-        timings["merge"] = (time.perf_counter() - t2) * 1000 - timed.ms  # exclusion + slot filling
+        timings["exact"] = deep.ms if deep is not None else 0.0  # deeper re-asks, in memory
+        timings["merge"] = (time.perf_counter() - t2) * 1000 - timed.ms - timings["exact"]  # exclusion + slot filling
         timings["total"] = (time.perf_counter() - t0) * 1000
         metrics.observe_timings(timings)
         return RetrieveResult(user_id, cands, version, wm, False, timings)

@@ -98,6 +98,24 @@ def test_fetch_streams_asks_deeper_while_exclusion_leaves_a_stream_short():
     assert len(streams[1]) == 60 and complete[1]  # only 60 unseen items exist
 
 
+def test_deeper_re_asks_go_to_the_deep_searcher_with_the_same_answer():
+    """The first ask goes to the primary searcher (Milvus online), the deeper re-asks to
+    ``deep`` (exact, in memory); with the same ranked lists the streams are identical."""
+    ids = np.arange(1000, 1100)
+    history = pl.SequenceHistory(ids[:40], np.arange(40), np.ones(40, np.int64))  # the best 40 are seen
+    lists = {1: [Candidate(int(i), 1.0 - r / 100, 1) for r, i in enumerate(ids)]}
+    primary, deep = ListSearch(lists), ListSearch(lists)
+    got, complete = pl.fetch_streams(primary, history, {1: np.ones(2)}, {1: 5}, {1: 100}, deep=deep)
+    want, _ = pl.fetch_streams(ListSearch(lists), history, {1: np.ones(2)}, {1: 5}, {1: 100})
+    assert got == want and not complete[1]
+    assert [c[1] for c in primary.calls] == [13] and [c[1] for c in deep.calls] == [26, 52]
+    # nothing short: the deep searcher is never asked
+    unseen = {1: lists[1][40:]}
+    primary, deep = ListSearch(unseen), ListSearch(unseen)
+    pl.fetch_streams(primary, history, {1: np.ones(2)}, {1: 5}, {1: 100}, deep=deep)
+    assert len(primary.calls) == 1 and deep.calls == []
+
+
 def test_validate_request():
     pl.validate_request(0, 1, 1)
     pl.validate_request(5, 10_000, 64)
