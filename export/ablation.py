@@ -81,7 +81,7 @@ def _job(args) -> dict[str, Any]:
                    test={name: _scored(split, test, rank_metrics(eval_sasrec(res.model, split, test, exclude_seen)))})
         return out
     lp_val = plan_cases(split, val, cfg.k, cfg.w, scorer=predictor, exclude_seen=exclude_seen)
-    cfg = replace(cfg, exclude_seen=cfg.exclude_seen and exclude_seen)  # train as the protocol serves
+    cfg = cfg.serving(exclude_seen)  # train as the protocol serves
     res = train_longretriever(split, cfg, lambda m: mean_metrics(
         eval_longretriever(m, split, val, lp_val))["recall@100"], progress=False)
     lp_test = plan_cases(split, test, cfg.k, cfg.w, scorer=predictor, exclude_seen=exclude_seen)

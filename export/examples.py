@@ -69,10 +69,6 @@ class EventIndex:
         ev = np.asarray(ev, np.int64)
         return ev - self.user_start[self.user_of[ev]]
 
-    def event(self, user: np.ndarray, position: np.ndarray) -> np.ndarray:
-        """Global index of (user index, position) pairs."""
-        return self.user_start[np.asarray(user, np.int64)] + np.asarray(position, np.int64)
-
     def search_lengths(self, ev: np.ndarray, k: int) -> np.ndarray:
         """Hard-search length of each event's example: ``min(k, earlier events of its context)``."""
         return np.minimum(self.ctx_rank[np.asarray(ev, np.int64)], max(k, 0))

@@ -32,40 +32,39 @@ MODES = ("ppmi", "ppmi_global", "ppmi_mix")
 MIX_GLOBAL_SHARE = 0.5  # ppmi_mix: share of the dimensions from the global factorisation
 
 
-def context_pairs(split: Split, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dense item ids (a, b) of every ordered pair of training events of one user and one
-    context that are at most ``window`` apart in that user's per-context subsequence."""
+def _window_pairs(seqs, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) of every ordered pair at most ``window`` apart inside each dense-id sequence
+    (unknown ids, -1, dropped first)."""
     left, right = [], []
-    for u in split.users:
-        _, hi = split.train_range(u)
-        d = split.vocab.dense(u.items[:hi])
-        for pos in u.pos_by_ctx.values():
-            s = d[pos[pos < hi]]
-            s = s[s >= 0]
-            for off in range(1, min(window, s.size - 1) + 1):
-                left.append(s[:-off])
-                right.append(s[off:])
+    for s in seqs:
+        s = s[s >= 0]
+        for off in range(1, min(window, s.size - 1) + 1):
+            left.append(s[:-off])
+            right.append(s[off:])
     if not left:
         z = np.zeros(0, np.int64)
         return z, z
     return np.concatenate(left), np.concatenate(right)
+
+
+def _train_prefixes(split: Split):
+    """(user, end of its training prefix, that prefix as dense ids) per user."""
+    for u in split.users:
+        _, hi = split.train_range(u)
+        yield u, hi, split.vocab.dense(u.items[:hi])
+
+
+def context_pairs(split: Split, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense item ids (a, b) of every ordered pair of training events of one user and one
+    context that are at most ``window`` apart in that user's per-context subsequence."""
+    return _window_pairs((d[pos[pos < hi]] for u, hi, d in _train_prefixes(split)
+                          for pos in u.pos_by_ctx.values()), window)
 
 
 def global_pairs(split: Split, window: int) -> tuple[np.ndarray, np.ndarray]:
     """Dense item ids (a, b) of every ordered pair of training events of one user at most
     ``window`` apart in the user's whole sequence (any contexts)."""
-    left, right = [], []
-    for u in split.users:
-        _, hi = split.train_range(u)
-        d = split.vocab.dense(u.items[:hi])
-        d = d[d >= 0]
-        for off in range(1, min(window, d.size - 1) + 1):
-            left.append(d[:-off])
-            right.append(d[off:])
-    if not left:
-        z = np.zeros(0, np.int64)
-        return z, z
-    return np.concatenate(left), np.concatenate(right)
+    return _window_pairs((d for _, _, d in _train_prefixes(split)), window)
 
 
 def symmetric_counts(rows: np.ndarray, cols: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -74,7 +74,7 @@ def run_task(split: Split, cfg: TrainConfig, task: str, progress: bool = False,
         out["notes"]["context_predictor"] = pmetrics
         lp_val = plan_cases(split, val, cfg.k, cfg.w, scorer=predictor, exclude_seen=xs)
         lp_test = plan_cases(split, test, cfg.k, cfg.w, exclude_seen=xs)
-        res = train_longretriever(split, replace(cfg, exclude_seen=cfg.exclude_seen and xs),
+        res = train_longretriever(split, cfg.serving(xs),
                                   lambda m: r100(eval_longretriever(m, split, val, lp_val)), progress)
         by_rows = {"frequency": eval_longretriever(res.model, split, test, lp_test)}
         choice = "frequency"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -107,6 +107,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def serving(self, exclude_seen: bool) -> "TrainConfig":
+        """This config for a protocol that does (not) exclude seen items: the in-context softmax
+        masks consumed items only where serving excludes them."""
+        return replace(self, exclude_seen=self.exclude_seen and exclude_seen)
 
 
 def seed_everything(seed: int, threads: int = 0, device: torch.device | str = "cpu") -> torch.Generator:

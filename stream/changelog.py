@@ -48,6 +48,7 @@ from rocksdict import WriteBatch
 
 from longretriever.core.errors import ServiceUnavailable
 from longretriever.stream import recovery
+from longretriever.stream.records import UserMeta
 from longretriever.stream.seen import decode_bucket
 from longretriever.stream.segments import decode_segment
 
@@ -133,8 +134,6 @@ def check_record(key: bytes, value: bytes | None) -> None:
             if kind in (b"m", b"s", b"h"):
                 return
         elif kind == b"m" and len(key) == 10:
-            from longretriever.stream.state import UserMeta
-
             UserMeta.unpack(value)
             return
         elif kind == b"s" and len(key) == 18:

@@ -18,7 +18,7 @@ import numpy as np
 from rocksdict import WriteBatch
 
 from longretriever.stream.seen import index_of
-from longretriever.stream.state import _P, _U, hkey, lkey, mkey, okey, ukey
+from longretriever.stream.records import _P, _U, hkey, lkey, mkey, okey, ukey
 
 if TYPE_CHECKING:
     from longretriever.stream.state import StateStore

@@ -1,17 +1,6 @@
 """Durable per-user state: each user's rolling sequence, stored per context, in RocksDB.
 
-Keys (big-endian so iteration is ordered):
-
-- ``P<partition:4><user:8>``     the users of a source partition (to drop or restore one)
-- ``R<partition:4><user:8>``     a restored user whose seen-item index is to be rebuilt
-  (``stream.recovery``)
-- ``c``                          the state's record: item -> context table fingerprint, names
-- ``l<partition:4>``             changelog offset the state reflects (``stream.changelog``)
-- ``o<partition:4>``             next source offset to consume for that partition
-- ``u<user:8>h<bucket:4>``       one bucket of the user's seen items (``stream.seen``)
-- ``u<user:8>m``                 user meta (msgpack): ``[newest_ts, {ctx: [first_seg, last_seg,
-  skip, count]}, seen_buckets, distinct_items]``
-- ``u<user:8>s<ctx:4><seg:4>``   one segment of that context (``longretriever.stream.segments``)
+The record layout (keys, the user meta record) is :mod:`longretriever.stream.records`.
 
 A user's events of context ``c`` live in segments ``first..last`` of ``c``; the first ``skip``
 events of the first segment are evicted (the cap keeps the newest ``max_len`` events of the
@@ -32,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import struct
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,14 +35,11 @@ from longretriever.core.contexts import ContextTable
 from longretriever.core.errors import ConfigError, ServiceUnavailable
 from longretriever.core.sequence import UserSequence, canonical_order
 from longretriever.stream.seen import bucket_items, bucket_of, decode_bucket
+from longretriever.stream.records import _P, _U, INFO_KEY, UserMeta, hkey, lkey, mkey, okey, skey
 from longretriever.stream.segments import decode_segment
 
 log = logging.getLogger(__name__)
 
-_U = struct.Struct(">q")
-_CS = struct.Struct(">II")
-_P = struct.Struct(">I")
-INFO_KEY = b"c"
 STATE_VERSION = 2
 
 
@@ -66,61 +51,6 @@ class ApplyResult:
     late: list[int] = field(default_factory=list)  # input indices rejected as too late
     touched: dict[int, set[int]] = field(default_factory=dict)
 
-
-@dataclass(slots=True)
-class UserMeta:
-    """One user's meta record. ``buckets`` is None for a state written before the seen-item
-    index existed (rebuilt by a reindex)."""
-
-    newest: int | None
-    ctxs: dict[int, list[int]]  # ctx -> [first_seg, last_seg, skip, count]
-    buckets: int | None = 1
-    distinct: int = 0
-
-    @property
-    def total(self) -> int:
-        return sum(m[3] for m in self.ctxs.values())
-
-    def pack(self) -> bytes:
-        return msgpack.packb([self.newest, self.ctxs, self.buckets, self.distinct])
-
-    @classmethod
-    def unpack(cls, v: bytes) -> "UserMeta":
-        rec = msgpack.unpackb(v, strict_map_key=False)
-        ctxs = {int(c): m for c, m in rec[1].items()}
-        return cls(rec[0], ctxs, *rec[2:4]) if len(rec) >= 4 else cls(rec[0], ctxs, None, 0)
-
-
-def ukey(user: int) -> bytes:
-    return b"u" + _U.pack(user)
-
-
-def mkey(user: int) -> bytes:
-    return ukey(user) + b"m"
-
-
-def skey(user: int, ctx: int, seg: int) -> bytes:
-    return ukey(user) + b"s" + _CS.pack(ctx, seg)
-
-
-def hkey(user: int, bucket: int) -> bytes:
-    return ukey(user) + b"h" + _P.pack(bucket)
-
-
-def okey(partition: int) -> bytes:
-    return b"o" + _P.pack(partition)
-
-
-def lkey(partition: int) -> bytes:
-    return b"l" + _P.pack(partition)
-
-
-def pkey(partition: int, user: int) -> bytes:
-    return b"P" + _P.pack(partition) + _U.pack(user)
-
-
-def pack_offset(offset: int) -> bytes:
-    return _U.pack(offset)
 
 
 class StateStore:

@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rocksdict import WriteBatch
 
+from longretriever.stream.records import INFO_KEY, UserMeta, hkey, mkey, okey, pack_offset, pkey, skey, ukey
 from longretriever.stream.seen import (TARGET, apply_deltas, bucket_count, bucket_of, decode_bucket, encode_bucket, layout,
                                        item_deltas)
 from longretriever.stream.segments import decode_segment, encode_segment, first_key, merge_sorted, stored_mask
 from longretriever.stream.writer_fast import MAX_EVENTS, try_fast
 
 if TYPE_CHECKING:
-    from longretriever.stream.state import ApplyResult, StateStore, UserMeta
+    from longretriever.stream.state import ApplyResult, StateStore
 
 
 class BatchWriter:
@@ -59,7 +60,7 @@ class BatchWriter:
         """Stage a batch of valid events plus ``offsets`` (partition -> next offset) without
         writing (see the module docstring for the rules). ``ApplyResult.late`` lists the input
         indices to dead-letter. Call ``StateStore.commit`` next."""
-        from longretriever.stream.state import ApplyResult, okey, pack_offset, pkey
+        from longretriever.stream.state import ApplyResult
 
         st = self.st
         res = ApplyResult()
@@ -90,8 +91,6 @@ class BatchWriter:
     def _user(self, wb: WriteBatch, user: int, idx: np.ndarray, items: np.ndarray, ts: np.ndarray,
               ctxs: np.ndarray, res: "ApplyResult") -> bool:
         """Stage one user's events; True when the user is new to the state."""
-        from longretriever.stream.state import UserMeta, mkey
-
         st = self.st
         old = st._load_meta(user)
         m = old or UserMeta(None, {}, 1, 0)
@@ -168,8 +167,6 @@ class BatchWriter:
                 tail: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """Which query events (canonical order, unique) are stored in context ``c``: each is
         looked up in the one segment whose range holds it (binary search on segment starts)."""
-        from longretriever.stream.state import skey
-
         st = self.st
         first, last, skip, _ = mc
         raw: dict[int, bytes] = {}
@@ -222,8 +219,6 @@ class BatchWriter:
         the segments that change. Fast path (all newer than the tail): append to the tail
         segment. Otherwise load segments from the tail back to the first one that starts
         strictly before the oldest new event, merge, and re-split from there."""
-        from longretriever.stream.state import skey
-
         st = self.st
         if c not in m.ctxs:
             m.ctxs[c] = [0, -1, 0, 0]
@@ -257,8 +252,6 @@ class BatchWriter:
     def _evict(self, wb: WriteBatch, user: int, m: "UserMeta") -> np.ndarray:
         """Drop the user's oldest events until at most ``max_len`` remain; returns their items.
         Eviction only moves the per-context head (skip) and deletes fully consumed head segments."""
-        from longretriever.stream.state import skey
-
         st = self.st
         meta = m.ctxs
         excess = m.total - st.max_len
@@ -291,8 +284,6 @@ class BatchWriter:
     def _seen(self, wb: WriteBatch, user: int, m: "UserMeta", added: np.ndarray, evicted: np.ndarray) -> None:
         """Count changes of the added and evicted items, then split / merge buckets until the
         bucket count matches the distinct-item count again."""
-        from longretriever.stream.state import hkey
-
         st = self.st
         d_items, d_counts = item_deltas(added, evicted)
         if not d_items.size:
@@ -354,8 +345,6 @@ class BatchWriter:
                       d_counts: np.ndarray, load) -> None:
         """The same result as bucket-by-bucket updates and splits (the layout is a function of
         the item multiset), in one vectorised pass over every bucket."""
-        from longretriever.stream.state import hkey
-
         n = m.buckets or 1
         parts = [load(b) for b in range(n)]
         items = np.concatenate([p[0] for p in parts] + [d_items])
@@ -380,8 +369,6 @@ class BatchWriter:
         """Re-derive every user's context index (and seen items) from the stored events under
         the store's current table, deduplicating (item, ts) stored under two contexts; records
         the table's fingerprint last, so a crash midway leaves a state that asks again."""
-        from longretriever.stream.state import INFO_KEY, UserMeta, mkey, ukey
-
         st = self.st
         users = list(st.users())
         for lo in range(0, len(users), batch_users):

@@ -15,6 +15,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from longretriever.stream import seen
+from longretriever.stream.records import hkey, mkey, skey
 
 if TYPE_CHECKING:
     from longretriever.stream.writer import BatchWriter
@@ -38,8 +39,6 @@ def _bucket(item: int, n: int) -> int:
 
 
 def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[int], ev_ctx: list[int], res) -> bool:
-    from longretriever.stream.state import hkey, mkey, skey
-
     st = w.st
     m = st._load_meta(user)
     if m is None or m.buckets is None or not LITTLE or m.total + len(ev_ts) > st.max_len:

@@ -54,7 +54,7 @@ def test_training_events_budget_zero_is_every_training_position_once():
     split, index = split_and_index()
     rng = np.random.default_rng(1)
     ev = training_events(split, index, 0, rng)
-    want = sorted(int(index.event(i, t)) for i, u in enumerate(split.users)
+    want = sorted(int(index.user_start[i] + t) for i, u in enumerate(split.users)
                   for t in range(*split.train_range(u)))
     assert sorted(ev.tolist()) == want
     capped = training_events(split, index, 5, rng)

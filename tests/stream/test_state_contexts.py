@@ -10,7 +10,8 @@ import pytest
 
 from longretriever.core.contexts import ContextTable
 from longretriever.core.errors import ConfigError
-from longretriever.stream.state import INFO_KEY, StateStore
+from longretriever.stream.records import INFO_KEY
+from longretriever.stream.state import StateStore
 
 A = ContextTable.from_mapping({i: f"a{i % 3}" for i in range(100)})
 B = ContextTable.from_mapping({i: f"b{i % 7}" for i in range(100)})
