@@ -11,6 +11,8 @@ RPCS = Counter("longretriever_rpc_total", "RPCs by method and status code", ["me
 FALLBACKS = Counter("longretriever_query_fallback_total", "Retrieve answered with popular items")
 REFRESH_SECONDS = Histogram("longretriever_refresh_seconds", "Event-driven vector refresh per batch",
                             buckets=_BUCKETS)
+CACHE = Counter("longretriever_vector_cache_total", "Query vector cache lookups by outcome", ["outcome"])
+REFRESHED = Counter("longretriever_refresh_rows_total", "Query vectors recomputed by the refresher")
 
 
 def observe_timings(timings_ms: dict[str, float]) -> None:

@@ -114,12 +114,39 @@ def test_refresher_background_thread():
                 break
             time.sleep(0.01)
         # the stale cached vector is recomputed; context 2 was never queried: not computed
-        assert ref.refreshed_rows == 1 and cache.contexts_of(1) == {1}
+        assert ref.refreshed_rows == 1 and len(cache) == 1
+        assert cache.contexts_of(1) == set()  # refreshed, not read since
         assert cache.get(1, 1, b"stale") is None
     finally:
         ref.stop()
     spec = Refresher(b, st, VectorCache(), speculative=True)
     assert spec.refresh({1: {1, 2}}) == 2
+
+
+def test_refresher_follows_demand():
+    """A refreshed vector nobody read is not refreshed again: at most one refresh per read."""
+    b = small_bundle()
+    st = MemoryState.for_bundle(b)
+    st.add(1, np.array([100, 101]), np.array([1, 2]))
+    cache = VectorCache()
+    svc = RetrieverService(b, pl.ExactSearch.of(b), st, cache)
+    ref = Refresher(b, st, cache)
+    first = svc.retrieve(1, 5, 8, True)
+    queried = cache.contexts_of(1)
+    assert queried and len(cache) == len(queried)
+    st.add(1, np.array([100]), np.array([3]))
+    assert ref.refresh({1: {1}}) == len(queried)
+    rows = b.session.rows
+    assert svc.retrieve(1, 5, 8, True).candidates  # served from the refreshed entries
+    assert b.session.rows == rows and cache.contexts_of(1) == queried
+    st.add(1, np.array([101]), np.array([4]))
+    assert ref.refresh({1: {1}}) == len(queried)  # read since the last refresh: refreshed
+    st.add(1, np.array([100]), np.array([5]))
+    assert ref.refresh({1: {1}}) == 0  # not read since: no encoder work for nobody
+    hits = cache.hits
+    svc.retrieve(1, 5, 8, True)  # stale: computed inline, wanted again
+    assert cache.hits == hits and cache.contexts_of(1) == queried
+    assert ref.refresh({1: {1}}) == len(queried) and first.candidates
 
 
 @pytest.mark.parametrize("choice", ["frequency", "learned"])
