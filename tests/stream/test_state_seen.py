@@ -10,6 +10,7 @@ import pytest
 
 from longretriever.core.contexts import ContextTable
 from longretriever.stream import seen, writer_fast
+from longretriever.stream.records import UserMeta
 from longretriever.stream.state import StateStore
 
 CTX = ContextTable.from_mapping({i: f"c{i % 5}" for i in range(0, 3000)})
@@ -135,8 +136,16 @@ def test_fast_path_writes_exactly_what_the_general_path_writes(tmp_path, seed, m
     segments, the cap, splits)."""
     from longretriever.stream import writer
 
-    taken = []
-    monkeypatch.setattr(writer, "try_fast", lambda *a: taken.append(fast(*a)) or taken[-1])
+    taken, opened = [], []
+
+    def spy(w, wb, user, *rest):
+        before = set((w.st._load_meta(user) or UserMeta(None, {})).ctxs)
+        taken.append(fast(w, wb, user, *rest))
+        if taken[-1]:
+            opened.append(len(set(w.st._load_meta(user).ctxs) - before))
+        return taken[-1]
+
+    monkeypatch.setattr(writer, "try_fast", spy)
     fast = writer_fast.try_fast
     rng = np.random.default_rng(seed)
     stores = [StateStore(tmp_path / f"s{f}", CTX, max_len=400, segment_events=16, late_tolerance_ms=5_000)
@@ -145,7 +154,9 @@ def test_fast_path_writes_exactly_what_the_general_path_writes(tmp_path, seed, m
     t = BASE
     for step in range(400):
         k = int(rng.integers(1, 12 if step % 4 else 150))
-        u = rng.integers(0, 6, k)
+        # six heavy users (the cap, splits) and a growing crowd of new ones, whose first few
+        # batches open contexts on the fast path
+        u = np.where(rng.random(k) < 0.6, rng.integers(0, 6, k), rng.integers(6, 7 + step // 8, k))
         it = rng.integers(0, 300 if step % 3 else 3000, k)
         ts = t + np.sort(rng.integers(0, 3_000, k)) - (rng.random(k) < 0.1) * rng.integers(0, 20_000, k)
         dup = rng.random(k) < 0.1
@@ -160,5 +171,6 @@ def test_fast_path_writes_exactly_what_the_general_path_writes(tmp_path, seed, m
     dumps = [dict(s.db.items()) for s in stores]
     assert dumps[0] == dumps[1]
     assert sum(taken) > 200 and len(taken) - sum(taken) > 100  # both paths really ran
+    assert sum(x > 0 for x in opened) > 50  # and the fast one opened contexts
     for s in stores:
         s.close()
