@@ -42,6 +42,7 @@ def commit_restore(store: "StateStore", wb: WriteBatch, partition: int, written_
     if changelog_end is not None:
         wb.put(lkey(partition), _U.pack(changelog_end))
     store.db.write(wb, store._wopts)
+    store.forget_written()
 
 
 def rebuild_seen(store: "StateStore", partition: int, batch_users: int = 200) -> int:
@@ -66,6 +67,7 @@ def rebuild_seen(store: "StateStore", partition: int, batch_users: int = 200) ->
                 wb.put(mkey(user), m.pack())
             wb.delete(mk)
         store.db.write(wb, store._wopts)
+        store.forget_written()
     return len(marks)
 
 
@@ -82,3 +84,4 @@ def drop_partition(store: "StateStore", partition: int, users: set[bytes] = froz
     wb.delete(okey(partition))
     wb.delete(lkey(partition))
     store.db.write(wb, store._wopts)
+    store.forget_written()

@@ -41,6 +41,7 @@ from longretriever.stream.segments import decode_segment
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 2
+WRITTEN_BYTES = 64 * 1_048_576  # bound of the records the writer remembers (StateStore._written)
 
 
 @dataclass(slots=True)
@@ -81,6 +82,12 @@ class StateStore:
         # a staged batch handed off to an asynchronous commit (the changelog pipeline): the next
         # batch is staged on top of it, reading through it, until it is in RocksDB
         self._inflight: dict[bytes, bytes | None] | None = None
+        # records this writer committed lately (None: deleted), read before RocksDB by the write
+        # path: a live stream rewrites the same users' tails, metas and seen buckets batch after
+        # batch, and a point get costs more than the rest of a one-event write. Only committed
+        # bytes enter it; a write that bypasses the writer (restore, reindex) empties it.
+        self._written: dict[bytes, bytes | None] = {}
+        self._written_bytes = 0
         self._tls = threading.local()
         self._closed = False
         from longretriever.stream.writer import BatchWriter  # the write path (same layer)
@@ -174,6 +181,11 @@ class StateStore:
             memo[user] = m
         return m
 
+    def _wmeta(self, user: int) -> UserMeta | None:
+        """The writer's read of a meta record (see :meth:`_wget`)."""
+        v = self._wget(mkey(user))
+        return None if v is None else UserMeta.unpack(v)
+
     def _meta(self, user: int) -> dict[int, list[int]] | None:
         m = self._load_meta(user)
         return None if m is None else m.ctxs
@@ -203,11 +215,19 @@ class StateStore:
                 if "not found" in str(exc):
                     return None
                 raise
+        return self._wget(key)
+
+    def _wget(self, key: bytes) -> bytes | None:
+        """The writer's read (never inside :meth:`reading`): its staged batch, the batch in
+        flight, what it committed lately, then RocksDB."""
         if key in self._pending:  # the writer reading through its own staged batch
             return self._pending[key]
         inflight = self._inflight
         if inflight is not None and key in inflight:  # ... and the one being committed
             return inflight[key]
+        written = self._written
+        if key in written:
+            return written[key]
         return self.db.get(key)
 
     def _segment(self, user: int, ctx: int, seg: int, skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -408,8 +428,20 @@ class StateStore:
         """Atomically write a staged batch (state and offsets together)."""
         try:
             self.db.write(wb, self._wopts)
+            self._remember(self._pending)
         finally:
-            self._pending.clear()
+            self._pending = {}
+
+    def _remember(self, records: dict[bytes, bytes | None]) -> None:
+        """Keep committed records for the write path (bounded: emptied past WRITTEN_BYTES)."""
+        self._written_bytes += sum(len(v) for v in records.values() if v is not None) + 32 * len(records)
+        if self._written_bytes > WRITTEN_BYTES:
+            self._written, self._written_bytes = {}, 0
+        self._written.update(records)
+
+    def forget_written(self) -> None:
+        """RocksDB was written around the writer (restore, reindex): drop what it remembers."""
+        self._written, self._written_bytes = {}, 0
 
     def hand_off(self) -> None:
         """The staged batch will be committed later (:meth:`commit_handed_off`); the next
@@ -421,6 +453,7 @@ class StateStore:
     def commit_handed_off(self, wb: WriteBatch) -> None:
         """Write the handed-off batch; readers of the layer then read the same from RocksDB."""
         self.db.write(wb, self._wopts)
+        self._remember(self._inflight or {})
         self._inflight = None
 
     def discard_staged(self) -> None:

@@ -19,7 +19,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING
 
 from longretriever.stream import seen
-from longretriever.stream.records import hkey, mkey, skey
+from longretriever.stream.records import mkey, skey, ukey
 
 if TYPE_CHECKING:
     from longretriever.stream.writer import BatchWriter
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 MAX_EVENTS = 64  # users with more events in a batch take the vectorised path
 _SEG_HEADER = struct.Struct("<BIq")
 _BKT_HEADER = struct.Struct("<BI")
+_BUCKET = struct.Struct(">I")  # as stream.records.hkey
 _I32_MIN, _I32_MAX, _U32_MAX = -(2**31), 2**31 - 1, 2**32 - 1
 _MASK64 = 2**64 - 1
 _MULT = 0x9E3779B97F4A7C15
@@ -44,7 +45,7 @@ def _bucket(item: int, n: int) -> int:
 
 def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[int], ev_ctx: list[int], res) -> bool:
     st = w.st
-    m = st._load_meta(user)
+    m = st._wmeta(user)
     if m is None or m.buckets is None or not LITTLE or m.total + len(ev_ts) > st.max_len:
         return False
     run, tol = m.newest, st.late_tolerance_ms
@@ -72,7 +73,7 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
             first, last, skip, count = mc
             if last == first and skip:
                 return False  # the general path rewrites the tail without its evicted prefix
-            raw = st._get(skey(user, c, last))
+            raw = st._wget(skey(user, c, last))
             flags, n, base = _SEG_HEADER.unpack_from(raw, 0)
             if flags & 1:  # 64-bit item ids
                 return False
@@ -115,11 +116,12 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
                              hi - lo if j else hi - n))
     # seen items: +1 per new event, in the buckets of those items only
     n_b = m.buckets
+    hpre = ukey(user) + b"h"  # hkey(user, b) == hpre + _BUCKET.pack(b)
     buckets: dict[int, tuple[list[int], list[int]]] = {}
     distinct = m.distinct
     for i in ev_items:
         b = _bucket(i, n_b)
-        if b not in buckets and not _load(st, hkey(user, b), buckets, b):
+        if b not in buckets and not _load(st, hpre + _BUCKET.pack(b), buckets, b):
             return False
         its, cts = buckets[b]
         p = bisect_left(its, i)
@@ -131,7 +133,7 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
             distinct += 1
     while seen.bucket_count(distinct) > n_b:  # split one bucket into itself and bucket n_b
         src = n_b - (1 << (n_b.bit_length() - 1))
-        if src not in buckets and not _load(st, hkey(user, src), buckets, src):
+        if src not in buckets and not _load(st, hpre + _BUCKET.pack(src), buckets, src):
             return False
         its, cts = buckets[src]
         keep = [_bucket(i, n_b + 1) == src for i in its]
@@ -148,11 +150,11 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
         m.ctxs[c] = [mc[0], max(mc[1], seg), mc[2], mc[3] + k]
     for b, (its, cts) in buckets.items():
         if not its:
-            w._delete(wb, hkey(user, b))
+            w._delete(wb, hpre + _BUCKET.pack(b))
             continue
         top = max(cts)
         width = 0 if top <= 0xFF else 1 if top <= 0xFFFF else 2
-        w._put(wb, hkey(user, b), _BKT_HEADER.pack(width << 1, len(its)) + array("i", its).tobytes()
+        w._put(wb, hpre + _BUCKET.pack(b), _BKT_HEADER.pack(width << 1, len(its)) + array("i", its).tobytes()
                + array(_COUNTS[width], cts).tobytes())
     m.distinct, m.buckets = distinct, n_b
     m.newest = max(m.newest, max(ev_ts))
@@ -164,7 +166,7 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
 
 def _load(st, key: bytes, buckets: dict, b: int) -> bool:
     """Decode one seen bucket into ``buckets[b]`` as (ids, counts) lists; False for 64-bit ids."""
-    v = st._get(key)
+    v = st._wget(key)
     if v is None:
         buckets[b] = ([], [])
         return True
