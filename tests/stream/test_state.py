@@ -197,3 +197,28 @@ def test_one_snapshot_decodes_each_segment_once_and_reads_the_same(tmp_path, mon
     s.apply(np.array([1]), np.array([3]), np.array([newest]), {0: 1})
     with s.reading():
         assert s.recent(1, 1).ts[-1] == newest  # a new snapshot does not reuse old segments
+
+
+def test_writer_forgets_records_a_restore_overwrote(tmp_path):
+    """The writer reads through the records it committed lately; a write around it (a
+    changelog restore) must not leave it appending to the record it remembers."""
+    from rocksdict import WriteBatch
+
+    from longretriever.stream import recovery
+    from longretriever.stream.records import ukey
+
+    t = 1_600_000_000_000
+    st = StateStore(tmp_path / "s")
+    st.apply(np.array([1]), np.array([10]), np.array([t]), {0: 1})
+    newer = StateStore(tmp_path / "o")  # the same user, one event further, from elsewhere
+    newer.apply(np.array([1, 1]), np.array([10, 11]), np.array([t, t + 1]), {0: 2})
+    wb = WriteBatch(raw_mode=True)
+    for k, v in newer.db.items(from_key=ukey(1)):
+        if not k.startswith(ukey(1)):
+            break
+        wb.put(k, v)
+    recovery.commit_restore(st, wb, 0, set())
+    st.apply(np.array([1]), np.array([12]), np.array([t + 2]), {0: 3})
+    assert st.sequence(1).items.tolist() == [10, 11, 12]
+    st.close()
+    newer.close()
