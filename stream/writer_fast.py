@@ -28,6 +28,9 @@ MAX_EVENTS = 64  # users with more events in a batch take the vectorised path
 _SEG_HEADER = struct.Struct("<BIq")
 _BKT_HEADER = struct.Struct("<BI")
 _BUCKET = struct.Struct(">I")  # as stream.records.hkey
+_I32 = struct.Struct("<i")
+_WIDTH, _WIDTH_MAX = (1, 2, 4), (0xFF, 0xFFFF, 0xFFFFFFFF)
+_EMPTY_BUCKET = struct.pack("<BI", 0, 0)
 _I32_MIN, _I32_MAX, _U32_MAX = -(2**31), 2**31 - 1, 2**32 - 1
 _MASK64 = 2**64 - 1
 _MULT = 0x9E3779B97F4A7C15
@@ -84,13 +87,24 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
                 last_ts = old_ts[-1]
                 old_d = [0] * n  # placeholders: the tail keeps its own gap
             else:
-                old_d = memoryview(raw)[off + 4 * n:off + 8 * n].cast("I").tolist()
+                old_d = memoryview(raw)[off + 4 * n:off + 8 * n].cast("I")
                 last_ts = base + sum(old_d)
             last_item = struct.unpack_from("<i", raw, off + 4 * (n - 1))[0]
             if evs[0] <= (last_ts, last_item):
                 return False
-            old_items = memoryview(raw)[off:off + 4 * n].cast("i").tolist()
             new_d = [evs[0][0] - last_ts] + [b[0] - a[0] for a, b in zip(evs, evs[1:])]
+            if n + len(evs) <= st.seg and max(new_d) <= _U32_MAX:
+                # the common case, spliced: the tail's bytes with the new events after its items
+                # and after its times (deltas, or absolute times in a 64-bit tail)
+                k, ts_w = len(evs), 8 if ts64 else 4
+                new_t = array("q", [t for t, _ in evs]) if ts64 else array("I", new_d)
+                segments.append((c, last, _SEG_HEADER.pack(flags, n + k, base) + raw[off:off + 4 * n]
+                                 + array("i", [i for _, i in evs]).tobytes()
+                                 + raw[off + 4 * n:off + (4 + ts_w) * n] + new_t.tobytes(), k))
+                continue
+            old_items = memoryview(raw)[off:off + 4 * n].cast("i").tolist()
+            if not ts64:
+                old_d = old_d.tolist()
         gap = max(new_d) > _U32_MAX  # (a live stream after a backfill of old history)
         # the tail filled up to `seg` events, then new segments of `seg` (as encode_segment
         # would write the concatenation from segment `last` on)
@@ -114,31 +128,32 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
             value = _SEG_HEADER.pack(2 if wide else 0, hi - lo, abs_ts[lo])
             segments.append((c, last + j, value + array("i", items[lo:hi]).tobytes() + body,
                              hi - lo if j else hi - n))
-    # seen items: +1 per new event, in the buckets of those items only
+    # seen items: +1 per new event, in the buckets of those items only, spliced into the
+    # encoded buckets (ids sorted, then counts at the narrowest width that holds them)
     n_b = m.buckets
     hpre = ukey(user) + b"h"  # hkey(user, b) == hpre + _BUCKET.pack(b)
-    buckets: dict[int, tuple[list[int], list[int]]] = {}
+    enc: dict[int, bytes] = {}
     distinct = m.distinct
     for i in ev_items:
         b = _bucket(i, n_b)
-        if b not in buckets and not _load(st, hpre + _BUCKET.pack(b), buckets, b):
-            return False
-        its, cts = buckets[b]
-        p = bisect_left(its, i)
-        if p < len(its) and its[p] == i:
-            cts[p] += 1
-        else:
-            its.insert(p, i)
-            cts.insert(p, 1)
-            distinct += 1
+        v = enc.get(b)
+        if v is None:
+            v = st._wget(hpre + _BUCKET.pack(b)) or _EMPTY_BUCKET
+            if v[0] & 1:  # 64-bit ids
+                return False
+        enc[b], new = _bump(v, i)
+        distinct += new
     while seen.bucket_count(distinct) > n_b:  # split one bucket into itself and bucket n_b
         src = n_b - (1 << (n_b.bit_length() - 1))
-        if src not in buckets and not _load(st, hpre + _BUCKET.pack(src), buckets, src):
-            return False
-        its, cts = buckets[src]
+        v = enc.get(src)
+        if v is None:
+            v = st._wget(hpre + _BUCKET.pack(src)) or _EMPTY_BUCKET
+            if v[0] & 1:
+                return False
+        its, cts = _decode(v)
         keep = [_bucket(i, n_b + 1) == src for i in its]
-        buckets[src] = ([i for i, k in zip(its, keep) if k], [c for c, k in zip(cts, keep) if k])
-        buckets[n_b] = ([i for i, k in zip(its, keep) if not k], [c for c, k in zip(cts, keep) if not k])
+        enc[src] = _encode([i for i, k in zip(its, keep) if k], [c for c, k in zip(cts, keep) if k])
+        enc[n_b] = _encode([i for i, k in zip(its, keep) if not k], [c for c, k in zip(cts, keep) if not k])
         n_b += 1
     # everything checked: stage it (new contexts enter the meta in ascending order, as the
     # general path adds them)
@@ -148,14 +163,11 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
         w._put(wb, skey(user, c, seg), value)
         mc = m.ctxs[c]
         m.ctxs[c] = [mc[0], max(mc[1], seg), mc[2], mc[3] + k]
-    for b, (its, cts) in buckets.items():
-        if not its:
+    for b, v in enc.items():
+        if v == _EMPTY_BUCKET:
             w._delete(wb, hpre + _BUCKET.pack(b))
-            continue
-        top = max(cts)
-        width = 0 if top <= 0xFF else 1 if top <= 0xFFFF else 2
-        w._put(wb, hpre + _BUCKET.pack(b), _BKT_HEADER.pack(width << 1, len(its)) + array("i", its).tobytes()
-               + array(_COUNTS[width], cts).tobytes())
+        else:
+            w._put(wb, hpre + _BUCKET.pack(b), v)
     m.distinct, m.buckets = distinct, n_b
     m.newest = max(m.newest, max(ev_ts))
     w._put(wb, mkey(user), m.pack())
@@ -164,16 +176,35 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
     return True
 
 
-def _load(st, key: bytes, buckets: dict, b: int) -> bool:
-    """Decode one seen bucket into ``buckets[b]`` as (ids, counts) lists; False for 64-bit ids."""
-    v = st._wget(key)
-    if v is None:
-        buckets[b] = ([], [])
-        return True
+def _encode(its: list[int], cts: list[int]) -> bytes:
+    """As stream.seen.encode_bucket: header, sorted ids, counts at the narrowest width."""
+    width = 0 if not cts or max(cts) <= 0xFF else 1 if max(cts) <= 0xFFFF else 2
+    return _BKT_HEADER.pack(width << 1, len(its)) + array("i", its).tobytes() + array(_COUNTS[width], cts).tobytes()
+
+
+def _decode(v: bytes) -> tuple[list[int], list[int]]:
     flags, k = _BKT_HEADER.unpack_from(v, 0)
-    if flags & 1:
-        return False
     off = _BKT_HEADER.size
-    buckets[b] = (memoryview(v)[off:off + 4 * k].cast("i").tolist(),
-                  memoryview(v)[off + 4 * k:].cast(_COUNTS[(flags >> 1) & 3]).tolist())
-    return True
+    return (memoryview(v)[off:off + 4 * k].cast("i").tolist(),
+            memoryview(v)[off + 4 * k:].cast(_COUNTS[(flags >> 1) & 3]).tolist())
+
+
+def _bump(v: bytes, item: int) -> tuple[bytes, int]:
+    """Count one more ``item`` in the encoded bucket ``v``: (new bytes, 1 if the item is new)."""
+    flags, k = _BKT_HEADER.unpack_from(v, 0)
+    width = (flags >> 1) & 3
+    size, code = _WIDTH[width], _COUNTS[width]
+    off = _BKT_HEADER.size
+    ce = off + 4 * k  # counts start
+    p = bisect_left(memoryview(v)[off:ce].cast("i"), item)
+    if p < k and _I32.unpack_from(v, off + 4 * p)[0] == item:
+        c = memoryview(v)[ce:].cast(code)[p] + 1
+        if c > _WIDTH_MAX[width]:  # the counts need a wider type: re-encode
+            its, cts = _decode(v)
+            cts[p] = c
+            return _encode(its, cts), 0
+        at = ce + p * size
+        return v[:at] + struct.pack("<" + code, c) + v[at + size:], 0
+    at = ce + p * size
+    return (_BKT_HEADER.pack(flags, k + 1) + v[off:off + 4 * p] + _I32.pack(item) + v[off + 4 * p:at]
+            + struct.pack("<" + code, 1) + v[at:]), 1

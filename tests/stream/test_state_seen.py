@@ -174,3 +174,21 @@ def test_fast_path_writes_exactly_what_the_general_path_writes(tmp_path, seed, m
     assert sum(x > 0 for x in opened) > 50  # and the fast one opened contexts
     for s in stores:
         s.close()
+
+
+def test_fast_path_widens_counts_like_the_general_path(tmp_path):
+    """A seen-item count passing 255 (then 65,535) needs a wider count type: the fast path's
+    spliced buckets re-encode exactly as stream.seen does."""
+    stores = [StateStore(tmp_path / f"s{f}", CTX, segment_events=64) for f in (0, 1)]
+    stores[0]._writer.fast = False
+    t = BASE
+    for step in range(300):  # item 7 re-consumed 300 times, next to a few others
+        items = np.array([7, 7, 11 + step % 5])
+        for s in stores:
+            s.apply(np.ones(3, np.int64), items, t + np.arange(3), {0: step})
+        t += 10
+    dumps = [dict(s.db.items()) for s in stores]
+    assert dumps[0] == dumps[1]
+    assert stores[1].seen_items(1)[1].max() == 600  # counts held beyond one byte
+    for s in stores:
+        s.close()
