@@ -23,18 +23,23 @@ CATALOGUE = 5000  # the serving environment's synthetic catalogue (benchmarks.co
 TOPIC = "user-events"
 
 
-def _confluent(bootstrap: str) -> tuple[Callable[[bytes, bytes], None], Callable[[], None]] | None:
+Producer = tuple[Callable[[bytes, bytes], None], Callable[[], None]]  # (send(key, value), flush)
+
+
+def confluent_producer(bootstrap: str, topic: str) -> Producer | None:
+    """librdkafka's producer, or None when confluent-kafka is not installed."""
     try:
-        from confluent_kafka import Producer
+        from confluent_kafka import Producer as RdProducer
     except ImportError:
         return None
-    p = Producer({"bootstrap.servers": bootstrap, "acks": 1, "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
-    p.list_topics(TOPIC, timeout=30)  # connected, metadata known
+    p = RdProducer({"bootstrap.servers": bootstrap, "acks": 1, "linger.ms": 5,
+                    "queue.buffering.max.messages": 1_000_000})
+    p.list_topics(topic, timeout=30)  # connected, metadata known
 
     def send(key: bytes, value: bytes) -> None:
         while True:
             try:
-                p.produce(TOPIC, value, key)
+                p.produce(topic, value, key)
                 break
             except BufferError:  # local queue full: let librdkafka deliver
                 p.poll(0.01)
@@ -43,19 +48,21 @@ def _confluent(bootstrap: str) -> tuple[Callable[[bytes, bytes], None], Callable
     return send, lambda: p.flush(60)
 
 
-def _kafka_python(bootstrap: str) -> tuple[Callable[[bytes, bytes], None], Callable[[], None]]:
+def kafka_python_producer(bootstrap: str, topic: str) -> Producer:
     from kafka import KafkaProducer
 
     p = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
-    p.partitions_for(TOPIC)  # connected, metadata known
-    return (lambda key, value: p.send(TOPIC, key=key, value=value) and None), lambda: (p.flush(), p.close())
+    p.partitions_for(topic)  # connected, metadata known
+    return (lambda key, value: p.send(topic, key=key, value=value) and None), lambda: (p.flush(), p.close())
 
 
-def run_load(bootstrap: str, rate: float, seconds: float, users: int) -> None:
-    """Single-event messages at ``rate`` messages/s, keyed by user, items of the catalogue."""
+def run_load(bootstrap: str, rate: float, seconds: float, users: int, topic: str = TOPIC,
+             producer: Producer | None = None) -> float:
+    """Single-event messages at ``rate`` messages/s, keyed by user, items of the catalogue;
+    returns (and prints) the rate achieved."""
     from longretriever.core.codec import Event, encode_event, encode_key
 
-    send, flush = _confluent(bootstrap) or _kafka_python(bootstrap)
+    send, flush = producer or confluent_producer(bootstrap, topic) or kafka_python_producer(bootstrap, topic)
     rng = np.random.default_rng(0)
     n = int(rate * seconds)
     us = rng.integers(0, users, n).tolist()
@@ -80,6 +87,7 @@ def run_load(bootstrap: str, rate: float, seconds: float, users: int) -> None:
     achieved = sent / (time.perf_counter() - t0)
     flush()
     print(achieved, flush=True)
+    return achieved
 
 
 if __name__ == "__main__":
