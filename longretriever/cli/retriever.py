@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -131,6 +132,7 @@ def serve_cmd(bundle: Path = typer.Option(..., help="model bundle directory (`tr
                              restore=restore.value if restore else None, standby=standby)
     if settings.standby and settings.restore != "changelog":
         raise ConfigError("--standby follows the changelog: it needs --restore changelog")
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     cert, key = settings.grpc_tls_cert, settings.grpc_tls_key
     if (cert is None) != (key is None):
         raise ConfigError("--tls-cert and --tls-key go together")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -68,6 +69,7 @@ def stream_cmd(bootstrap: str = typer.Option(..., help="Kafka HOST:PORT[,HOST:PO
                       standby=standby)
     if s.standby and s.restore != "changelog":
         raise ConfigError("--standby follows the changelog: it needs --restore changelog")
+    sys.setswitchinterval(s.gil_switch_interval_ms / 1000)
     ContextTable.from_csv(s.items_path)  # a bad items file fails before anything is created
     ensure_topic(s.bootstrap, s.topic, security=s.kafka_security())  # so does an unreachable broker
     store = open_store(s, reindex_contexts=reindex_contexts)
