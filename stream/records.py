@@ -63,8 +63,16 @@ def skey(user: int, ctx: int, seg: int) -> bytes:
     return ukey(user) + b"s" + _CS.pack(ctx, seg)
 
 
+def hkey_prefix(user: int) -> bytes:
+    """The user's seen-bucket keys: ``hkey(user, b) == hkey_prefix(user) + BUCKET.pack(b)``."""
+    return ukey(user) + b"h"
+
+
+BUCKET = _P  # the bucket number in a seen-bucket key
+
+
 def hkey(user: int, bucket: int) -> bytes:
-    return ukey(user) + b"h" + _P.pack(bucket)
+    return hkey_prefix(user) + BUCKET.pack(bucket)
 
 
 def okey(partition: int) -> bytes:

@@ -41,8 +41,7 @@ def commit_restore(store: "StateStore", wb: WriteBatch, partition: int, written_
         wb.put(_pkey(partition, u, b"R"), b"")
     if changelog_end is not None:
         wb.put(lkey(partition), _U.pack(changelog_end))
-    store.db.write(wb, store._wopts)
-    store.forget_written()
+    store.write_around(wb)
 
 
 def rebuild_seen(store: "StateStore", partition: int, batch_users: int = 200) -> int:
@@ -66,8 +65,7 @@ def rebuild_seen(store: "StateStore", partition: int, batch_users: int = 200) ->
                     wb.put(hkey(user, b), buf)
                 wb.put(mkey(user), m.pack())
             wb.delete(mk)
-        store.db.write(wb, store._wopts)
-        store.forget_written()
+        store.write_around(wb)
     return len(marks)
 
 
@@ -83,5 +81,4 @@ def drop_partition(store: "StateStore", partition: int, users: set[bytes] = froz
             wb.delete(k)
     wb.delete(okey(partition))
     wb.delete(lkey(partition))
-    store.db.write(wb, store._wopts)
-    store.forget_written()
+    store.write_around(wb)

@@ -439,8 +439,14 @@ class StateStore:
             self._written, self._written_bytes = {}, 0
         self._written.update(records)
 
+    def write_around(self, wb: WriteBatch) -> None:
+        """Write a batch that did not come through the writer (restore, seen-index rebuild,
+        partition drop): the records the writer remembers are dropped with it."""
+        self.db.write(wb, self._wopts)
+        self.forget_written()
+
     def forget_written(self) -> None:
-        """RocksDB was written around the writer (restore, reindex): drop what it remembers."""
+        """RocksDB was written around the writer: drop what it remembers."""
         self._written, self._written_bytes = {}, 0
 
     def hand_off(self) -> None:
