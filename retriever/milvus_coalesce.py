@@ -3,33 +3,104 @@
 Milvus charges a fixed cost per search request (~4 ms on the 2.3.5 server here, most of it
 proxy / query-node scheduling) that does not grow much with the number of query vectors in
 it. So while a search of context ``c`` is in flight, further searches of ``c`` from other
-requests wait, and when it returns they go out together as one request (``nq`` = their
+requests queue, and when it returns they go out together as one request (``nq`` = their
 number, ``limit`` = the largest of theirs; each caller keeps its own first ``limit`` hits).
 Nothing waits for a timer: an idle service sends every search at once, batches form only
 under concurrency ("natural batching"), so coalescing never adds latency at low load.
+
+Nothing here blocks a thread while a request is in flight: :meth:`Coalescer.submit` returns a
+:class:`Ticket` at once, the next batch of a key is sent from the completion callback of the
+previous request, and a caller blocks only in :meth:`Ticket.result`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Callable, Hashable, Sequence
+from typing import Callable, Hashable, Protocol, Sequence
 
 import numpy as np
 
-#: one multi-vector search: (vectors, limit, timeout) -> per vector (ids, scores)
-BatchSearch = Callable[[Sequence[np.ndarray], int, float | None], list[tuple[np.ndarray, np.ndarray]]]
+Hits = tuple[np.ndarray, np.ndarray]  # (ids, scores) of one query vector, Milvus' order
 
 
-@dataclass
-class _Waiter:
-    vector: np.ndarray
-    limit: int
-    deadline: float | None
-    future: Future = field(default_factory=Future)
-    lead: threading.Event = field(default_factory=threading.Event)
+class Pending(Protocol):
+    """A search request in flight."""
+
+    def result(self) -> list[Hits]:
+        """Per query vector its hits (blocks until the request is answered; raises its error)."""
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` once the request is answered or failed (at once if it already is)."""
+
+
+#: send one multi-vector search: (vectors, limit, timeout) -> the request in flight
+StartBatch = Callable[[Sequence[np.ndarray], int, float | None], Pending]
+
+
+class _Failed:
+    """A request that could not be sent."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def result(self) -> list[Hits]:
+        raise self.exc
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        fn()
+
+
+class _Batch:
+    """The answer of one request, read once for all its tickets."""
+
+    def __init__(self, pending: Pending, size: int) -> None:
+        self.pending, self.size = pending, size
+        self._lock = threading.Lock()
+        self._read = False
+        self._out: list[Hits] = []
+        self._exc: BaseException | None = None
+
+    def result(self) -> list[Hits]:
+        with self._lock:
+            if not self._read:
+                try:
+                    out = self.pending.result()
+                    if len(out) != self.size:
+                        raise ValueError(f"batch search returned {len(out)} results for {self.size} vectors")
+                    self._out = out
+                except BaseException as exc:  # noqa: BLE001 - every ticket of the batch sees the error
+                    self._exc = exc
+                self._read = True
+        if self._exc is not None:
+            raise self._exc
+        return self._out
+
+
+class Ticket:
+    """One caller's search: queued, or a place in a sent batch."""
+
+    def __init__(self, vector: np.ndarray, limit: int, deadline: float | None) -> None:
+        self.vector, self.limit, self.deadline = vector, limit, deadline
+        self._sent = threading.Event()
+        self._batch: _Batch | None = None
+        self._pos = 0
+        self._leave: Callable[[], bool] = lambda: False
+
+    def _assign(self, batch: _Batch, pos: int) -> None:
+        self._batch, self._pos = batch, pos
+        self._sent.set()
+
+    def result(self) -> Hits:
+        """(ids, scores) of this vector's best ``limit`` hits (Milvus' order)."""
+        left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        if not self._sent.wait(left):
+            if self._leave():  # still queued at the deadline: leave the queue
+                raise TimeoutError("search deadline passed while queued")
+            self._sent.wait()  # sent meanwhile: its request carries the deadline
+        assert self._batch is not None
+        ids, scores = self._batch.result()[self._pos]
+        return ids[: self.limit], scores[: self.limit]
 
 
 class Coalescer:
@@ -40,70 +111,62 @@ class Coalescer:
         self.max_batch = max(1, max_batch)
         self._lock = threading.Lock()
         self._busy: set[Hashable] = set()
-        self._queues: dict[Hashable, list[_Waiter]] = {}
+        self._queues: dict[Hashable, list[tuple[Ticket, StartBatch]]] = {}
         self.requests = 0  # search requests sent
         self.vectors = 0  # query vectors they carried
 
-    def search(self, key: Hashable, vector: np.ndarray, limit: int, timeout: float | None,
-               run: BatchSearch) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, scores) of ``vector``'s best ``limit`` hits (Milvus' order), searched alone or
-        together with other callers' vectors of the same ``key``."""
-        me = _Waiter(vector, limit, None if timeout is None else time.monotonic() + timeout)
+    def submit(self, key: Hashable, vector: np.ndarray, limit: int, timeout: float | None,
+               start: StartBatch) -> Ticket:
+        """Send ``vector``'s search now if ``key`` is idle, else queue it for the next request
+        of ``key``; returns at once."""
+        me = Ticket(vector, limit, None if timeout is None else time.monotonic() + timeout)
+        me._leave = lambda: self._leave(key, me)
         with self._lock:
             if key in self._busy:
-                self._queues.setdefault(key, []).append(me)
-            else:
-                self._busy.add(key)
-                me.lead.set()
-        if not me.lead.is_set():
-            self._wait_turn(me, key)
-        if not me.future.done():
-            self._lead(key, me, run)
-        return me.future.result()
+                self._queues.setdefault(key, []).append((me, start))
+                return me
+            self._busy.add(key)
+        self._send(key, [(me, start)])
+        return me
 
-    def _wait_turn(self, me: _Waiter, key: Hashable) -> None:
-        """Wait until our batch has been answered, or until we are made the next leader."""
-        while True:
-            left = None if me.deadline is None else me.deadline - time.monotonic()
-            if me.lead.wait(timeout=None if left is None else max(0.0, left)) or me.future.done():
+    def search(self, key: Hashable, vector: np.ndarray, limit: int, timeout: float | None,
+               start: StartBatch) -> Hits:
+        """:meth:`submit`, then wait for the hits."""
+        return self.submit(key, vector, limit, timeout, start).result()
+
+    def _send(self, key: Hashable, batch: list[tuple[Ticket, StartBatch]]) -> None:
+        tickets = [t for t, _ in batch]
+        deadlines = [t.deadline for t in tickets if t.deadline is not None]
+        timeout = None if not deadlines else max(0.01, min(deadlines) - time.monotonic())
+        with self._lock:
+            self.requests += 1
+            self.vectors += len(tickets)
+        try:
+            pending: Pending = batch[0][1]([t.vector for t in tickets], max(t.limit for t in tickets), timeout)
+        except BaseException as exc:  # noqa: BLE001 - the tickets report it
+            pending = _Failed(exc)
+        answer = _Batch(pending, len(tickets))
+        for i, t in enumerate(tickets):
+            t._assign(answer, i)
+        pending.add_done_callback(lambda: self._next(key))
+
+    def _next(self, key: Hashable) -> None:
+        """The request of ``key`` is answered: send what queued meanwhile, or free the key."""
+        with self._lock:
+            q = self._queues.get(key)
+            if not q:
+                self._busy.discard(key)
+                self._queues.pop(key, None)
                 return
-            with self._lock:  # deadline passed while queued: leave the queue
-                q = self._queues.get(key, [])
-                if me in q:
-                    q.remove(me)
-                    me.future.set_exception(TimeoutError("search deadline passed while queued"))
-                    return
+            batch = q[: self.max_batch]
+            del q[: self.max_batch]
+        self._send(key, batch)
 
-    def _lead(self, key: Hashable, me: _Waiter, run: BatchSearch) -> None:
-        """Send our vector with everything queued for ``key``; then hand the key to the next
-        waiter (or release it)."""
+    def _leave(self, key: Hashable, t: Ticket) -> bool:
         with self._lock:
             q = self._queues.get(key, [])
-            batch = [me, *q[: self.max_batch - 1]]
-            del q[: self.max_batch - 1]
-        limit = max(w.limit for w in batch)
-        deadlines = [w.deadline for w in batch if w.deadline is not None]
-        timeout = None if not deadlines else max(0.01, min(deadlines) - time.monotonic())
-        try:
-            out = run([w.vector for w in batch], limit, timeout)
-            if len(out) != len(batch):
-                raise ValueError(f"batch search returned {len(out)} results for {len(batch)} vectors")
-            for w, (ids, scores) in zip(batch, out):
-                w.future.set_result((ids[: w.limit], scores[: w.limit]))
-        except BaseException as exc:  # noqa: BLE001 - every caller of the batch sees the error
-            for w in batch:
-                if not w.future.done():
-                    w.future.set_exception(exc)
-        finally:
-            for w in batch[1:]:
-                w.lead.set()  # wakes them: their future is done, they return it
-            with self._lock:
-                self.requests += 1
-                self.vectors += len(batch)
-                q = self._queues.get(key, [])
-                if q:
-                    nxt = q.pop(0)  # stays busy: the next leader sends the next batch
-                    nxt.lead.set()
-                else:
-                    self._busy.discard(key)
-                    self._queues.pop(key, None)
+            for i, (queued, _) in enumerate(q):
+                if queued is t:
+                    del q[i]
+                    return True
+        return False

@@ -30,8 +30,8 @@ from longretriever.core.errors import BundleError, ServiceUnavailable
 from longretriever.core.multicontext import Candidate
 from longretriever.retriever import milvus_requests as mr
 from longretriever.retriever.milvus_coalesce import Coalescer
-from longretriever.retriever.milvus_conn import (MilvusConnection, _is_transient,  # noqa: F401 - re-exported
-                                                 _probe_tcp, _release_dead_lite_server)
+from longretriever.retriever.milvus_conn import (MilvusConnection, SearchCall,  # noqa: F401 - re-exported
+                                                 _is_transient, _probe_tcp, _release_dead_lite_server)
 
 log = logging.getLogger(__name__)
 
@@ -180,40 +180,33 @@ class MilvusIndex(MilvusConnection):
         """A :class:`~longretriever.core.planner.Searcher` on ``view`` only (one bundle version)."""
         return PinnedSearcher(self, view)
 
-    def _search_batch(self, view: CollectionView, context: int, vectors: list[np.ndarray], limit: int,
-                      timeout: float | None) -> list[tuple[np.ndarray, np.ndarray]]:
-        sp = mr.search_params(view.index_type, limit, self.ef)
+    def _start(self, view: CollectionView, context: int) -> Callable[..., SearchCall]:
+        """Sends one multi-vector search of ``context`` on ``view`` (see :meth:`start_search`)."""
         if view.layout == "partition":
             part, expr = mr.partition_name(context), ""
         else:
             part, expr = None, mr.context_filter(context)
-        return self._call("search", lambda: self.search_arrays(view.collection, vectors, limit, partition=part,
-                                                                expr=expr, params=sp, timeout=timeout),
-                          attempts=2, timeout=timeout)
 
-    def _search_one(self, view: CollectionView, s: mr.ContextSearch, timeout: float | None) -> list[Candidate]:
-        if self.coalescer is None:
-            ids, scores = self._search_batch(view, s.context, [s.vector], s.limit, timeout)[0]
-        else:
-            ids, scores = self.coalescer.search(
-                (view.collection, s.context), s.vector, s.limit, timeout,
-                lambda vs, lim, t: self._search_batch(view, s.context, list(vs), lim, t))
-        return mr.to_candidates(ids, scores, s.context, s.limit)
+        def start(vectors: Any, limit: int, timeout: float | None) -> SearchCall:
+            return self.start_search(view.collection, list(vectors), limit, partition=part, expr=expr,
+                                     params=mr.search_params(view.index_type, limit, self.ef),
+                                     timeout=timeout, submit=self._pool.submit)
+        return start
 
     def search_view(self, view: CollectionView, vectors: Mapping[int, np.ndarray], topk: Mapping[int, int],
                     timeout: float | None = None) -> dict[int, list[Candidate]]:
-        """Per-context exact(-enough) top-k on ``view``, the per-context searches issued
-        concurrently. Contexts with topk 0 (or no items) map to an empty list."""
-        searches = mr.build_context_searches(vectors, topk, view.sizes)
+        """Per-context exact(-enough) top-k on ``view``: every per-context search is sent
+        before any answer is read. Contexts with topk 0 (or no items) map to an empty list."""
         out: dict[int, list[Candidate]] = {int(c): [] for c in topk}
-        if not searches:
-            return out
-        if len(searches) == 1:
-            out[searches[0].context] = self._search_one(view, searches[0], timeout)
-            return out
-        futs = [(s.context, self._pool.submit(self._search_one, view, s, timeout)) for s in searches]
-        for c, f in futs:
-            out[c] = f.result()
+        sent: list[tuple[mr.ContextSearch, Any]] = []
+        for s in mr.build_context_searches(vectors, topk, view.sizes):
+            start = self._start(view, s.context)
+            sent.append((s, start([s.vector], s.limit, timeout) if self.coalescer is None else
+                         self.coalescer.submit((view.collection, s.context), s.vector, s.limit, timeout, start)))
+        for s, call in sent:
+            got = call.result()
+            ids, scores = got[0] if self.coalescer is None else got
+            out[s.context] = mr.to_candidates(ids, scores, s.context, s.limit)
         return out
 
     def search_contexts(self, vectors: Mapping[int, np.ndarray], topk: Mapping[int, int],

@@ -1,11 +1,13 @@
 """Coalescer (no Milvus): concurrent searches of one key travel together, each caller gets its
-own hits cut to its own limit, errors reach every caller of a batch, keys do not mix."""
+own hits cut to its own limit, errors reach every caller of a batch, keys do not mix, and no
+caller's thread is held while a request is in flight (the next batch leaves from the previous
+request's completion)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -24,6 +26,19 @@ class SlowBatch:
         self.max_in_flight = 0
 
     def __call__(self, vectors, limit, timeout):
+        """Start the batch in a thread of its own; return it as a Pending (result + callback)."""
+        fut: Future = Future()
+
+        def work():
+            try:
+                fut.set_result(self.blocking(vectors, limit, timeout))
+            except BaseException as exc:  # noqa: BLE001
+                fut.set_exception(exc)
+
+        threading.Thread(target=work, daemon=True).start()
+        return Pending(fut)
+
+    def blocking(self, vectors, limit, timeout):
         with self.lock:
             self.calls.append((len(vectors), limit))
             self.in_flight += 1
@@ -35,6 +50,17 @@ class SlowBatch:
             raise ConnectionError("down")
         return [(np.arange(limit, dtype=np.int64) + int(v[0]) * 1000, -np.arange(limit, dtype=np.float32))
                 for v in vectors]
+
+
+class Pending:
+    def __init__(self, fut: Future) -> None:
+        self.fut = fut
+
+    def result(self):
+        return self.fut.result()
+
+    def add_done_callback(self, fn):
+        self.fut.add_done_callback(lambda _f: fn())
 
 
 def test_concurrent_searches_of_one_key_are_batched_and_split_back():
@@ -87,3 +113,14 @@ def test_a_queued_search_gives_up_at_its_deadline():
         co.search("c", np.array([2.0], np.float32), 2, 0.2, run)
     assert time.perf_counter() - t0 < 0.6
     first.join()
+
+
+def test_submit_returns_at_once_and_one_thread_collects_many_searches():
+    co, run = Coalescer(), SlowBatch(delay=0.2)
+    t0 = time.perf_counter()
+    tickets = [co.submit(k, np.array([i], np.float32), 3, 5.0, run) for i, k in enumerate("aabbc")]
+    assert time.perf_counter() - t0 < 0.1  # nothing waited for a request
+    got = [t.result()[0].tolist() for t in tickets]
+    assert got == [[i * 1000 + j for j in range(3)] for i in range(5)]
+    assert time.perf_counter() - t0 < 0.7  # a, b, c side by side; the queued a and b next
+    assert sorted(n for n, _ in run.calls) == [1, 1, 1, 1, 1] and co.requests == 5

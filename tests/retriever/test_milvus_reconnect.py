@@ -114,3 +114,40 @@ def test_refused_tcp_connect_fails_fast():
         with MilvusIndex("http://127.0.0.1:1", "c1", timeout=5.0) as ix:
             ix.search_contexts({1: np.ones(4, np.float32)}, {1: 2}, timeout=3.0)
     assert time.perf_counter() - t0 < 1.0  # not the 3 s budget nor the 5 s connect timeout
+
+
+# ---- a search sent without blocking (SearchCall) ----------------------------------------------
+def _call(first_error, blocking):
+    from concurrent.futures import Future
+
+    from longretriever.retriever.milvus_conn import MilvusConnection, SearchCall
+
+    conn = MilvusConnection("fake.db", "c1", client_factory=MilvusWorld().factory)
+    client = conn.client
+    first: Future = Future()
+    first.set_exception(first_error)
+    return conn, client, SearchCall(conn, first, lambda f: f.result(), blocking, timeout=2.0)
+
+
+def test_a_sent_search_that_failed_in_transit_is_retried_once_on_a_new_client():
+    tries = []
+    conn, client, call = _call(ConnectionError("reset by peer"), lambda t: tries.append(t) or ["hits"])
+    assert call.result() == ["hits"] and len(tries) == 1 and 0 < tries[0] <= 2.0  # what was left of the deadline
+    assert client.closed and conn._client is None  # dropped: the retry's call reconnects
+
+
+def test_a_sent_search_refused_by_milvus_is_not_retried():
+    tries = []
+    conn, client, call = _call(ValueError("bad request"), lambda t: tries.append(t) or ["hits"])
+    with pytest.raises(ValueError):
+        call.result()
+    assert tries == [] and conn._client is client and not client.closed
+
+
+def test_a_sent_search_failing_twice_is_unavailable():
+    def down(t):
+        raise ConnectionError("still down")
+
+    _, _, call = _call(ConnectionError("reset by peer"), down)
+    with pytest.raises(ServiceUnavailable):
+        call.result()
