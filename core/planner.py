@@ -377,12 +377,14 @@ def fetch_streams(searcher: Searcher, history: History, vectors: Mapping[int, np
         hits = asker.search_contexts({c: vectors[c] for c in pending}, pending, timeout=timeout)
         asker = deep or searcher
         again: dict[int, int] = {}
+        got_of = {c: list(hits.get(c, [])) for c in pending}
+        if exclude_seen:  # one seen-item lookup for every context of the round
+            ids = np.fromiter((h.item_id for got in got_of.values() for h in got), np.int64)
+            seen = iter(history.seen_mask(ids).tolist() if ids.size else [])
+            got_of = {c: [h for h in got if not next(seen)] for c, got in got_of.items()}
         for c, asked in pending.items():
-            got = list(hits.get(c, []))
-            done = asked >= int(sizes.get(c, 0)) or len(got) < asked  # nothing more to ask for
-            if exclude_seen and got:
-                seen = history.seen_mask(np.fromiter((h.item_id for h in got), np.int64, len(got)))
-                got = [h for h, s in zip(got, seen.tolist()) if not s]
+            got = got_of[c]
+            done = asked >= int(sizes.get(c, 0)) or len(hits.get(c, [])) < asked  # nothing more to ask for
             if len(got) >= need[c] or done:
                 streams[c], complete[c] = got, done
             else:
