@@ -2,8 +2,9 @@
 (``backend``: ``lite`` = a Milvus Lite file, ``server`` = a private Milvus standalone server
 started for the run), synthetic random item vectors and synthetic user histories.
 
-Per run (one per HNSW ``ef``) it reports gRPC round-trip latency (client side, sequential), the
-Milvus part (the per-context searches of a query, measured inside the service), the numpy
+Per run (one per HNSW ``ef``) it reports gRPC round-trip latency (one sequential client in its
+own process; ``grpc_inprocess_*``: a client inside the serving process, as before), the
+Milvus part of those same calls (the per-context searches, measured inside the service), the numpy
 floor (exact per-context matmul over contiguous per-context blocks, same vectors and limits),
 recall of the answer against the exact answer of the same plan, a bare async pymilvus loop
 issuing the same first-round searches (server), and sustained QPS from a separate
@@ -69,9 +70,11 @@ class _ServerThread:
 
 
 def _bare_async_loop(uri: str, collection: str, searches: list[list[tuple[int, np.ndarray, int]]],
-                     index_type: str, ef: int | None) -> list[float]:
+                     index_type: str, ef: int | None, loop: asyncio.AbstractEventLoop) -> list[float]:
     """Per query: the same per-context searches issued concurrently from AsyncMilvusClient,
-    nothing else (ms per query)."""
+    nothing else (ms per query). Runs on ``loop``, the gRPC server's (idle meanwhile): a second
+    grpc.aio event loop in one process makes grpc's poller fail (BlockingIOError, logged per
+    event)."""
     from pymilvus import AsyncMilvusClient
 
     from longretriever.retriever import milvus_requests as mr
@@ -92,7 +95,7 @@ def _bare_async_loop(uri: str, collection: str, searches: list[list[tuple[int, n
             await c.close()
         return out
 
-    return asyncio.run(main())
+    return asyncio.run_coroutine_threadsafe(main(), loop).result()
 
 
 def _load(target: str, users: int, k: int, levels: tuple[int, ...], seconds: float) -> list[dict[str, Any]]:
@@ -181,8 +184,14 @@ def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queri
                     r = client.retrieve_pb(u, k)
                     grpc_ms.append((time.perf_counter() - t) * 1000)
                     overlap.append(len(exact[u] & {c.item_id for c in r.candidates}) / max(1, len(exact[u])))
+                inproc_ms = grpc_ms
+                # the latency figures: one caller in its own process (as real callers are; a
+                # client inside the serving process takes its CPU and GIL on this 2-core box),
+                # sequential, and the Milvus part of those same calls
+                milvus_ms.clear()
+                seq = _load(f"127.0.0.1:{srv.port}", users, k, (1,), load_seconds)[0]
                 seq_milvus = list(milvus_ms)
-                bare = (_bare_async_loop(uri, view.collection, first_round, view.index_type, ef)
+                bare = (_bare_async_loop(uri, view.collection, first_round, view.index_type, ef, srv.loop)
                         if index_.is_server and view.layout == "partition" else [])
                 loads = {}
                 for mode in ("single", "coalesced"):
@@ -195,14 +204,16 @@ def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queri
                     list(pool.map(lambda u: client.retrieve_pb(u, k), user_ids))
                 qps = len(user_ids) / (time.perf_counter() - t)
                 co_requests = index_.coalescer.requests / max(1, index_.coalescer.vectors)
-                g50, m50, b50 = percentile(grpc_ms, .5), percentile(seq_milvus, .5), percentile(bare, .5)
+                g50, m50, b50 = seq.get("p50_ms"), percentile(seq_milvus, .5), percentile(bare, .5)
                 q_single, q_co = _best_qps(loads["single"]), _best_qps(loads["coalesced"])
                 runs.append({
                     "backend": "server" if index_.is_server else "lite",
                     "items": items, "contexts": contexts, "k": k, "index": built["index"],
                     "layout": view.layout, "ef": (mr.search_params(view.index_type, k, ef)["params"].get("ef")
                                                   if view.index_type == "HNSW" else None),
-                    "grpc_p50_ms": g50, "grpc_p99_ms": percentile(grpc_ms, .99),
+                    "grpc_p50_ms": g50, "grpc_p99_ms": seq.get("p99_ms"), "grpc_calls": seq.get("calls"),
+                    "grpc_inprocess_p50_ms": percentile(inproc_ms, .5),
+                    "grpc_inprocess_p99_ms": percentile(inproc_ms, .99),
                     "milvus_p50_ms": m50, "milvus_p99_ms": percentile(seq_milvus, .99),
                     "floor_p50_ms": percentile(floor_ms, .5), "floor_p99_ms": percentile(floor_ms, .99),
                     "bare_client_p50_ms": b50, "bare_client_p99_ms": percentile(bare, .99),
