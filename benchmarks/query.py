@@ -69,6 +69,30 @@ class _ServerThread:
         self.thread.join(10)
 
 
+class _Canned:
+    """A backend answering every Retrieve at once with ``k`` fixed candidates: the gRPC floor
+    (server, protobuf and a caller in its own process, no retrieval)."""
+
+    names = [f"c{i}" for i in range(9)]
+
+    def context_name(self, c: int) -> str:
+        return self.names[c]
+
+    def retrieve(self, user_id: int, k: int, max_contexts: int, exclude_seen: bool, timeout=None):
+        from longretriever.core.multicontext import Candidate
+        from longretriever.retriever.service import RetrieveResult
+
+        return RetrieveResult(user_id, [Candidate(i, 0.5, 1 + i % 8) for i in range(k)], "v", "0:1", False)
+
+
+def _grpc_floor(users: int, k: int, seconds: float) -> dict[str, Any]:
+    srv = _ServerThread(_Canned())
+    try:
+        return _load(f"127.0.0.1:{srv.port}", users, k, (1,), seconds)[0]
+    finally:
+        srv.stop()
+
+
 def _bare_async_loop(uri: str, collection: str, searches: list[list[tuple[int, np.ndarray, int]]],
                      index_type: str, ef: int | None, loop: asyncio.AbstractEventLoop) -> list[float]:
     """Per query: the same per-context searches issued concurrently from AsyncMilvusClient,
@@ -121,6 +145,7 @@ def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queri
     """One run per ``ef`` (HNSW; ``None`` = the default) on one built collection."""
     from longretriever.infra.milvus import server as milvus_server
 
+    floor_rt = _grpc_floor(users, k, min(load_seconds, 3.0))  # before the serving loop starts
     bundle = synthetic_bundle(items, contexts, dim)
     state = MemoryState.for_bundle(bundle)
     random_histories(bundle, state, users)
@@ -216,6 +241,7 @@ def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queri
                     "grpc_inprocess_p99_ms": percentile(inproc_ms, .99),
                     "milvus_p50_ms": m50, "milvus_p99_ms": percentile(seq_milvus, .99),
                     "floor_p50_ms": percentile(floor_ms, .5), "floor_p99_ms": percentile(floor_ms, .99),
+                    "grpc_floor_p50_ms": floor_rt.get("p50_ms"),  # canned answer, same client
                     "bare_client_p50_ms": b50, "bare_client_p99_ms": percentile(bare, .99),
                     "recall_vs_exact": round(float(np.mean(overlap)), 4),
                     "contexts_queried": round(float(np.mean(queried)), 2),
