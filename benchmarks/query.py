@@ -141,7 +141,7 @@ def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queri
                     users: int = 200, concurrency: int = 4, dim: int = 64, index: str = "flat",
                     uri: str | None = None, progress: bool = False, backend: str = "lite",
                     efs: tuple[int | None, ...] = (None,), load_levels: tuple[int, ...] = (1, 2, 4, 8, 16),
-                    load_seconds: float = 4.0) -> list[dict[str, Any]]:
+                    load_seconds: float = 4.0, min_slots: int = 0) -> list[dict[str, Any]]:
     """One run per ``ef`` (HNSW; ``None`` = the default) on one built collection."""
     from longretriever.infra.milvus import server as milvus_server
 
@@ -165,12 +165,13 @@ def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queri
         build_s = time.perf_counter() - t0
         sizes = pl.context_sizes(bundle.item_contexts)
         view = index_.open(bundle.version, len(bundle.item_ids), sizes)
-        svc = RetrieverService(bundle, index_, state, cache=None)
+        svc = RetrieverService(bundle, index_, state, cache=None, min_slots=min_slots)
+        fixed = pl.Catalog.of(bundle, None, svc.window, 0)  # every chosen context searched
         rng = np.random.default_rng(5)
         user_ids = rng.integers(0, users, size=queries).tolist()
         # the exact answer of each query's plan (numpy floor as the searcher) and the floor's time
         floor = NumpyFloor(bundle.item_ids, bundle.item_contexts, bundle.item_embeddings)
-        exact, floor_ms, first_round, queried = {}, [], [], []
+        exact, exact8, floor_ms, first_round, queried = {}, {}, [], [], []
         for u in user_ids:
             h = StateHistory(state, u)
             plan = pl.plan_query(h, k, 8, svc.catalog)
@@ -179,6 +180,8 @@ def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queri
             floor.search_contexts(vecs, plan.slots)
             floor_ms.append((time.perf_counter() - t) * 1000)
             exact[u] = {c.item_id for c in pl.answer(plan, vecs, floor, h, sizes)}
+            plan8 = pl.plan_query(h, k, 8, fixed)
+            exact8[u] = {c.item_id for c in pl.answer(plan8, pl.encode_plan(plan8, bundle), floor, h, sizes)}
             need = {q.context: q.slots for q in plan.contexts if q.slots > 0}
             queried.append(len(need))
             first_round.append([(c, vecs[c], min(sizes[c], pl.first_depth(n, True))) for c, n in need.items()])
@@ -203,12 +206,14 @@ def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queri
                 for u in user_ids[:5]:
                     client.retrieve_pb(u, k)  # warm-up
                 milvus_ms.clear()
-                grpc_ms, overlap = [], []
+                grpc_ms, overlap, overlap8 = [], [], []
                 for u in user_ids:
                     t = time.perf_counter()
                     r = client.retrieve_pb(u, k)
                     grpc_ms.append((time.perf_counter() - t) * 1000)
-                    overlap.append(len(exact[u] & {c.item_id for c in r.candidates}) / max(1, len(exact[u])))
+                    got = {c.item_id for c in r.candidates}
+                    overlap.append(len(exact[u] & got) / max(1, len(exact[u])))
+                    overlap8.append(len(exact8[u] & got) / max(1, len(exact8[u])))
                 inproc_ms = grpc_ms
                 # the latency figures: one caller in its own process (as real callers are; a
                 # client inside the serving process takes its CPU and GIL on this 2-core box),
@@ -244,7 +249,8 @@ def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queri
                     "grpc_floor_p50_ms": floor_rt.get("p50_ms"),  # canned answer, same client
                     "bare_client_p50_ms": b50, "bare_client_p99_ms": percentile(bare, .99),
                     "recall_vs_exact": round(float(np.mean(overlap)), 4),
-                    "contexts_queried": round(float(np.mean(queried)), 2),
+                    "contexts_queried": round(float(np.mean(queried)), 2), "min_slots": min_slots,
+                    "recall_vs_fixed8_exact": round(float(np.mean(overlap8)), 4),
                     "qps_at_p99_50ms": q_co, "qps_at_p99_50ms_without_coalescing": q_single,
                     "coalescing_qps_ratio": round(q_co / q_single, 2) if q_co and q_single else None,
                     "load": loads, "requests_per_search_coalesced": round(co_requests, 3),

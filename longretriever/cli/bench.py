@@ -65,7 +65,10 @@ def bench_query_cmd(out: Path = typer.Option(..., help="JSON output file"),
                     history: str = typer.Option("1000,10000,100000", help="--real-path: events per user, "
                                                 "comma-separated"),
                     users_per_length: int = typer.Option(20, min=1, help="--real-path: users per history "
-                                                         "length")) -> None:
+                                                         "length"),
+                    min_slots: int = typer.Option(0, min=0, help="adaptive contexts: skip contexts that would "
+                                                  "fill fewer answer slots (0 = search every chosen context)")
+                    ) -> None:
     """gRPC + Milvus end-to-end latency, recall vs exact and QPS at p99 <= 50 ms on synthetic
     items; or (--real-path) latency and stage times by history length on the real path."""
     if real_path:
@@ -83,7 +86,8 @@ def bench_query_cmd(out: Path = typer.Option(..., help="JSON output file"),
     runs = []
     for n in [int(x) for x in items.split(",") if x]:
         for r in run_query_bench(n, contexts, k, queries, concurrency=concurrency, index=index,
-                                 backend=backend, efs=efs, load_levels=levels, load_seconds=load_seconds):
+                                 backend=backend, efs=efs, load_levels=levels, load_seconds=load_seconds,
+                                 min_slots=min_slots):
             typer.echo(json.dumps({key: v for key, v in r.items() if key != "load"}))
             runs.append(r)
             out.write_text(json.dumps({"runs": runs}, indent=2))
