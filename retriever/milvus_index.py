@@ -67,6 +67,8 @@ class MilvusIndex(MilvusConnection):
                  ef: int | None = None, coalesce: bool = True) -> None:
         super().__init__(uri, collection, token=token, timeout=timeout, attempts=attempts,
                          client_factory=client_factory)
+        # blocking searches only (a client that is not connected yet, test fakes): a pymilvus
+        # client's searches leave as gRPC futures (MilvusConnection.start_search)
         self._pool = ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="milvus")
         self.ef = ef
         self.coalescer = Coalescer() if coalesce else None
