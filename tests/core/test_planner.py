@@ -93,7 +93,8 @@ def test_fetch_streams_asks_deeper_while_exclusion_leaves_a_stream_short():
     search = ListSearch(lists)
     streams, complete = pl.fetch_streams(search, history, {1: np.ones(2)}, {1: 5}, {1: 100})
     assert [c.item_id for c in streams[1][:5]] == list(range(1040, 1045)) and not complete[1]
-    assert [call[1] for call in search.calls] == [13, 26, 52]  # 5 + margin 8, then doubled
+    # 5 + margin 8; all 13 seen, so one re-ask 5x as deep (doubling would take 26, then 52)
+    assert [call[1] for call in search.calls] == [13, 65]
     streams, complete = pl.fetch_streams(ListSearch(lists), history, {1: np.ones(2)}, {1: 80}, {1: 100})
     assert len(streams[1]) == 60 and complete[1]  # only 60 unseen items exist
 
@@ -108,12 +109,22 @@ def test_deeper_re_asks_go_to_the_deep_searcher_with_the_same_answer():
     got, complete = pl.fetch_streams(primary, history, {1: np.ones(2)}, {1: 5}, {1: 100}, deep=deep)
     want, _ = pl.fetch_streams(ListSearch(lists), history, {1: np.ones(2)}, {1: 5}, {1: 100})
     assert got == want and not complete[1]
-    assert [c[1] for c in primary.calls] == [13] and [c[1] for c in deep.calls] == [26, 52]
+    assert [c[1] for c in primary.calls] == [13] and [c[1] for c in deep.calls] == [65]
     # nothing short: the deep searcher is never asked
     unseen = {1: lists[1][40:]}
     primary, deep = ListSearch(unseen), ListSearch(unseen)
     pl.fetch_streams(primary, history, {1: np.ones(2)}, {1: 5}, {1: 100}, deep=deep)
     assert len(primary.calls) == 1 and deep.calls == []
+
+
+def test_deeper_follows_the_unseen_share():
+    assert pl.deeper(asked=100, returned=100, unseen=10, need=30) == 100 + 250  # 20 short at 10 %, x1.25
+    assert pl.deeper(asked=100, returned=100, unseen=90, need=100) == 200  # never less than double
+    assert pl.deeper(asked=13, returned=13, unseen=0, need=5) == 65  # nothing unseen yet: 5x
+    # the estimate is enough when the unseen share holds: 20 short at 10 % needs 200 more
+    asked, need, share = 100, 30, 0.1
+    more = pl.deeper(asked, 100, int(asked * share), need) - asked
+    assert more * share >= need - asked * share
 
 
 def test_validate_request():
