@@ -312,7 +312,10 @@ def exact_search(query: np.ndarray, item_ids: np.ndarray, item_vectors: np.ndarr
     if topk <= 0 or item_ids.size == 0:
         return []
     s = item_vectors @ np.asarray(query, np.float32)
-    return [Candidate(int(item_ids[i]), float(s[i]), int(context)) for i in top_n(s, item_ids, topk)]
+    pos = top_n(s, item_ids, topk)
+    c = int(context)  # tolist(): one conversion per array, not per element (deep lists are long)
+    return [Candidate(i, v, c) for i, v in zip(np.asarray(item_ids, np.int64)[pos].tolist(),
+                                               s[pos].astype(np.float64).tolist())]
 
 
 class ExactSearch:
