@@ -24,6 +24,14 @@ class Candidate:
     context: int
 
 
+def candidates(ids: np.ndarray, scores: np.ndarray, context: int) -> list[Candidate]:
+    """Candidates of one context from parallel id / score arrays, in their order: one
+    ``tolist()`` per array, not a conversion per element (deep lists are thousands long)."""
+    c = int(context)
+    return [Candidate(i, s, c) for i, s in zip(np.asarray(ids, np.int64).tolist(),
+                                               np.asarray(scores, np.float64).tolist())]
+
+
 def context_weights(recent_contexts: np.ndarray, tau: float = DEFAULT_TAU) -> dict[int, float]:
     """Recency-weighted frequency of each context over a sequence given oldest first:
     the newest event weighs 1, the one before exp(-1/tau), and so on."""

@@ -38,8 +38,8 @@ from typing import Callable, Iterable, Mapping, Protocol, Sequence
 import numpy as np
 
 from longretriever.core.errors import InputError
-from longretriever.core.multicontext import (DEFAULT_WINDOW, Candidate, ContextScorer, allocate, choice_weights,
-                                             choose_contexts, emit, slot_counts)
+from longretriever.core.multicontext import (DEFAULT_WINDOW, Candidate, ContextScorer, allocate, candidates,
+                                             choice_weights, choose_contexts, emit, slot_counts)
 from longretriever.core.sequence import UserSequence, canonical_order, context_positions, hard_search_positions
 
 MAX_K = 10_000
@@ -313,9 +313,7 @@ def exact_search(query: np.ndarray, item_ids: np.ndarray, item_vectors: np.ndarr
         return []
     s = item_vectors @ np.asarray(query, np.float32)
     pos = top_n(s, item_ids, topk)
-    c = int(context)  # tolist(): one conversion per array, not per element (deep lists are long)
-    return [Candidate(i, v, c) for i, v in zip(np.asarray(item_ids, np.int64)[pos].tolist(),
-                                               s[pos].astype(np.float64).tolist())]
+    return candidates(np.asarray(item_ids)[pos], s[pos], context)
 
 
 class ExactSearch:
@@ -397,12 +395,12 @@ def fetch_streams(searcher: Searcher, history: History, vectors: Mapping[int, np
             seen = iter(history.seen_mask(ids).tolist() if ids.size else [])
             got_of = {c: [h for h in got if not next(seen)] for c, got in got_of.items()}
         for c, asked in pending.items():
-            got = got_of[c]
-            done = asked >= int(sizes.get(c, 0)) or len(hits.get(c, [])) < asked  # nothing more to ask for
+            got, returned = got_of[c], len(hits.get(c, []))
+            done = asked >= int(sizes.get(c, 0)) or returned < asked  # nothing more to ask for
             if len(got) >= need[c] or done:
                 streams[c], complete[c] = got, done
             else:
-                again[c] = min(int(sizes[c]), deeper(asked, len(hits.get(c, [])), len(got), need[c]))
+                again[c] = min(int(sizes[c]), deeper(asked, returned, len(got), need[c]))
         pending = again
     return streams, complete
 

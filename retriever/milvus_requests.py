@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from longretriever.core.errors import BundleError, ConfigError
-from longretriever.core.multicontext import Candidate
+from longretriever.core.multicontext import Candidate, candidates
 
 DEFAULT_COLLECTION = "longretriever_items"
 DEFAULT_URI = "./milvus.db"
@@ -196,8 +196,7 @@ def to_candidates(ids: np.ndarray, scores: np.ndarray, context: int, limit: int 
     order = np.lexsort((ids, -scores.astype(np.float64)))
     if limit is not None:
         order = order[:limit]
-    c = int(context)
-    return [Candidate(i, s, c) for i, s in zip(ids[order].tolist(), scores[order].astype(np.float64).tolist())]
+    return candidates(ids[order], scores[order], context)
 
 
 def parse_hits(hits: Iterable[Any], context: int) -> list[Candidate]:
