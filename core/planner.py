@@ -83,6 +83,16 @@ class Searcher(Protocol):
         """Per context: its best ``topk[c]`` items for ``vectors[c]``, best first."""
 
 
+class UnseenSearcher(Protocol):
+    """A search that applies exclusion before ranking (exact, over one context's items in
+    memory): what a context whose best items the user has mostly seen is answered from."""
+
+    def search_unseen(self, context: int, vector: np.ndarray, n: int,
+                      seen_mask: Callable[[np.ndarray], np.ndarray]) -> list[Candidate]:
+        """The best ``n`` items of ``context`` that ``seen_mask`` does not mark, best first
+        (all of them when fewer are left)."""
+
+
 class BundleLike(Protocol):
     """What the planner reads of a model bundle (:class:`longretriever.core.bundle.Bundle`)."""
 
@@ -341,6 +351,19 @@ class ExactSearch:
                         timeout: float | None = None) -> dict[int, list[Candidate]]:
         return {int(c): self.search(c, vectors[c], n) for c, n in topk.items()}
 
+    def search_unseen(self, context: int, vector: np.ndarray, n: int,
+                      seen_mask: Callable[[np.ndarray], np.ndarray]) -> list[Candidate]:
+        """:class:`UnseenSearcher`: the seen items of the context are masked first, so the
+        cost is one pass over the context's items whatever the user has seen."""
+        lo, hi = self.blocks.get(int(context), (0, 0))
+        ids = self.item_ids[lo:hi]
+        if n <= 0 or ids.size == 0:
+            return []
+        keep = np.flatnonzero(~np.asarray(seen_mask(ids), bool))
+        s = (self.item_vectors[lo:hi] @ np.asarray(vector, np.float32))[keep]
+        pos = top_n(s, ids[keep], n)
+        return candidates(ids[keep][pos], s[pos], context)
+
 
 def encode_plan(plan: QueryPlan, encoder: Encoder, only: Iterable[int] | None = None) -> dict[int, np.ndarray]:
     """One batched encoder call for the plan's contexts (or those in ``only``)."""
@@ -370,13 +393,14 @@ def deeper(asked: int, returned: int, unseen: int, need: int) -> int:
 
 def fetch_streams(searcher: Searcher, history: History, vectors: Mapping[int, np.ndarray],
                   need: Mapping[int, int], sizes: Mapping[int, int], exclude_seen: bool = True,
-                  timeout: float | None = None, deep: Searcher | None = None
+                  timeout: float | None = None, deep: UnseenSearcher | None = None
                   ) -> tuple[dict[int, list[Candidate]], dict[int, bool]]:
     """Per context with ``need[c] > 0``: its best ranked candidates, seen items removed when
     ``exclude_seen``, at least ``need[c]`` of them -- or all there are (then ``complete[c]``).
-    A context that exclusion left short is asked again, deeper -- of ``deep`` when given (an
-    exact in-memory search: a user who has seen most of a context's best items needs a deep
-    list, and one more ANN round trip per doubling is what made such queries slow)."""
+    A context that exclusion left short is answered by ``deep`` when given: its unseen items
+    ranked exactly, in one pass over the context (a user who has seen most of a context's best
+    items needs a deep list, and fetching one to filter it is what made such queries slow);
+    without ``deep`` it is asked again, deeper (:func:`deeper`). Same stream either way."""
     depth = {c: min(int(sizes.get(c, 0)), first_depth(n, exclude_seen)) for c, n in need.items() if n > 0}
     streams: dict[int, list[Candidate]] = {}
     complete: dict[int, bool] = {}
@@ -384,10 +408,8 @@ def fetch_streams(searcher: Searcher, history: History, vectors: Mapping[int, np
     for c in need:
         if c not in pending:
             streams[c], complete[c] = [], True
-    asker = searcher
     while pending:
-        hits = asker.search_contexts({c: vectors[c] for c in pending}, pending, timeout=timeout)
-        asker = deep or searcher
+        hits = searcher.search_contexts({c: vectors[c] for c in pending}, pending, timeout=timeout)
         again: dict[int, int] = {}
         got_of = {c: list(hits.get(c, [])) for c in pending}
         if exclude_seen:  # one seen-item lookup for every context of the round
@@ -399,6 +421,9 @@ def fetch_streams(searcher: Searcher, history: History, vectors: Mapping[int, np
             done = asked >= int(sizes.get(c, 0)) or returned < asked  # nothing more to ask for
             if len(got) >= need[c] or done:
                 streams[c], complete[c] = got, done
+            elif deep is not None:
+                streams[c] = deep.search_unseen(c, vectors[c], need[c], history.seen_mask)
+                complete[c] = len(streams[c]) < need[c]
             else:
                 again[c] = min(int(sizes[c]), deeper(asked, returned, len(got), need[c]))
         pending = again
@@ -406,7 +431,7 @@ def fetch_streams(searcher: Searcher, history: History, vectors: Mapping[int, np
 
 
 def answer(plan: QueryPlan, vectors: Mapping[int, np.ndarray], searcher: Searcher, history: History,
-           sizes: Mapping[int, int], timeout: float | None = None, deep: Searcher | None = None
+           sizes: Mapping[int, int], timeout: float | None = None, deep: UnseenSearcher | None = None
            ) -> list[Candidate]:
     """Steps 4 and 5: fetch each context's stream, fill the slots; when a context runs out
     of items its remaining slots are allocated again among the others (deeper streams are

@@ -227,7 +227,7 @@ def eval_longretriever(model, split: Split, cases: Cases, lp: LRPlans,
             continue
         vectors = {c: vecs[starts[j] + i] for i, c in enumerate(plan.contexts)}
         got = [cd.item_id for cd in answer(plan.query(longest, lp.exclude_seen), vectors, search, history,
-                                            lp.sizes)]
+                                            lp.sizes, deep=search)]
         out.append(metrics_from_lists({kk: got[:kk] for kk in (10, 50, 100, 200)}, target))
     return out
 

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -49,15 +50,23 @@ class SequenceResult:
 
 
 class _TimedSearch:
-    """The service's searcher, with the time spent inside it (the "milvus" stage)."""
+    """The service's searcher (or its in-memory :class:`~longretriever.core.planner.UnseenSearcher`),
+    with the time spent inside it (the "milvus" and "exact" stages)."""
 
-    def __init__(self, inner: pl.Searcher) -> None:
+    def __init__(self, inner: Any) -> None:
         self.inner, self.ms = inner, 0.0
 
     def search_contexts(self, vectors, topk, timeout=None):
         t = time.perf_counter()
         try:
             return self.inner.search_contexts(vectors, topk, timeout=timeout)
+        finally:
+            self.ms += (time.perf_counter() - t) * 1000
+
+    def search_unseen(self, context, vector, n, seen_mask):
+        t = time.perf_counter()
+        try:
+            return self.inner.search_unseen(context, vector, n, seen_mask)
         finally:
             self.ms += (time.perf_counter() - t) * 1000
 
@@ -78,12 +87,13 @@ class Generation:
     index: pl.Searcher
     cache: VectorCache | None
     names: tuple[str, ...]
-    deep: pl.Searcher | None = None  # deeper re-asks of a context (planner.fetch_streams)
+    deep: pl.UnseenSearcher | None = None  # contexts exclusion left short (planner.fetch_streams)
 
 
 class _LazyExact:
     """Exact in-memory search over the bundle's item vectors (``planner.ExactSearch``), built
-    on first use: the deeper re-asks of a context whose best items the user has mostly seen.
+    on first use: the contexts whose best items the user has mostly seen (ranked over their
+    unseen items, ``search_unseen``).
     Costs one context-sorted copy of the item vectors once built (N x d x 4 bytes)."""
 
     def __init__(self, bundle: Bundle) -> None:
@@ -91,12 +101,12 @@ class _LazyExact:
         self._search: pl.ExactSearch | None = None
         self._lock = threading.Lock()
 
-    def search_contexts(self, vectors, topk, timeout=None):
+    def search_unseen(self, context, vector, n, seen_mask):
         if self._search is None:
             with self._lock:
                 if self._search is None:
                     self._search = pl.ExactSearch.of(self.bundle)
-        return self._search.search_contexts(vectors, topk, timeout)
+        return self._search.search_unseen(context, vector, n, seen_mask)
 
 
 class RetrieverService:
@@ -186,7 +196,7 @@ class RetrieverService:
         deep = _TimedSearch(gen.deep) if gen.deep is not None else None
         cands = pl.answer(plan, vectors, timed, history, gen.catalog.sizes, remaining, deep)
         timings["milvus"] = timed.ms
-        timings["exact"] = deep.ms if deep is not None else 0.0  # deeper re-asks, in memory
+        timings["exact"] = deep.ms if deep is not None else 0.0  # short contexts, in memory, with their seen lookups
         timings["merge"] = (time.perf_counter() - t2) * 1000 - timed.ms - timings["exact"]  # exclusion + slot filling
         timings["total"] = (time.perf_counter() - t0) * 1000
         metrics.observe_timings(timings)

@@ -99,22 +99,45 @@ def test_fetch_streams_asks_deeper_while_exclusion_leaves_a_stream_short():
     assert len(streams[1]) == 60 and complete[1]  # only 60 unseen items exist
 
 
-def test_deeper_re_asks_go_to_the_deep_searcher_with_the_same_answer():
-    """The first ask goes to the primary searcher (Milvus online), the deeper re-asks to
-    ``deep`` (exact, in memory); with the same ranked lists the streams are identical."""
-    ids = np.arange(1000, 1100)
-    history = pl.SequenceHistory(ids[:40], np.arange(40), np.ones(40, np.int64))  # the best 40 are seen
-    lists = {1: [Candidate(int(i), 1.0 - r / 100, 1) for r, i in enumerate(ids)]}
-    primary, deep = ListSearch(lists), ListSearch(lists)
-    got, complete = pl.fetch_streams(primary, history, {1: np.ones(2)}, {1: 5}, {1: 100}, deep=deep)
-    want, _ = pl.fetch_streams(ListSearch(lists), history, {1: np.ones(2)}, {1: 5}, {1: 100})
-    assert got == want and not complete[1]
-    assert [c[1] for c in primary.calls] == [13] and [c[1] for c in deep.calls] == [65]
+class CountingExact(pl.ExactSearch):
+    """ExactSearch recording its ``search_unseen`` calls."""
+
+    unseen_calls: list
+
+    def search_unseen(self, context, vector, n, seen_mask):
+        self.unseen_calls.append((context, n))
+        return super().search_unseen(context, vector, n, seen_mask)
+
+
+def test_short_contexts_go_to_the_unseen_search_with_the_same_answer():
+    """The first ask goes to the primary searcher (Milvus online); a context exclusion left
+    short is ranked over its unseen items by ``deep`` in one call; the streams equal those of
+    re-asking deeper (the offline reference's way)."""
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(np.arange(1000, 1300))
+    ctx = np.where(np.arange(300) < 200, 1, 2)
+    vecs = rng.normal(size=(300, 4)).astype(np.float32)
+    q = {1: rng.normal(size=4).astype(np.float32), 2: rng.normal(size=4).astype(np.float32)}
+    exact = pl.ExactSearch(ids, ctx, vecs)
+    best1 = [c.item_id for c in exact.search(1, q[1], 200)]
+    seen = np.array(best1[:150] + [c.item_id for c in exact.search(2, q[2], 100)][:3])  # most of c1's best
+    history = pl.SequenceHistory(seen, np.arange(seen.size), np.ones(seen.size, np.int64))
+    need, sizes = {1: 30, 2: 5}, {1: 200, 2: 100}
+    want, want_done = pl.fetch_streams(exact, history, q, need, sizes)
+    deep = CountingExact(ids, ctx, vecs)
+    deep.unseen_calls = []
+    primary = CountingExact(ids, ctx, vecs)
+    got, done = pl.fetch_streams(primary, history, q, need, sizes, deep=deep)
+    assert [c.item_id for c in got[1]] == [c.item_id for c in want[1]][:30] == best1[150:180]
+    assert got[2] == want[2] and done == {1: False, 2: False}  # 30 asked, 30 returned: there may be more
+    assert deep.unseen_calls == [(1, 30)]  # context 2 was not short: answered by the first ask
+    # asking for more than the unseen items left: all of them, and the stream is complete
+    got, done = pl.fetch_streams(primary, history, q, {1: 80}, sizes, deep=deep)
+    assert [c.item_id for c in got[1]] == best1[150:] and done[1]
     # nothing short: the deep searcher is never asked
-    unseen = {1: lists[1][40:]}
-    primary, deep = ListSearch(unseen), ListSearch(unseen)
-    pl.fetch_streams(primary, history, {1: np.ones(2)}, {1: 5}, {1: 100}, deep=deep)
-    assert len(primary.calls) == 1 and deep.calls == []
+    deep.unseen_calls = []
+    pl.fetch_streams(primary, pl.SequenceHistory(ids[:0], ids[:0], ids[:0]), q, need, sizes, deep=deep)
+    assert deep.unseen_calls == []
 
 
 def test_deeper_follows_the_unseen_share():
