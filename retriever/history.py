@@ -39,8 +39,6 @@ class StateHistory:
         self.state, self.user = state, int(user)
         self._recent: UserSequence | None = None
         self._recent_n = -1
-        self._known_ids = np.zeros(0, np.int64)  # seen-item answers of this query, sorted ids
-        self._known_seen = np.zeros(0, bool)
 
     def recent(self, n: int) -> UserSequence | None:
         if n > self._recent_n:
@@ -55,21 +53,6 @@ class StateHistory:
         return self.state.context_tail(self.user, context, k)[0]
 
     def seen_mask(self, items: np.ndarray) -> np.ndarray:
-        """For each raw id: is it in the user's stored history (all contexts)? Answers are kept
-        for this history object (one query): a deeper re-ask of a context re-checks its first
-        hits, and those are not looked up again."""
-        items = np.asarray(items, np.int64)
-        if self._known_ids.size == 0:
-            out = self.state.seen_mask(self.user, items)
-        else:
-            pos = np.minimum(np.searchsorted(self._known_ids, items), self._known_ids.size - 1)
-            hit = self._known_ids[pos] == items
-            out = np.empty(items.shape, bool)
-            out[hit] = self._known_seen[pos[hit]]
-            if (~hit).any():
-                out[~hit] = self.state.seen_mask(self.user, items[~hit])
-        ids = np.concatenate([self._known_ids, items])
-        seen = np.concatenate([self._known_seen, out])
-        self._known_ids, first = np.unique(ids, return_index=True)
-        self._known_seen = seen[first]
-        return out
+        """For each raw id: is it in the user's stored history (all contexts)? (inside the
+        query's ``reading()``, the state reads each seen-item bucket once)"""
+        return self.state.seen_mask(self.user, items)

@@ -200,11 +200,11 @@ class StateStore:
         self._tls.view = self.db.snapshot()
         self._tls.metas = {}
         self._tls.segs = {}  # decoded segments of this snapshot: recent() and context_tail() share tails
-        self._tls.buckets = {}  # seen-item buckets of this snapshot
+        self._tls.seen = {}  # user -> _SeenSoFar: the seen-item buckets read in this snapshot
         try:
             yield
         finally:
-            self._tls.view = self._tls.metas = self._tls.segs = self._tls.buckets = None
+            self._tls.view = self._tls.metas = self._tls.segs = self._tls.seen = None
 
     def _get(self, key: bytes) -> bytes | None:
         view = getattr(self._tls, "view", None)
@@ -268,7 +268,10 @@ class StateStore:
 
     def seen_mask(self, user: int, items: np.ndarray) -> np.ndarray:
         """For each raw id in ``items``: is it in the user's stored sequence (any context)?
-        Reads the user's meta and at most one seen-item bucket per distinct id."""
+        Reads the user's meta and at most one seen-item bucket per distinct id; inside
+        :meth:`reading` a bucket is read once, and the ids of the buckets read so far are kept
+        as one sorted array, so the checks of one query (a first list, then a context's whole
+        item block) cost one membership search each, not a re-merge of the buckets."""
         items = np.asarray(items, np.int64)
         out = np.zeros(items.shape, bool)
         with self.reading():
@@ -278,22 +281,17 @@ class StateStore:
             if m.buckets is None:  # written before the seen-item index: reindex rebuilds it
                 return np.isin(items, self.sequence(user).items)
             # an id can only be in its own bucket: membership in the union of the buckets read
-            # is membership in the sequence (one vectorised isin, no per-bucket numpy work).
-            # Inside reading() a bucket is fetched once (a query checks deeper candidate lists
-            # of the same contexts again).
-            memo = getattr(self._tls, "buckets", None)
-            parts = []
-            for b in np.unique(bucket_of(items, m.buckets)).tolist():
-                key = hkey(user, b)
-                got = memo.get(key) if memo is not None else None
-                if got is None:
-                    v = self._get(key)
-                    got = bucket_items(v) if v is not None else _NO_ITEMS
-                    if memo is not None:
-                        memo[key] = got
-                if got.size:
-                    parts.append(got)
-            return np.isin(items, np.concatenate(parts)) if parts else out
+            # is membership in the sequence
+            known = self._tls.seen.setdefault(user, _SeenSoFar())
+            new = [b for b in np.unique(bucket_of(items, m.buckets)).tolist() if b not in known.buckets]
+            if new:
+                parts = [known.ids] + [bucket_items(v) for b in new if (v := self._get(hkey(user, b))) is not None]
+                known.ids = np.sort(np.concatenate(parts).astype(np.int64, copy=False))
+                known.buckets.update(new)
+            ids = known.ids
+            if ids.size == 0:
+                return out
+            return ids[np.minimum(np.searchsorted(ids, items), ids.size - 1)] == items
 
     def seen_items(self, user: int) -> tuple[np.ndarray, np.ndarray]:
         """(distinct items, occurrence counts) from the seen-item buckets (tests, reindex)."""
@@ -470,6 +468,14 @@ class StateStore:
 
 
 _NO_ITEMS = np.zeros(0, np.int64)
+
+
+@dataclass
+class _SeenSoFar:
+    """One user's seen-item buckets read in a snapshot: their numbers and their ids, sorted."""
+
+    buckets: set[int] = field(default_factory=set)
+    ids: np.ndarray = field(default_factory=lambda: _NO_ITEMS)
 
 
 def _merged(items: list[np.ndarray], ts: list[np.ndarray], cs: list[np.ndarray]) -> UserSequence:
