@@ -88,9 +88,9 @@ class UnseenSearcher(Protocol):
     memory): what a context whose best items the user has mostly seen is answered from."""
 
     def search_unseen(self, context: int, vector: np.ndarray, n: int,
-                      seen_mask: Callable[[np.ndarray], np.ndarray]) -> list[Candidate]:
+                      seen_mask: Callable[[np.ndarray], np.ndarray], depth: int = 0) -> list[Candidate]:
         """The best ``n`` items of ``context`` that ``seen_mask`` does not mark, best first
-        (all of them when fewer are left)."""
+        (all of them when fewer are left); ``depth``: how deep the unseen ones are expected."""
 
 
 class BundleLike(Protocol):
@@ -352,17 +352,25 @@ class ExactSearch:
         return {int(c): self.search(c, vectors[c], n) for c, n in topk.items()}
 
     def search_unseen(self, context: int, vector: np.ndarray, n: int,
-                      seen_mask: Callable[[np.ndarray], np.ndarray]) -> list[Candidate]:
-        """:class:`UnseenSearcher`: the seen items of the context are masked first, so the
-        cost is one pass over the context's items whatever the user has seen."""
+                      seen_mask: Callable[[np.ndarray], np.ndarray], depth: int = 0) -> list[Candidate]:
+        """:class:`UnseenSearcher`: the context is scored once; its best ``depth`` items (the
+        caller's estimate of how deep the unseen ones are) are checked, and deeper prefixes of
+        the same ranking while fewer than ``n`` of them are unseen -- seen checks follow the
+        depth needed, not the context's size or the history."""
         lo, hi = self.blocks.get(int(context), (0, 0))
         ids = self.item_ids[lo:hi]
         if n <= 0 or ids.size == 0:
             return []
-        keep = np.flatnonzero(~np.asarray(seen_mask(ids), bool))
-        s = (self.item_vectors[lo:hi] @ np.asarray(vector, np.float32))[keep]
-        pos = top_n(s, ids[keep], n)
-        return candidates(ids[keep][pos], s[pos], context)
+        s = self.item_vectors[lo:hi] @ np.asarray(vector, np.float32)
+        depth = min(ids.size, max(depth, first_depth(n, True)))
+        while True:
+            pos = top_n(s, ids, depth)
+            unseen = pos[~np.asarray(seen_mask(ids[pos]), bool)]
+            if unseen.size >= n or depth >= ids.size:
+                break
+            depth = min(ids.size, deeper(depth, depth, int(unseen.size), n))
+        keep = unseen[:n]
+        return candidates(ids[keep], s[keep], context)
 
 
 def encode_plan(plan: QueryPlan, encoder: Encoder, only: Iterable[int] | None = None) -> dict[int, np.ndarray]:
@@ -422,7 +430,8 @@ def fetch_streams(searcher: Searcher, history: History, vectors: Mapping[int, np
             if len(got) >= need[c] or done:
                 streams[c], complete[c] = got, done
             elif deep is not None:
-                streams[c] = deep.search_unseen(c, vectors[c], need[c], history.seen_mask)
+                est = deeper(asked, returned, len(got), need[c])
+                streams[c] = deep.search_unseen(c, vectors[c], need[c], history.seen_mask, est)
                 complete[c] = len(streams[c]) < need[c]
             else:
                 again[c] = min(int(sizes[c]), deeper(asked, returned, len(got), need[c]))

@@ -63,10 +63,10 @@ class _TimedSearch:
         finally:
             self.ms += (time.perf_counter() - t) * 1000
 
-    def search_unseen(self, context, vector, n, seen_mask):
+    def search_unseen(self, context, vector, n, seen_mask, depth=0):
         t = time.perf_counter()
         try:
-            return self.inner.search_unseen(context, vector, n, seen_mask)
+            return self.inner.search_unseen(context, vector, n, seen_mask, depth)
         finally:
             self.ms += (time.perf_counter() - t) * 1000
 
@@ -101,12 +101,12 @@ class _LazyExact:
         self._search: pl.ExactSearch | None = None
         self._lock = threading.Lock()
 
-    def search_unseen(self, context, vector, n, seen_mask):
+    def search_unseen(self, context, vector, n, seen_mask, depth=0):
         if self._search is None:
             with self._lock:
                 if self._search is None:
                     self._search = pl.ExactSearch.of(self.bundle)
-        return self._search.search_unseen(context, vector, n, seen_mask)
+        return self._search.search_unseen(context, vector, n, seen_mask, depth)
 
 
 class RetrieverService:

@@ -104,9 +104,9 @@ class CountingExact(pl.ExactSearch):
 
     unseen_calls: list
 
-    def search_unseen(self, context, vector, n, seen_mask):
+    def search_unseen(self, context, vector, n, seen_mask, depth=0):
         self.unseen_calls.append((context, n))
-        return super().search_unseen(context, vector, n, seen_mask)
+        return super().search_unseen(context, vector, n, seen_mask, depth)
 
 
 def test_short_contexts_go_to_the_unseen_search_with_the_same_answer():
@@ -138,6 +138,30 @@ def test_short_contexts_go_to_the_unseen_search_with_the_same_answer():
     deep.unseen_calls = []
     pl.fetch_streams(primary, pl.SequenceHistory(ids[:0], ids[:0], ids[:0]), q, need, sizes, deep=deep)
     assert deep.unseen_calls == []
+
+
+def test_search_unseen_checks_as_deep_as_needed_and_equals_filtering_the_full_ranking():
+    rng = np.random.default_rng(1)
+    ids = np.arange(5000, 15000)
+    vecs = rng.normal(size=(ids.size, 8)).astype(np.float32)
+    q = rng.normal(size=8).astype(np.float32)
+    es = pl.ExactSearch(ids, np.zeros(ids.size, np.int64), vecs)
+    full = [c.item_id for c in es.search(0, q, ids.size)]
+    for seen_n in (0, 300, 9_990, 10_000):  # none, the best 300, all but 10, everything seen
+        seen = np.array(full[:seen_n], np.int64)
+        checked: list[int] = []
+
+        def mask(x, seen=seen):
+            checked.append(len(x))
+            return np.isin(x, seen)
+
+        got = [c.item_id for c in es.search_unseen(0, q, 50, mask)]
+        assert got == full[seen_n:seen_n + 50]
+        if seen_n <= 300:  # the checks follow the depth of the unseen items, not the 10k
+            assert sum(checked) < 2_000
+    # a depth hint is only where the checks start
+    got = es.search_unseen(0, q, 50, lambda x: np.isin(x, np.array(full[:300])), depth=10_000)
+    assert [c.item_id for c in got] == full[300:350]
 
 
 def test_deeper_follows_the_unseen_share():
