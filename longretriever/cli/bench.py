@@ -11,6 +11,7 @@ import click
 import typer
 
 from longretriever.cli.app import bench_app
+from longretriever.core.errors import InputError
 
 
 @bench_app.command("ingest")
@@ -46,7 +47,9 @@ def bench_encoder_cmd(bundle: Path = typer.Option(..., help="model bundle direct
 
 @bench_app.command("query")
 def bench_query_cmd(out: Path = typer.Option(..., help="JSON output file"),
-                    items: str = typer.Option("100000", help="comma-separated item counts, e.g. 100000,1000000"),
+                    items: str = typer.Option("", help="comma-separated item counts, e.g. 100000,1000000 "
+                                              "[default: 100000; --real-path: 1000000, so that a 10^5-event "
+                                              "user has not consumed whole contexts]"),
                     contexts: int = typer.Option(8, min=1, help="contexts of the synthetic catalogue"),
                     k: int = typer.Option(200, min=1, max=10_000, help="candidates per query"),
                     queries: int = typer.Option(100, min=1, help="timed queries per item count"),
@@ -61,7 +64,7 @@ def bench_query_cmd(out: Path = typer.Option(..., help="JSON output file"),
                     load_seconds: float = typer.Option(4.0, min=0.5, help="seconds per load level"),
                     real_path: bool = typer.Option(False, help="the real path instead: RocksDB state filled "
                                                    "through Kafka, a trained ONNX bundle, Milvus Lite, "
-                                                   "gRPC, by history length (uses --k, --contexts, --queries)"),
+                                                   "gRPC, by history length (uses --items, --k, --contexts, --queries)"),
                     history: str = typer.Option("1000,10000,100000", help="--real-path: events per user, "
                                                 "comma-separated"),
                     users_per_length: int = typer.Option(20, min=1, help="--real-path: users per history "
@@ -74,8 +77,11 @@ def bench_query_cmd(out: Path = typer.Option(..., help="JSON output file"),
     if real_path:
         from longretriever.benchmarks.query_realpath import run_realpath_query_bench
 
+        sizes = [int(x) for x in (items or "1000000").split(",") if x]
+        if len(sizes) != 1:
+            raise InputError("--real-path takes one item count (--items N)")
         r = run_realpath_query_bench(tuple(int(x) for x in history.split(",") if x), users_per_length,
-                                     queries, k, contexts)
+                                     queries, k, items=sizes[0], contexts=contexts)
         out.write_text(json.dumps(r, indent=2))
         typer.echo(json.dumps(r, indent=2))
         return
@@ -84,7 +90,7 @@ def bench_query_cmd(out: Path = typer.Option(..., help="JSON output file"),
     efs = tuple(int(x) for x in ef.split(",") if x) or (None,)
     levels = tuple(int(x) for x in load_levels.split(",") if x)
     runs = []
-    for n in [int(x) for x in items.split(",") if x]:
+    for n in [int(x) for x in (items or "100000").split(",") if x]:
         for r in run_query_bench(n, contexts, k, queries, concurrency=concurrency, index=index,
                                  backend=backend, efs=efs, load_levels=levels, load_seconds=load_seconds,
                                  min_slots=min_slots):
