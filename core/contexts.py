@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,25 @@ from longretriever.core.errors import ConfigError
 UNKNOWN_CONTEXT = 0
 
 
+DENSE_MAX_ID = 1 << 26  # a dense id -> context array up to this id (int16: <= 128 MiB) ...
+DENSE_SPARSITY = 16  # ... and at most this many slots per item (else: binary search)
+
+
 @dataclass(frozen=True)
 class ContextTable:
     names: tuple[str, ...]
     item_ids: np.ndarray  # int64, sorted ascending
     item_contexts: np.ndarray  # int32, aligned with item_ids
+    # id -> context for ids in [0, len): one gather per event on the ingest path instead of a
+    # binary search (catalogues with small non-negative ids, the usual case); None otherwise
+    _dense: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ids = self.item_ids
+        if ids.size and ids[0] >= 0 and ids[-1] < DENSE_MAX_ID and ids[-1] < DENSE_SPARSITY * ids.size + 65_536:
+            dense = np.zeros(int(ids[-1]) + 1, np.int16 if len(self.names) <= np.iinfo(np.int16).max else np.int32)
+            dense[ids] = self.item_contexts
+            object.__setattr__(self, "_dense", dense)
 
     @classmethod
     def single(cls) -> "ContextTable":
@@ -69,6 +83,12 @@ class ContextTable:
         items = np.asarray(items, dtype=np.int64)
         if self.item_ids.size == 0:
             return np.zeros(items.shape, np.int32)
+        dense = self._dense
+        if dense is not None:
+            inside = (items >= 0) & (items < dense.size)
+            if inside.all():
+                return dense[items].astype(np.int32)
+            return np.where(inside, dense[np.where(inside, items, 0)], UNKNOWN_CONTEXT).astype(np.int32)
         pos = np.searchsorted(self.item_ids, items)
         pos_c = np.minimum(pos, self.item_ids.size - 1)
         hit = self.item_ids[pos_c] == items
