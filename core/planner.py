@@ -20,8 +20,11 @@ For one user history (canonical ``(ts, item_id)`` order, one context per event):
    context (the recent window); one batched encoder call, rows in ``chosen`` order.
 4. **Per-context streams** -- for each context, its best items in the total order
    ``(-score, raw item id)`` (:func:`top_n`), seen items removed (:meth:`History.seen_mask`),
-   at least as many as its slots: :func:`fetch_streams` asks the searcher for more while
-   exclusion leaves a stream short, so the cost follows ``k``, not the history length.
+   at least as many as its slots: :func:`fetch_streams` asks the searcher for ``2 x`` the
+   slots; a stream exclusion leaves short is ranked over its unseen items by an
+   :class:`UnseenSearcher` (online) or asked for again, deeper (the offline reference) -- the
+   same stream either way, at a cost that follows ``k`` and the unseen share, not the history
+   length.
 5. **Emit** -- each slot takes its context's next item
    (:func:`~longretriever.core.multicontext.emit`); a context that runs out of items gives
    its remaining slots to the others (the allocation is redone with that cap).

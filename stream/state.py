@@ -270,8 +270,8 @@ class StateStore:
         """For each raw id in ``items``: is it in the user's stored sequence (any context)?
         Reads the user's meta and at most one seen-item bucket per distinct id; inside
         :meth:`reading` a bucket is read once, and the ids of the buckets read so far are kept
-        as one sorted array, so the checks of one query (a first list, then a context's whole
-        item block) cost one membership search each, not a re-merge of the buckets."""
+        as one sorted array, so the checks of one query (a first list, then deeper prefixes of a
+        context's ranking) cost one membership search each, not a re-merge of the buckets."""
         items = np.asarray(items, np.int64)
         out = np.zeros(items.shape, bool)
         with self.reading():
