@@ -7,7 +7,6 @@ gives the same answer in both.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
@@ -88,19 +87,23 @@ def allocate(chosen: Sequence[tuple[int, float]], k: int,
     any larger ``k``, so an answer is a prefix of every longer answer (users page through
     results). Over many slots the counts approach ``k`` times the weight shares."""
     caps = caps or {}
-    heap = [(-float(w), i, int(c)) for i, (c, w) in enumerate(chosen) if w > 0 and caps.get(c) != 0]
-    heapq.heapify(heap)
-    taken: dict[int, int] = {}
-    out: list[int] = []
-    while heap and len(out) < k:
-        _, i, c = heapq.heappop(heap)
-        n = taken.get(c, 0) + 1
-        taken[c] = n
-        out.append(c)
+    if k <= 0:
+        return []
+    # every quotient w / (n + 1) a context can reach within k slots (and its cap), ranked by
+    # (-quotient, position in ``chosen``): the slot-after-slot order, in one sort
+    quot, pos, ctx = [], [], []
+    for i, (c, w) in enumerate(chosen):
         cap = caps.get(c)
-        if cap is None or n < cap:
-            heapq.heappush(heap, (-float(chosen[i][1]) / (n + 1), i, c))
-    return out
+        m = k if cap is None else min(k, int(cap))
+        if w > 0 and m > 0:
+            quot.append(float(w) / np.arange(1, m + 1, dtype=np.float64))
+            pos.append(np.full(m, i, np.int64))
+            ctx.append(np.full(m, int(c), np.int64))
+    if not quot:
+        return []
+    q, p, c_of = np.concatenate(quot), np.concatenate(pos), np.concatenate(ctx)
+    order = np.lexsort((p, -q))[:k]
+    return c_of[order].tolist()
 
 
 def slot_counts(slots: Sequence[int]) -> dict[int, int]:

@@ -77,3 +77,36 @@ def test_emit_fills_slots_from_streams_in_order():
     assert [c.item_id for c in emit([2, 2, 2], streams)] == [21, 20]  # a short stream leaves slots empty
     dup = {1: [Candidate(5, 0.5, 1)], 2: [Candidate(5, 0.4, 2), Candidate(6, 0.3, 2)]}
     assert [c.item_id for c in emit([1, 2], dup)] == [5, 6]  # an item id appears once
+
+
+def _allocate_slot_by_slot(chosen, k, caps=None):
+    """The definition, one slot at a time (a heap of the next quotient of each context)."""
+    import heapq
+
+    caps = caps or {}
+    heap = [(-float(w), i, int(c)) for i, (c, w) in enumerate(chosen) if w > 0 and caps.get(c) != 0]
+    heapq.heapify(heap)
+    taken: dict[int, int] = {}
+    out: list[int] = []
+    while heap and len(out) < k:
+        _, i, c = heapq.heappop(heap)
+        taken[c] = n = taken.get(c, 0) + 1
+        out.append(c)
+        if caps.get(c) is None or n < caps[c]:
+            heapq.heappush(heap, (-float(chosen[i][1]) / (n + 1), i, c))
+    return out
+
+
+def test_allocate_equals_the_slot_by_slot_definition():
+    """allocate ranks every reachable quotient in one sort; it must give the slot-by-slot
+    order exactly, ties (equal weights, equal quotients across contexts), caps and
+    non-positive weights included."""
+    rng = np.random.default_rng(5)
+    pool = [1.0, 2.0, 0.5, 3.0, 0.0, -1.0, 1 / 3, 2 / 3]
+    for _ in range(3000):
+        cs = rng.choice(30, rng.integers(0, 9), replace=False).tolist()
+        ws = [float(rng.choice(pool)) if rng.random() < 0.6 else float(rng.random() * 5) for _ in cs]
+        caps = {c: [None, 0, 1, 2, 5, 100][rng.integers(6)] for c in cs if rng.random() < 0.5}
+        k = int(rng.integers(0, 60))
+        chosen = list(zip(cs, ws))
+        assert allocate(chosen, k, caps) == _allocate_slot_by_slot(chosen, k, caps), (chosen, k, caps)
