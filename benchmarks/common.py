@@ -16,7 +16,7 @@ from typing import Iterator
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from longretriever.core.planner import ExactSearch
+from longretriever.core.ranking import ExactSearch
 from longretriever.data.events import load_dataset
 from longretriever.data.synth import write
 from longretriever.infra.kafka import broker

@@ -31,6 +31,7 @@ import numpy as np
 from longretriever.benchmarks.common import NumpyFloor, percentile
 from longretriever.benchmarks.synthetic import MemoryState, random_histories, synthetic_bundle
 from longretriever.core import planner as pl
+from longretriever.core.ranking import first_depth
 from longretriever.retriever.client import RetrieverClient
 from longretriever.retriever.history import StateHistory
 from longretriever.retriever import milvus_requests as mr
@@ -187,7 +188,7 @@ def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queri
                 exact8[u] = {c.item_id for c in pl.answer(plan8, pl.encode_plan(plan8, bundle), floor, h, sizes)}
             need = {q.context: q.slots for q in plan.contexts if q.slots > 0}
             queried.append(len(need))
-            first_round.append([(c, vecs[c], min(sizes[c], pl.first_depth(n, True))) for c, n in need.items()])
+            first_round.append([(c, vecs[c], min(sizes[c], first_depth(n, True))) for c, n in need.items()])
         milvus_ms: list[float] = []
 
         class Recording:

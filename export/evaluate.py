@@ -23,8 +23,9 @@ import torch
 
 from longretriever.core.errors import ConfigError
 from longretriever.core.features import INPUT_NAMES, build_encoder_inputs
-from longretriever.core.planner import (Catalog, ExactSearch, ItemContexts, SequenceHistory, UserPlan, answer,
-                                        context_sizes, plan_user)
+from longretriever.core.planner import (Catalog, ItemContexts, SequenceHistory, UserPlan, answer, context_sizes,
+                                        plan_user)
+from longretriever.core.ranking import ExactSearch
 from longretriever.export.train import Split
 
 METRICS = ("hr@10", "ndcg@10", "recall@50", "recall@100", "recall@200")

@@ -21,6 +21,7 @@ from longretriever.core import planner as pl
 from longretriever.core.bundle import Bundle
 from longretriever.core.errors import BundleError, InputError
 from longretriever.core.multicontext import DEFAULT_WINDOW, Candidate
+from longretriever.core.ranking import ExactSearch
 from longretriever.core.sequence import UserSequence
 from longretriever.retriever import metrics
 from longretriever.retriever.history import StateHistory, StateReader
@@ -56,19 +57,18 @@ class _TimedSearch:
     def __init__(self, inner: Any) -> None:
         self.inner, self.ms = inner, 0.0
 
-    def search_contexts(self, vectors, topk, timeout=None):
+    def _timed(self, call, *args):
         t = time.perf_counter()
         try:
-            return self.inner.search_contexts(vectors, topk, timeout=timeout)
+            return call(*args)
         finally:
             self.ms += (time.perf_counter() - t) * 1000
 
+    def search_contexts(self, vectors, topk, timeout=None):
+        return self._timed(self.inner.search_contexts, vectors, topk, timeout)
+
     def search_unseen(self, context, vector, n, seen_mask, depth=0):
-        t = time.perf_counter()
-        try:
-            return self.inner.search_unseen(context, vector, n, seen_mask, depth)
-        finally:
-            self.ms += (time.perf_counter() - t) * 1000
+        return self._timed(self.inner.search_unseen, context, vector, n, seen_mask, depth)
 
 
 def format_watermark(wm: dict[int, int] | None) -> str:
@@ -91,21 +91,21 @@ class Generation:
 
 
 class _LazyExact:
-    """Exact in-memory search over the bundle's item vectors (``planner.ExactSearch``), built
+    """Exact in-memory search over the bundle's item vectors (``ranking.ExactSearch``), built
     on first use: the contexts whose best items the user has mostly seen (ranked over their
     unseen items, ``search_unseen``).
     Costs one context-sorted copy of the item vectors once built (N x d x 4 bytes)."""
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
-        self._search: pl.ExactSearch | None = None
+        self._search: ExactSearch | None = None
         self._lock = threading.Lock()
 
     def search_unseen(self, context, vector, n, seen_mask, depth=0):
         if self._search is None:
             with self._lock:
                 if self._search is None:
-                    self._search = pl.ExactSearch.of(self.bundle)
+                    self._search = ExactSearch.of(self.bundle)
         return self._search.search_unseen(context, vector, n, seen_mask, depth)
 
 

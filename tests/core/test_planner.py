@@ -9,6 +9,7 @@ import pytest
 from longretriever.core import planner as pl
 from longretriever.core.errors import InputError
 from longretriever.core.multicontext import Candidate
+from longretriever.core.ranking import ExactSearch
 
 # events (ts, item, context) given out of order; canonical order is by (ts, item)
 EV = [(4, 103, 1), (1, 101, 1), (5, 202, 2), (2, 102, 1), (3, 201, 2)]
@@ -99,7 +100,7 @@ def test_fetch_streams_asks_deeper_while_exclusion_leaves_a_stream_short():
     assert len(streams[1]) == 60 and complete[1]  # only 60 unseen items exist
 
 
-class CountingExact(pl.ExactSearch):
+class CountingExact(ExactSearch):
     """ExactSearch recording its ``search_unseen`` calls."""
 
     unseen_calls: list
@@ -118,7 +119,7 @@ def test_short_contexts_go_to_the_unseen_search_with_the_same_answer():
     ctx = np.where(np.arange(300) < 200, 1, 2)
     vecs = rng.normal(size=(300, 4)).astype(np.float32)
     q = {1: rng.normal(size=4).astype(np.float32), 2: rng.normal(size=4).astype(np.float32)}
-    exact = pl.ExactSearch(ids, ctx, vecs)
+    exact = ExactSearch(ids, ctx, vecs)
     best1 = [c.item_id for c in exact.search(1, q[1], 200)]
     seen = np.array(best1[:150] + [c.item_id for c in exact.search(2, q[2], 100)][:3])  # most of c1's best
     history = pl.SequenceHistory(seen, np.arange(seen.size), np.ones(seen.size, np.int64))
@@ -140,40 +141,6 @@ def test_short_contexts_go_to_the_unseen_search_with_the_same_answer():
     assert deep.unseen_calls == []
 
 
-def test_search_unseen_checks_as_deep_as_needed_and_equals_filtering_the_full_ranking():
-    rng = np.random.default_rng(1)
-    ids = np.arange(5000, 15000)
-    vecs = rng.normal(size=(ids.size, 8)).astype(np.float32)
-    q = rng.normal(size=8).astype(np.float32)
-    es = pl.ExactSearch(ids, np.zeros(ids.size, np.int64), vecs)
-    full = [c.item_id for c in es.search(0, q, ids.size)]
-    for seen_n in (0, 300, 9_990, 10_000):  # none, the best 300, all but 10, everything seen
-        seen = np.array(full[:seen_n], np.int64)
-        checked: list[int] = []
-
-        def mask(x, seen=seen):
-            checked.append(len(x))
-            return np.isin(x, seen)
-
-        got = [c.item_id for c in es.search_unseen(0, q, 50, mask)]
-        assert got == full[seen_n:seen_n + 50]
-        if seen_n <= 300:  # the checks follow the depth of the unseen items, not the 10k
-            assert sum(checked) < 2_000
-    # a depth hint is only where the checks start
-    got = es.search_unseen(0, q, 50, lambda x: np.isin(x, np.array(full[:300])), depth=10_000)
-    assert [c.item_id for c in got] == full[300:350]
-
-
-def test_deeper_follows_the_unseen_share():
-    assert pl.deeper(asked=100, returned=100, unseen=10, need=30) == 100 + 250  # 20 short at 10 %, x1.25
-    assert pl.deeper(asked=100, returned=100, unseen=90, need=100) == 200  # never less than double
-    assert pl.deeper(asked=13, returned=13, unseen=0, need=5) == 65  # nothing unseen yet: 5x
-    # the estimate is enough when the unseen share holds: 20 short at 10 % needs 200 more
-    asked, need, share = 100, 30, 0.1
-    more = pl.deeper(asked, 100, int(asked * share), need) - asked
-    assert more * share >= need - asked * share
-
-
 def test_validate_request():
     pl.validate_request(0, 1, 1)
     pl.validate_request(5, 10_000, 64)
@@ -188,16 +155,6 @@ def test_fallback_candidates():
     # weights by size 100, 50: slots c1 (100), then c1 (50) before c2 (50) on the tie, then c2
     assert [c.item_id for c in out] == [11, 12, 21] and out[0].score == out[2].score == 1.0
     assert pl.fallback_candidates(lambda c, n: pop[c][:n], {1: 100, 2: 50}, k=3, max_contexts=1)[0].context == 1
-
-
-def test_exact_search_one_tie_rule():
-    """Ties at the top-k boundary resolve by raw id, whatever order the partition picks."""
-    ids = np.array([50, 40, 30, 20, 10], np.int64)
-    vecs = np.ones((5, 2), np.float32)  # every score ties
-    got = pl.exact_search(np.ones(2), ids, vecs, 2, 1)
-    assert [c.item_id for c in got] == [10, 20]
-    es = pl.ExactSearch(ids, np.array([1, 2, 1, 2, 1]), vecs)
-    assert [c.item_id for c in es.search_contexts({1: np.ones(2)}, {1: 2})[1]] == [10, 30]
 
 
 def test_adaptive_contexts_drop_contexts_not_worth_a_search():
@@ -216,7 +173,7 @@ def test_adaptive_contexts_drop_contexts_not_worth_a_search():
 
 def test_adaptive_contexts_keep_online_equal_to_offline():
     from longretriever.benchmarks.synthetic import MemoryState, random_histories, synthetic_bundle
-    from longretriever.core.planner import ExactSearch, retrieve_offline
+    from longretriever.core.planner import retrieve_offline
     from longretriever.retriever.service import RetrieverService
 
     b = synthetic_bundle(2000, n_contexts=8, dim=16, seed=3)

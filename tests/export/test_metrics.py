@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from longretriever.export.evaluate import MISS, mean_metrics, metrics_from_lists, metrics_from_rank
-from longretriever.core.planner import top_n
+from longretriever.core.ranking import top_n
 
 
 def test_metrics_from_rank_hand_checked():

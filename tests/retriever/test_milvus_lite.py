@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from longretriever.core.errors import BundleError
-from longretriever.core import planner as q
+from longretriever.core.ranking import exact_search
 from longretriever.benchmarks.synthetic import synthetic_bundle
 from longretriever.retriever.milvus_index import MilvusIndex
 from longretriever.core.planner import context_sizes
@@ -37,7 +37,7 @@ def test_flat_search_equals_numpy_exact(built):
         assert got[4] == []
         for c in (1, 2, 3):
             m = b.item_contexts == c
-            want = q.exact_search(vecs[c], b.item_ids[m], b.item_embeddings[m], topk[c], c)
+            want = exact_search(vecs[c], b.item_ids[m], b.item_embeddings[m], topk[c], c)
             assert [x.item_id for x in got[c]] == [x.item_id for x in want]
             assert all(x.context == c for x in got[c])
             np.testing.assert_allclose([x.score for x in got[c]], [x.score for x in want], atol=1e-5)

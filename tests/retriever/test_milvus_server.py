@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from longretriever.benchmarks.synthetic import MemoryState, random_histories, synthetic_bundle
-from longretriever.core import planner as q
+from longretriever.core.ranking import exact_search
 from longretriever.core.errors import BundleError
 from longretriever.core.planner import context_sizes, retrieve_offline
 from longretriever.retriever.milvus_index import MilvusIndex
@@ -57,7 +57,7 @@ def flat(milvus_server, bundle):
 
 def _exact(bundle, c, v, n):
     m = bundle.item_contexts == c
-    return [h.item_id for h in q.exact_search(v, bundle.item_ids[m], bundle.item_embeddings[m], n, c)]
+    return [h.item_id for h in exact_search(v, bundle.item_ids[m], bundle.item_embeddings[m], n, c)]
 
 
 def test_flat_partitions_equal_numpy_exact(flat, bundle):

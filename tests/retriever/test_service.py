@@ -12,6 +12,7 @@ from longretriever.core import planner as pl
 from longretriever.core.context_predictor import ContextPredictor, num_features
 from longretriever.core.errors import BundleError, ConfigError, InputError
 from longretriever.core.multicontext import Candidate
+from longretriever.core.ranking import ExactSearch
 from longretriever.retriever import milvus_requests as mr
 from longretriever.retriever.refresh import Refresher, VectorCache
 from longretriever.retriever.service import RetrieverService, format_watermark
@@ -68,7 +69,7 @@ def test_service_matches_reference_and_uses_cache():
     ts = np.array([5, 1, 3, 4, 2, 6, 7])
     st.add(7, items, ts)
     cache = VectorCache()
-    svc = RetrieverService(b, pl.ExactSearch.of(b), st, cache)
+    svc = RetrieverService(b, ExactSearch.of(b), st, cache)
     r = svc.retrieve(7, 10, 8, True)
     assert not r.fallback and r.model_version == b.version and r.watermark == "0:42"
     assert [c.item_id for c in r.candidates] == [c.item_id for c in _reference(b, items, ts, 10)]
@@ -91,7 +92,7 @@ def test_service_matches_reference_and_uses_cache():
 
 def test_service_cold_user_falls_back():
     b = small_bundle()
-    svc = RetrieverService(b, pl.ExactSearch.of(b), MemoryState.for_bundle(b))
+    svc = RetrieverService(b, ExactSearch.of(b), MemoryState.for_bundle(b))
     r = svc.retrieve(99, 6, 2, True)
     assert r.fallback and len(r.candidates) == 6
     assert {c.context for c in r.candidates} <= {1, 2, 3}
@@ -129,7 +130,7 @@ def test_refresher_follows_demand():
     st = MemoryState.for_bundle(b)
     st.add(1, np.array([100, 101]), np.array([1, 2]))
     cache = VectorCache()
-    svc = RetrieverService(b, pl.ExactSearch.of(b), st, cache)
+    svc = RetrieverService(b, ExactSearch.of(b), st, cache)
     ref = Refresher(b, st, cache)
     first = svc.retrieve(1, 5, 8, True)
     queried = cache.contexts_of(1)
@@ -155,7 +156,7 @@ def test_service_equals_export_reference_random_histories(choice):
     predictor = ContextPredictor(rng_p.standard_normal((num_features(4), 4)), rng_p.standard_normal(4))
     b = small_bundle(n=90, seed=3, k=3, w=4, predictor=predictor)
     st = MemoryState.for_bundle(b)
-    svc = RetrieverService(b, pl.ExactSearch.of(b), st, VectorCache(), context_choice=choice)
+    svc = RetrieverService(b, ExactSearch.of(b), st, VectorCache(), context_choice=choice)
     rng = np.random.default_rng(11)
     n_differ = 0
     for user in range(12):
