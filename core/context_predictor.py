@@ -19,6 +19,7 @@ the model bundle as ``context_predictor.json`` (:meth:`ContextPredictor.to_json`
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -44,12 +45,13 @@ def predictor_features(recent_contexts: np.ndarray, num_contexts: int,
     gives all-zero histograms."""
     ctx = np.asarray(recent_contexts, dtype=np.int64)
     ctx = ctx[-window:] if window > 0 else ctx[:0]
-    age = np.arange(ctx.size - 1, -1, -1, dtype=np.float64)
     keep = (ctx >= 0) & (ctx < num_contexts)
-    ctx, age = ctx[keep], age[keep]
+    every = bool(keep.all())
+    ctx = ctx if every else ctx[keep]
     parts = []
     for tau in taus:
-        w = np.exp(-age / tau)
+        w = _decay(float(tau), keep.size)  # newest last: exp(-age / tau), age = events after it
+        w = w if every else w[keep]
         h = np.bincount(ctx, weights=w, minlength=num_contexts).astype(np.float64)
         total = h.sum()
         if total > 0:
@@ -57,6 +59,21 @@ def predictor_features(recent_contexts: np.ndarray, num_contexts: int,
         parts.append(h)
         parts.append(np.log(h + EPS))
     return np.concatenate(parts) if parts else np.zeros(0, np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _decay_table(tau: float, n: int) -> np.ndarray:
+    age = np.arange(n - 1, -1, -1, dtype=np.float64)
+    out = np.exp(-age / tau)
+    out.flags.writeable = False
+    return out
+
+
+def _decay(tau: float, n: int) -> np.ndarray:
+    """``exp(-age / tau)`` for ages n-1 .. 0 (oldest first): the same arithmetic every call,
+    computed once per (tau, power-of-two length) and sliced."""
+    size = 1 << max(0, n - 1).bit_length()
+    return _decay_table(tau, size)[size - n:]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

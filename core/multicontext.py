@@ -7,6 +7,7 @@ gives the same answer in both.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
@@ -91,27 +92,28 @@ def allocate(chosen: Sequence[tuple[int, float]], k: int,
         return []
     # every quotient w / (n + 1) a context can reach within k slots (and its cap), ranked by
     # (-quotient, position in ``chosen``): the slot-after-slot order, in one sort
-    quot, pos, ctx = [], [], []
+    ws, ms, pos, ctx = [], [], [], []
     for i, (c, w) in enumerate(chosen):
         cap = caps.get(c)
         m = k if cap is None else min(k, int(cap))
         if w > 0 and m > 0:
-            quot.append(float(w) / np.arange(1, m + 1, dtype=np.float64))
-            pos.append(np.full(m, i, np.int64))
-            ctx.append(np.full(m, int(c), np.int64))
-    if not quot:
+            ws.append(float(w))
+            ms.append(m)
+            pos.append(i)
+            ctx.append(int(c))
+    if not ws:
         return []
-    q, p, c_of = np.concatenate(quot), np.concatenate(pos), np.concatenate(ctx)
-    order = np.lexsort((p, -q))[:k]
-    return c_of[order].tolist()
+    counts = np.asarray(ms, np.int64)
+    row = np.repeat(np.arange(counts.size), counts)  # the context of each quotient
+    divisor = np.arange(row.size, dtype=np.int64) - (np.cumsum(counts) - counts)[row] + 1  # 1..m
+    q = np.asarray(ws, np.float64)[row] / divisor
+    order = np.lexsort((np.asarray(pos, np.int64)[row], -q))[:k]
+    return np.asarray(ctx, np.int64)[row[order]].tolist()
 
 
 def slot_counts(slots: Sequence[int]) -> dict[int, int]:
-    """How many slots each context has."""
-    out: dict[int, int] = {}
-    for c in slots:
-        out[c] = out.get(c, 0) + 1
-    return out
+    """How many slots each context has (in order of first slot)."""
+    return dict(Counter(slots))
 
 
 def emit(slots: Sequence[int], streams: Mapping[int, Sequence[Candidate]]) -> list[Candidate]:

@@ -17,6 +17,7 @@ _ITEMS64 = 1
 _TS64 = 2
 _I32 = np.iinfo(np.int32)
 _U32_MAX = np.iinfo(np.uint32).max
+_DT_I4, _DT_I8, _DT_U4 = np.dtype("<i4"), np.dtype("<i8"), np.dtype("<u4")
 
 
 def encode_segment(items: np.ndarray, ts: np.ndarray) -> bytes:
@@ -40,16 +41,20 @@ def encode_segment(items: np.ndarray, ts: np.ndarray) -> bytes:
 
 
 def decode_segment(buf: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`encode_segment`: (items int64, ts int64)."""
+    """Inverse of :func:`encode_segment`: (items int64, ts int64). On the query path (every
+    read of a user's window decodes its tail segments): no per-call dtype parsing, the
+    running sum in place."""
     flags, n, base = _HEADER.unpack_from(buf, 0)
     off = _HEADER.size
-    idt = np.dtype("<i8") if flags & _ITEMS64 else np.dtype("<i4")
+    idt = _DT_I8 if flags & _ITEMS64 else _DT_I4
     items = np.frombuffer(buf, idt, n, off).astype(np.int64)
     off += n * idt.itemsize
     if flags & _TS64:
-        ts = np.frombuffer(buf, "<i8", n, off).astype(np.int64)
+        ts = np.frombuffer(buf, _DT_I8, n, off).astype(np.int64)
     else:
-        ts = np.cumsum(np.frombuffer(buf, "<u4", n, off), dtype=np.int64) + base
+        ts = np.frombuffer(buf, _DT_U4, n, off).astype(np.int64)
+        ts.cumsum(out=ts)
+        ts += base
     return items, ts
 
 

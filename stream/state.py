@@ -249,6 +249,9 @@ class StateStore:
             if not meta or ctx not in meta or k <= 0:
                 return empty, empty
             first, last, skip, _ = meta[ctx]
+            i, t = self._segment(user, ctx, last, skip if last == first else 0)
+            if i.size >= k or last == first:  # the tail segment holds them (usual for a hard search)
+                return i[-k:], t[-k:]
             parts_i, parts_t, have = [], [], 0
             for seg in range(last, first - 1, -1):
                 i, t = self._segment(user, ctx, seg, skip if seg == first else 0)
@@ -328,29 +331,34 @@ class StateStore:
     def recent(self, user: int, n: int = 1000) -> UserSequence | None:
         """Newest ``n`` events across all contexts, oldest first; reads only tail segments:
         each context is read backwards from its tail while its oldest loaded event is not
-        older than the n-th newest event loaded so far (O(n + contexts x segment))."""
+        older than the n-th newest event loaded so far (O(n + contexts x segment)). A context
+        that must go further back is read as many segments back as its loaded event rate says
+        the cut lies (one round for most users instead of one segment per round)."""
         with self.reading():
             meta = self._meta(user)
             if meta is None:
                 return None
             if n <= 0:
                 return _merged([], [], [])
-            loaded: dict[int, list] = {}  # ctx -> [items parts, ts parts, lowest segment read]
+            loaded: dict[int, list] = {}  # ctx -> [items parts, ts parts, lowest segment read, events]
             for c, (first, last, skip, _) in meta.items():
                 i, t = self._segment(user, c, last, skip if last == first else 0)
-                loaded[c] = [[i], [t], last]
+                loaded[c] = [[i], [t], last, i.size]
             while True:
                 all_ts = np.concatenate([p for v in loaded.values() for p in v[1]])
-                cut = np.partition(all_ts, all_ts.size - n)[all_ts.size - n] if all_ts.size > n else None
+                cut = int(np.partition(all_ts, all_ts.size - n)[all_ts.size - n]) if all_ts.size > n else None
                 grew = False
                 for c, v in loaded.items():
                     first, _, skip, _ = meta[c]
-                    if v[2] == first or (cut is not None and v[1][0].size and v[1][0][0] < cut):
+                    oldest = int(v[1][0][0]) if v[1][0].size else None
+                    if v[2] == first or (cut is not None and oldest is not None and oldest < cut):
                         continue  # everything older in this context is older than the cut
-                    i, t = self._segment(user, c, v[2] - 1, skip if v[2] - 1 == first else 0)
-                    v[0].insert(0, i)
-                    v[1].insert(0, t)
-                    v[2] -= 1
+                    for _ in range(min(v[2] - first, self._segments_back(v, oldest, cut, n))):
+                        i, t = self._segment(user, c, v[2] - 1, skip if v[2] - 1 == first else 0)
+                        v[0].insert(0, i)
+                        v[1].insert(0, t)
+                        v[2] -= 1
+                        v[3] += i.size
                     grew = True
                 if not grew:
                     break
@@ -362,9 +370,23 @@ class StateStore:
                     i, t = i[lo:], t[lo:]
                 items.append(i)
                 ts.append(t)
-                cs.append(np.full(i.size, c, np.int32))
-            merged = _merged(items, ts, cs)
+                cs.append(c)
+            sizes = [i.size for i in items]
+            merged = _merged(items, ts, [np.repeat(np.asarray(cs, np.int32), sizes)])
             return UserSequence(merged.items[-n:], merged.ts[-n:], merged.contexts[-n:])
+
+    def _segments_back(self, v: list, oldest: int | None, cut: int | None, n: int) -> int:
+        """How many segments back the cut lies in a context whose loaded events (``v``) all
+        are at or after it, from their rate once at least a segment's worth is loaded (a
+        partial tail says little); never more than the window could still take from it."""
+        if cut is None or oldest is None or v[3] < self.seg:
+            return 1
+        span = int(v[1][-1][-1]) - oldest
+        if span <= 0:
+            return 1
+        behind = (oldest - cut) * (v[3] - 1) / span  # events between the cut and the oldest loaded
+        cap = -(-(n - v[3]) // self.seg)
+        return max(1, min(cap, int(np.ceil(behind / self.seg))))
 
     def users(self) -> Iterator[int]:
         it = self.db.keys(from_key=b"u")
@@ -484,7 +506,7 @@ def _merged(items: list[np.ndarray], ts: list[np.ndarray], cs: list[np.ndarray])
         return UserSequence(z, z, np.zeros(0, np.int32))
     i, t, c = np.concatenate(items), np.concatenate(ts), np.concatenate(cs)
     order = canonical_order(t, i)
-    return UserSequence(i[order], t[order], c[order].astype(np.int32))
+    return UserSequence(i[order], t[order], c[order].astype(np.int32, copy=False))
 
 
 def _read_only():

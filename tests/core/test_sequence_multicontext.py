@@ -19,6 +19,16 @@ def test_canonical_order_is_ts_then_item():
     assert canonical_order(ts, items).tolist() == [1, 3, 2, 0]
 
 
+def test_canonical_order_equals_both_key_sort_with_and_without_ties():
+    # ts-only sorting is used when no two events share a ts; both keys otherwise
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n = int(rng.integers(0, 60))
+        ts = rng.integers(0, 10 if trial % 2 else 10**9, n)
+        items = rng.integers(0, 5, n)
+        assert canonical_order(ts, items).tolist() == np.lexsort((items, ts)).tolist()
+
+
 def test_hard_search_newest_k_of_context_before_end():
     #           pos: 0  1  2  3  4  5  6
     ctx = np.array([1, 2, 1, 1, 3, 1, 2])
