@@ -95,7 +95,8 @@ def _grpc_floor(users: int, k: int, seconds: float) -> dict[str, Any]:
 
 
 def _bare_async_loop(uri: str, collection: str, searches: list[list[tuple[int, np.ndarray, int]]],
-                     index_type: str, ef: int | None, loop: asyncio.AbstractEventLoop) -> list[float]:
+                     index_type: str, ef: int | None, loop: asyncio.AbstractEventLoop,
+                     sizes: dict[int, int] | None = None) -> list[float]:
     """Per query: the same per-context searches issued concurrently from AsyncMilvusClient,
     nothing else (ms per query). Runs on ``loop``, the gRPC server's (idle meanwhile): a second
     grpc.aio event loop in one process makes grpc's poller fail (BlockingIOError, logged per
@@ -112,7 +113,7 @@ def _bare_async_loop(uri: str, collection: str, searches: list[list[tuple[int, n
                 t = time.perf_counter()
                 await asyncio.gather(*(c.search(collection, data=[v.tolist()], limit=n, anns_field=mr.VECTOR_FIELD,
                                                 partition_names=[mr.partition_name(ctx)],
-                                                search_params=mr.search_params(index_type, n, ef),
+                                                search_params=mr.search_params(index_type, n, ef, (sizes or {}).get(ctx, 0)),
                                                 consistency_level=mr.CONSISTENCY) for ctx, v, n in query))
                 if i:  # the first is a warm-up
                     out.append((time.perf_counter() - t) * 1000)
@@ -225,7 +226,7 @@ def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queri
                 milvus_ms.clear()
                 seq = _load(f"127.0.0.1:{srv.port}", users, k, (1,), load_seconds)[0]
                 seq_milvus = list(milvus_ms)
-                bare = (_bare_async_loop(uri, view.collection, first_round, view.index_type, ef, srv.loop)
+                bare = (_bare_async_loop(uri, view.collection, first_round, view.index_type, ef, srv.loop, view.sizes)
                         if index_.is_server and view.layout == "partition" else [])
                 loads = {}
                 for mode in ("single", "coalesced"):
@@ -243,8 +244,10 @@ def run_query_bench(items: int = 100_000, contexts: int = 8, k: int = 200, queri
                 runs.append({
                     "backend": "server" if index_.is_server else "lite",
                     "items": items, "contexts": contexts, "k": k, "index": built["index"],
-                    "layout": view.layout, "ef": (mr.search_params(view.index_type, k, ef)["params"].get("ef")
-                                                  if view.index_type == "HNSW" else None),
+                    "layout": view.layout, "ef": (ef or "auto") if view.index_type == "HNSW" else None,
+                    "ef_by_context": ({c: mr.search_params(view.index_type, k, ef, n)["params"]["ef"]
+                                       for c, n in sorted((view.sizes or {}).items())}
+                                      if view.index_type == "HNSW" else None),
                     "grpc_p50_ms": g50, "grpc_p99_ms": seq.get("p99_ms"), "grpc_calls": seq.get("calls"),
                     "grpc_inprocess_p50_ms": percentile(inproc_ms, .5),
                     "grpc_inprocess_p99_ms": percentile(inproc_ms, .99),

@@ -189,9 +189,11 @@ class MilvusIndex(MilvusConnection):
         else:
             part, expr = None, mr.context_filter(context)
 
+        rows = int((view.sizes or {}).get(context, 0))
+
         def start(vectors: Any, limit: int, timeout: float | None) -> SearchCall:
             return self.start_search(view.collection, list(vectors), limit, partition=part, expr=expr,
-                                     params=mr.search_params(view.index_type, limit, self.ef),
+                                     params=mr.search_params(view.index_type, limit, self.ef, rows),
                                      timeout=timeout, submit=self._pool.submit)
         return start
 

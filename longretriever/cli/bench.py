@@ -59,7 +59,8 @@ def bench_query_cmd(out: Path = typer.Option(..., help="JSON output file"),
                     backend: str = typer.Option("lite", click_type=click.Choice(["lite", "server"]),
                                                 help="lite (a Milvus Lite file) | server (a private Milvus "
                                                 "server started for the run)"),
-                    ef: str = typer.Option("", help="HNSW: comma-separated ef values, one run each"),
+                    ef: str = typer.Option("", help="HNSW: comma-separated ef values, one run each; "
+                                  "0 = the serving default (400, or a partition's rows / 80 when larger)"),
                     load_levels: str = typer.Option("1,2,4,8,16", help="closed-loop load concurrencies"),
                     load_seconds: float = typer.Option(4.0, min=0.5, help="seconds per load level"),
                     real_path: bool = typer.Option(False, help="the real path instead: RocksDB state filled "
@@ -87,7 +88,7 @@ def bench_query_cmd(out: Path = typer.Option(..., help="JSON output file"),
         return
     from longretriever.benchmarks.query import run_query_bench
 
-    efs = tuple(int(x) for x in ef.split(",") if x) or (None,)
+    efs = tuple(int(x) or None for x in ef.split(",") if x) or (None,)
     levels = tuple(int(x) for x in load_levels.split(",") if x)
     runs = []
     for n in [int(x) for x in (items or "100000").split(",") if x]:
