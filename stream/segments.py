@@ -58,6 +58,18 @@ def decode_segment(buf: bytes) -> tuple[np.ndarray, np.ndarray]:
     return items, ts
 
 
+def segments_behind(oldest: int | None, newest: int, loaded: int, cut: int | None, n: int, seg: int) -> int:
+    """How many segments further back the cut (the ``n``-th newest event loaded so far) lies
+    in a context whose ``loaded`` events, ``oldest`` .. ``newest``, are all at or after it:
+    estimated from their rate once a segment's worth is loaded (a partial tail says little),
+    never more than the window could still take from the context; at least 1."""
+    if cut is None or oldest is None or loaded < seg or newest <= oldest:
+        return 1
+    behind = (oldest - cut) * (loaded - 1) / (newest - oldest)  # events between cut and oldest
+    cap = -(-(n - loaded) // seg)
+    return max(1, min(cap, int(np.ceil(behind / seg))))
+
+
 def merge_sorted(items_a: np.ndarray, ts_a: np.ndarray, items_b: np.ndarray,
                  ts_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Union of two event sets in canonical order without duplicates of (ts, item_id).

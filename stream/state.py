@@ -36,7 +36,7 @@ from longretriever.core.errors import ConfigError, ServiceUnavailable
 from longretriever.core.sequence import UserSequence, canonical_order
 from longretriever.stream.seen import bucket_items, bucket_of, decode_bucket
 from longretriever.stream.records import _P, _U, INFO_KEY, UserMeta, hkey, lkey, mkey, okey, skey
-from longretriever.stream.segments import decode_segment
+from longretriever.stream.segments import decode_segment, segments_behind
 
 log = logging.getLogger(__name__)
 
@@ -271,10 +271,9 @@ class StateStore:
 
     def seen_mask(self, user: int, items: np.ndarray) -> np.ndarray:
         """For each raw id in ``items``: is it in the user's stored sequence (any context)?
-        Reads the user's meta and at most one seen-item bucket per distinct id; inside
-        :meth:`reading` a bucket is read once, and the ids of the buckets read so far are kept
-        as one sorted array, so the checks of one query (a first list, then deeper prefixes of a
-        context's ranking) cost one membership search each, not a re-merge of the buckets."""
+        Reads the meta and at most one seen-item bucket per distinct id; inside :meth:`reading`
+        a bucket is read once and the ids read so far are kept as one sorted array, so each
+        check of one query (a first list, deeper prefixes of a ranking) is one search."""
         items = np.asarray(items, np.int64)
         out = np.zeros(items.shape, bool)
         with self.reading():
@@ -329,11 +328,10 @@ class StateStore:
             return _merged(items, ts, cs)
 
     def recent(self, user: int, n: int = 1000) -> UserSequence | None:
-        """Newest ``n`` events across all contexts, oldest first; reads only tail segments:
-        each context is read backwards from its tail while its oldest loaded event is not
-        older than the n-th newest event loaded so far (O(n + contexts x segment)). A context
-        that must go further back is read as many segments back as its loaded event rate says
-        the cut lies (one round for most users instead of one segment per round)."""
+        """Newest ``n`` events across all contexts, oldest first; reads only tail segments: a
+        context is read backwards while its oldest loaded event is not older than the n-th
+        newest loaded so far, as many segments per round as its event rate says
+        (:func:`segments_behind`); O(n + contexts x segment)."""
         with self.reading():
             meta = self._meta(user)
             if meta is None:
@@ -350,10 +348,11 @@ class StateStore:
                 grew = False
                 for c, v in loaded.items():
                     first, _, skip, _ = meta[c]
-                    oldest = int(v[1][0][0]) if v[1][0].size else None
+                    oldest = int(v[1][0][0]) if v[1][0].size else None  # of what is loaded
                     if v[2] == first or (cut is not None and oldest is not None and oldest < cut):
                         continue  # everything older in this context is older than the cut
-                    for _ in range(min(v[2] - first, self._segments_back(v, oldest, cut, n))):
+                    back = segments_behind(oldest, int(v[1][-1][-1]) if oldest is not None else 0, v[3], cut, n, self.seg)
+                    for _ in range(min(v[2] - first, back)):
                         i, t = self._segment(user, c, v[2] - 1, skip if v[2] - 1 == first else 0)
                         v[0].insert(0, i)
                         v[1].insert(0, t)
@@ -371,22 +370,8 @@ class StateStore:
                 items.append(i)
                 ts.append(t)
                 cs.append(c)
-            sizes = [i.size for i in items]
-            merged = _merged(items, ts, [np.repeat(np.asarray(cs, np.int32), sizes)])
+            merged = _merged(items, ts, [np.repeat(np.asarray(cs, np.int32), [i.size for i in items])])
             return UserSequence(merged.items[-n:], merged.ts[-n:], merged.contexts[-n:])
-
-    def _segments_back(self, v: list, oldest: int | None, cut: int | None, n: int) -> int:
-        """How many segments back the cut lies in a context whose loaded events (``v``) all
-        are at or after it, from their rate once at least a segment's worth is loaded (a
-        partial tail says little); never more than the window could still take from it."""
-        if cut is None or oldest is None or v[3] < self.seg:
-            return 1
-        span = int(v[1][-1][-1]) - oldest
-        if span <= 0:
-            return 1
-        behind = (oldest - cut) * (v[3] - 1) / span  # events between the cut and the oldest loaded
-        cap = -(-(n - v[3]) // self.seg)
-        return max(1, min(cap, int(np.ceil(behind / self.seg))))
 
     def users(self) -> Iterator[int]:
         it = self.db.keys(from_key=b"u")
@@ -502,8 +487,7 @@ class _SeenSoFar:
 
 def _merged(items: list[np.ndarray], ts: list[np.ndarray], cs: list[np.ndarray]) -> UserSequence:
     if not items:
-        z = np.zeros(0, np.int64)
-        return UserSequence(z, z, np.zeros(0, np.int32))
+        return UserSequence(_NO_ITEMS, _NO_ITEMS, np.zeros(0, np.int32))
     i, t, c = np.concatenate(items), np.concatenate(ts), np.concatenate(cs)
     order = canonical_order(t, i)
     return UserSequence(i[order], t[order], c[order].astype(np.int32, copy=False))
