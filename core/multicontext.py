@@ -92,10 +92,17 @@ def allocate(chosen: Sequence[tuple[int, float]], k: int,
         return []
     # every quotient w / (n + 1) a context can reach within k slots (and its cap), ranked by
     # (-quotient, position in ``chosen``): the slot-after-slot order, in one sort
+    # Without caps a context's slots are floor(w / d) for a divisor d > W / (k + contexts)
+    # (W: total weight), so fewer than w (k + contexts) / W: only those quotients can rank
+    # within the first k (+2 absorbs rounding); with caps, every quotient up to the cap
+    total = sum(float(w) for _, w in chosen if w > 0)
+    bound = (k + len(chosen)) / total if total > 0 and not caps else None
     ws, ms, pos, ctx = [], [], [], []
     for i, (c, w) in enumerate(chosen):
         cap = caps.get(c)
         m = k if cap is None else min(k, int(cap))
+        if bound is not None and w > 0:
+            m = min(m, int(float(w) * bound) + 2)
         if w > 0 and m > 0:
             ws.append(float(w))
             ms.append(m)

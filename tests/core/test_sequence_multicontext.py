@@ -120,3 +120,8 @@ def test_allocate_equals_the_slot_by_slot_definition():
         k = int(rng.integers(0, 60))
         chosen = list(zip(cs, ws))
         assert allocate(chosen, k, caps) == _allocate_slot_by_slot(chosen, k, caps), (chosen, k, caps)
+        # without caps only the quotients that can rank are generated (a divisor bound)
+        big = int(rng.integers(0, 400))
+        assert allocate(chosen, big) == _allocate_slot_by_slot(chosen, big), (chosen, big)
+        skewed = [(c, w * 10.0 ** int(rng.integers(-6, 7))) for c, w in chosen]
+        assert allocate(skewed, big) == _allocate_slot_by_slot(skewed, big), (skewed, big)
