@@ -74,11 +74,14 @@ class BatchWriter:
                 ctxs = st.contexts.context_of(items).astype(np.int64)
                 order = np.argsort(users, kind="stable")
                 su = users[order]
-                for idx in np.split(order, np.flatnonzero(su[1:] != su[:-1]) + 1):
-                    user = int(users[idx[0]])
-                    if self.fast and idx.size <= MAX_EVENTS and try_fast(
-                            self, wb, user, ts[idx].tolist(), items[idx].tolist(), ctxs[idx].tolist(), res):
+                starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]]).tolist() + [su.size]
+                # Python lists once for the whole batch, sliced per user (the fast path's input)
+                ts_l, items_l, ctxs_l = ts[order].tolist(), items[order].tolist(), ctxs[order].tolist()
+                for user, a, b in zip(su[starts[:-1]].tolist(), starts, starts[1:]):
+                    if self.fast and b - a <= MAX_EVENTS and try_fast(
+                            self, wb, user, ts_l[a:b], items_l[a:b], ctxs_l[a:b], res):
                         continue
+                    idx = order[a:b]
                     if self._user(wb, user, idx, items, ts, ctxs, res) and partition_of is not None:
                         wb.put(pkey(partition_of[user], user), b"")  # a new user: index it
             for p, off in offsets.items():
