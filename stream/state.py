@@ -34,7 +34,7 @@ from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 from longretriever.core.contexts import ContextTable
 from longretriever.core.errors import ConfigError, ServiceUnavailable
 from longretriever.core.sequence import UserSequence, canonical_order
-from longretriever.stream.seen import bucket_items, bucket_of, decode_bucket
+from longretriever.stream.seen import bucket_of, buckets_ids, decode_bucket
 from longretriever.stream.records import _P, _U, INFO_KEY, UserMeta, hkey, lkey, mkey, okey, skey
 from longretriever.stream.segments import decode_segment, segments_behind
 
@@ -287,8 +287,8 @@ class StateStore:
             known = self._tls.seen.setdefault(user, _SeenSoFar())
             new = [b for b in np.unique(bucket_of(items, m.buckets)).tolist() if b not in known.buckets]
             if new:
-                parts = [known.ids] + [bucket_items(v) for b in new if (v := self._get(hkey(user, b))) is not None]
-                known.ids = np.sort(np.concatenate(parts).astype(np.int64, copy=False))
+                fresh = buckets_ids([v for b in new if (v := self._get(hkey(user, b))) is not None])
+                known.ids = np.sort(np.concatenate([known.ids, fresh]) if known.ids.size else fresh)
                 known.buckets.update(new)
             ids = known.ids
             if ids.size == 0:

@@ -35,3 +35,20 @@ def test_seen_checks_read_each_bucket_once_per_snapshot(tmp_path):
     # outside a snapshot the answer is the same (nothing kept between calls)
     assert np.array_equal(s.seen_mask(7, block), b)
     s.close()
+
+
+def test_seen_checks_with_64_bit_ids_among_32_bit_ones(tmp_path):
+    # buckets_ids joins the id slices of 32-bit buckets; a bucket holding a 64-bit id is read
+    # per bucket -- both within one check, answers still exact
+    ctx = ContextTable.from_mapping({i: "c0" for i in range(100)})
+    s = StateStore(tmp_path / "s", ctx)
+    rng = np.random.default_rng(4)
+    items = np.concatenate([rng.integers(0, 2**31 - 1, 400), np.array([2**40, 2**33 + 5, -(2**35)])])
+    s.apply(np.full(items.size, 3), items, 1_600_000_000_000 + np.arange(items.size) * 1000, {0: 0})
+    probe = np.concatenate([items[::3], items[-3:], rng.integers(0, 2**31 - 1, 200), np.array([2**40 + 1])])
+    with s.reading():  # one bucket per call first (each path alone), then all of them
+        one = np.array([s.seen_mask(3, probe[i:i + 1])[0] for i in range(0, probe.size, 7)])
+        got = s.seen_mask(3, probe)
+    assert np.array_equal(one, np.isin(probe[::7], items))
+    assert np.array_equal(got, np.isin(probe, items)) and got.sum() >= 137
+    s.close()
