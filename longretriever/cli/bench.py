@@ -60,7 +60,7 @@ def bench_query_cmd(out: Path = typer.Option(..., help="JSON output file"),
                                                 help="lite (a Milvus Lite file) | server (a private Milvus "
                                                 "server started for the run)"),
                     ef: str = typer.Option("", help="HNSW: comma-separated ef values, one run each; "
-                                  "0 = the serving default (400, or a partition's rows / 80 when larger)"),
+                                  "0 = the serving default (400, or a partition's rows / 160 when larger)"),
                     load_levels: str = typer.Option("1,2,4,8,16", help="closed-loop load concurrencies"),
                     load_seconds: float = typer.Option(4.0, min=0.5, help="seconds per load level"),
                     real_path: bool = typer.Option(False, help="the real path instead: RocksDB state filled "

@@ -116,7 +116,7 @@ def serve_cmd(bundle: Path = typer.Option(..., help="model bundle directory (`tr
                   5.0, min=0, help="Milvus server: seconds between checks of the alias `index` switches; "
                   "a new bundle version is swapped in between requests (0 = off; SIGHUP checks now)"),
               ef: Optional[int] = typer.Option(None, min=1, help="HNSW search breadth (default: 400, or a "
-                                               "partition's rows / 80 when larger; at least the per-context limit)"),
+                                               "partition's rows / 160 when larger; at least the per-context limit)"),
               reindex_contexts: bool = typer.Option(False, help=REINDEX_HELP + " (under the bundle's table)"),
               restore: Optional[RestoreMode] = typer.Option(None, help=RESTORE_HELP),
               standby: Optional[bool] = typer.Option(None, "--standby/--no-standby", help=STANDBY_HELP)) -> None:

@@ -29,19 +29,19 @@ def test_search_contexts_parses_and_retries():
 
 def test_default_hnsw_ef_grows_with_the_searched_partition():
     # recall at a fixed ef falls as a partition grows (docs/milvus.md): without --ef each
-    # context's search gets ef = max(400, its rows / 80); an explicit ef applies to all
+    # context's search gets ef = max(400, its rows / 160); an explicit ef applies to all
     fc = MilvusWorld()
     fc.index_type = "HNSW"
     ix = MilvusIndex("fake.db", "c1", client_factory=fc.factory)
     ix.open("v1", context_sizes={1: 1_000, 2: 200_000, 3: 10_000_000})
     ix.search_contexts({c: np.ones(4) for c in (1, 2, 3)}, {1: 5, 2: 5, 3: 5})
     ef = {int(f.split("==")[1]): p["params"]["ef"] for f, p in fc.params.items()}
-    assert ef == {1: 400, 2: 2_500, 3: mr.MAX_HNSW_EF}
+    assert ef == {1: 400, 2: 1_250, 3: mr.MAX_HNSW_EF}
     ix.ef = 700
     ix.search_contexts({c: np.ones(4) for c in (1, 2)}, {1: 5, 2: 900})
     assert {f: p["params"]["ef"] for f, p in fc.params.items() if "3" not in f} == \
         {"context == 1": 700, "context == 2": 900}  # never below the limit
-    assert [mr.default_ef(n) for n in (0, 32_000, 32_001, 80_000)] == [400, 400, 401, 1_000]
+    assert [mr.default_ef(n) for n in (0, 64_000, 64_001, 160_000)] == [400, 400, 401, 1_000]
     ix.close()
 
 
