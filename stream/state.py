@@ -236,10 +236,10 @@ class StateStore:
         got = memo.get(key) if memo is not None else None
         if got is None:
             got = decode_segment(self._get(key))
-            if memo is not None:
+            if memo is not None:  # shared by every read of this snapshot: read-only views
+                got[0].flags.writeable = got[1].flags.writeable = False
                 memo[key] = got
-        items, ts = got
-        return items[skip:], ts[skip:]
+        return got[0][skip:], got[1][skip:]
 
     def context_tail(self, user: int, ctx: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Newest ``k`` events of ``ctx`` for ``user``, oldest first (the hard search)."""
