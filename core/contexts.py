@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +29,18 @@ class ContextTable:
     names: tuple[str, ...]
     item_ids: np.ndarray  # int64, sorted ascending
     item_contexts: np.ndarray  # int32, aligned with item_ids
-    # id -> context for ids in [0, len): one gather per event on the ingest path instead of a
-    # binary search (catalogues with small non-negative ids, the usual case); None otherwise
-    _dense: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    @cached_property
+    def _dense(self) -> np.ndarray | None:
+        """id -> context for ids in [0, len): one gather per event on the ingest path instead of
+        a binary search (catalogues with small non-negative ids, the usual case); None
+        otherwise. Built on the first lookup, so processes that never look up do not pay it."""
         ids = self.item_ids
-        if ids.size and ids[0] >= 0 and ids[-1] < DENSE_MAX_ID and ids[-1] < DENSE_SPARSITY * ids.size + 65_536:
-            dense = np.zeros(int(ids[-1]) + 1, np.int16 if len(self.names) <= np.iinfo(np.int16).max else np.int32)
-            dense[ids] = self.item_contexts
-            object.__setattr__(self, "_dense", dense)
+        if not (ids.size and ids[0] >= 0 and ids[-1] < DENSE_MAX_ID and ids[-1] < DENSE_SPARSITY * ids.size + 65_536):
+            return None
+        dense = np.zeros(int(ids[-1]) + 1, np.int16 if len(self.names) <= np.iinfo(np.int16).max else np.int32)
+        dense[ids] = self.item_contexts
+        return dense
 
     @classmethod
     def single(cls) -> "ContextTable":

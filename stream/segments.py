@@ -8,6 +8,7 @@ segment.
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -67,7 +68,7 @@ def segments_behind(oldest: int | None, newest: int, loaded: int, cut: int | Non
         return 1
     behind = (oldest - cut) * (loaded - 1) / (newest - oldest)  # events between cut and oldest
     cap = -(-(n - loaded) // seg)
-    return max(1, min(cap, int(np.ceil(behind / seg))))
+    return max(1, min(cap, math.ceil(behind / seg)))
 
 
 def merge_sorted(items_a: np.ndarray, ts_a: np.ndarray, items_b: np.ndarray,

@@ -252,8 +252,8 @@ class StateStore:
             i, t = self._segment(user, ctx, last, skip if last == first else 0)
             if i.size >= k or last == first:  # the tail segment holds them (usual for a hard search)
                 return i[-k:], t[-k:]
-            parts_i, parts_t, have = [], [], 0
-            for seg in range(last, first - 1, -1):
+            parts_i, parts_t, have = [i], [t], i.size
+            for seg in range(last - 1, first - 1, -1):
                 i, t = self._segment(user, ctx, seg, skip if seg == first else 0)
                 parts_i.append(i)
                 parts_t.append(t)

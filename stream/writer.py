@@ -76,10 +76,10 @@ class BatchWriter:
                 su = users[order]
                 starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]]).tolist() + [su.size]
                 # Python lists once for the whole batch, sliced per user (the fast path's input)
-                ts_l, items_l, ctxs_l = ts[order].tolist(), items[order].tolist(), ctxs[order].tolist()
+                cols = [ts[order].tolist(), items[order].tolist(), ctxs[order].tolist()] if self.fast else None
                 for user, a, b in zip(su[starts[:-1]].tolist(), starts, starts[1:]):
-                    if self.fast and b - a <= MAX_EVENTS and try_fast(
-                            self, wb, user, ts_l[a:b], items_l[a:b], ctxs_l[a:b], res):
+                    if cols is not None and b - a <= MAX_EVENTS and try_fast(
+                            self, wb, user, cols[0][a:b], cols[1][a:b], cols[2][a:b], res):
                         continue
                     idx = order[a:b]
                     if self._user(wb, user, idx, items, ts, ctxs, res) and partition_of is not None:
