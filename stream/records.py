@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Optional
 
 import msgpack
+import msgspec
 
 _U = struct.Struct(">q")
 _CS = struct.Struct(">II")
@@ -42,13 +44,33 @@ class UserMeta:
         return sum(m[3] for m in self.ctxs.values())
 
     def pack(self) -> bytes:
-        return msgpack.packb([self.newest, self.ctxs, self.buckets, self.distinct])
+        # msgspec writes the same bytes as msgpack.packb here (a test checks it) in a fifth of
+        # the time: the meta is packed once per user and batch, at a stream's shape once per event
+        return _META_ENC.encode([self.newest, self.ctxs, self.buckets, self.distinct])
 
     @classmethod
     def unpack(cls, v: bytes) -> "UserMeta":
-        rec = msgpack.unpackb(v, strict_map_key=False)
-        ctxs = {int(c): m for c, m in rec[1].items()}
-        return cls(rec[0], ctxs, *rec[2:4]) if len(rec) >= 4 else cls(rec[0], ctxs, None, 0)
+        try:
+            w = _META_DEC.decode(v)
+        except msgspec.ValidationError:  # not the typed shape (e.g. string context keys)
+            rec = msgpack.unpackb(v, strict_map_key=False)
+            ctxs = {int(c): m for c, m in rec[1].items()}
+            return cls(rec[0], ctxs, *rec[2:4]) if len(rec) >= 4 else cls(rec[0], ctxs, None, 0)
+        return cls(w.newest, w.ctxs, w.buckets, w.distinct)
+
+
+class _MetaWire(msgspec.Struct, array_like=True, gc=False):
+    """The meta record as msgspec decodes it; a record written before the seen-item index
+    (two fields) has no buckets (None) and no distinct count."""
+
+    newest: Optional[int]
+    ctxs: dict[int, list[int]]
+    buckets: Optional[int] = None
+    distinct: int = 0
+
+
+_META_ENC = msgspec.msgpack.Encoder()
+_META_DEC = msgspec.msgpack.Decoder(_MetaWire)
 
 
 def ukey(user: int) -> bytes:

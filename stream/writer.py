@@ -35,7 +35,7 @@ from longretriever.stream.records import INFO_KEY, UserMeta, hkey, mkey, okey, p
 from longretriever.stream.seen import (TARGET, apply_deltas, bucket_count, bucket_of, decode_bucket, encode_bucket, layout,
                                        item_deltas)
 from longretriever.stream.segments import decode_segment, encode_segment, first_key, merge_sorted, stored_mask
-from longretriever.stream.writer_fast import MAX_EVENTS, try_fast
+from longretriever.stream.writer_fast import MAX_EVENTS, NOT_TAKEN, TAKEN, TAKEN_NEW_USER, try_fast
 
 if TYPE_CHECKING:
     from longretriever.stream.state import ApplyResult, StateStore
@@ -45,6 +45,9 @@ class BatchWriter:
     def __init__(self, store: "StateStore", fast: bool = True) -> None:
         self.st = store
         self.fast = fast  # stream.writer_fast for users with a few events (byte-identical)
+        # segment key -> (the tail value the fast path wrote, its last ts, its last item): the
+        # next event of that context reads the end without summing the tail's deltas
+        self.tail_ends: dict[bytes, tuple[bytes, int, int]] = {}
 
     # ---- staging -------------------------------------------------------------------------
     def _put(self, wb: WriteBatch, key: bytes, value: bytes) -> None:
@@ -78,11 +81,12 @@ class BatchWriter:
                 # Python lists once for the whole batch, sliced per user (the fast path's input)
                 cols = [ts[order].tolist(), items[order].tolist(), ctxs[order].tolist()] if self.fast else None
                 for user, a, b in zip(su[starts[:-1]].tolist(), starts, starts[1:]):
-                    if cols is not None and b - a <= MAX_EVENTS and try_fast(
-                            self, wb, user, cols[0][a:b], cols[1][a:b], cols[2][a:b], res):
-                        continue
-                    idx = order[a:b]
-                    if self._user(wb, user, idx, items, ts, ctxs, res) and partition_of is not None:
+                    took = NOT_TAKEN
+                    if cols is not None and b - a <= MAX_EVENTS:
+                        took = try_fast(self, wb, user, cols[0][a:b], cols[1][a:b], cols[2][a:b], res)
+                    if took == NOT_TAKEN:
+                        took = TAKEN_NEW_USER if self._user(wb, user, order[a:b], items, ts, ctxs, res) else TAKEN
+                    if took == TAKEN_NEW_USER and partition_of is not None:
                         wb.put(pkey(partition_of[user], user), b"")  # a new user: index it
             for p, off in offsets.items():
                 self._put(wb, okey(p), pack_offset(off))
