@@ -35,7 +35,8 @@ from longretriever.stream.records import INFO_KEY, UserMeta, hkey, mkey, okey, p
 from longretriever.stream.seen import (TARGET, apply_deltas, bucket_count, bucket_of, decode_bucket, encode_bucket, layout,
                                        item_deltas)
 from longretriever.stream.segments import decode_segment, encode_segment, first_key, merge_sorted, stored_mask
-from longretriever.stream.writer_fast import MAX_EVENTS, NOT_TAKEN, TAKEN, TAKEN_NEW_USER, try_fast
+from longretriever.stream.writer_fast import (MAX_EVENTS, NOT_TAKEN, TAKEN, TAKEN_NEW_USER,
+                                             try_fast)
 
 if TYPE_CHECKING:
     from longretriever.stream.state import ApplyResult, StateStore

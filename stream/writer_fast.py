@@ -39,6 +39,8 @@ _I32_MIN, _I32_MAX, _U32_MAX = -(2**31), 2**31 - 1, 2**32 - 1
 _MASK64 = 2**64 - 1
 _MULT = 0x9E3779B97F4A7C15
 _COUNTS = ("B", "H", "I")
+_COUNT_STRUCTS = tuple(struct.Struct("<" + c) for c in _COUNTS)
+_COUNT_ONE = tuple(c.pack(1) for c in _COUNT_STRUCTS)
 LITTLE = (sys.byteorder == "little" and array("i").itemsize == 4 and array("I").itemsize == 4
           and array("q").itemsize == 8)
 
@@ -112,7 +114,7 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
                 # and after its times (deltas, or absolute times in a 64-bit tail)
                 k, ts_w = len(evs), 8 if ts64 else 4
                 new_t = array("q", [t for t, _ in evs]) if ts64 else array("I", new_d)
-                segments.append((c, last, _SEG_HEADER.pack(flags, n + k, base) + raw[off:off + 4 * n]
+                segments.append((c, last, key, _SEG_HEADER.pack(flags, n + k, base) + raw[off:off + 4 * n]
                                  + array("i", [i for _, i in evs]).tobytes()
                                  + raw[off + 4 * n:off + (4 + ts_w) * n] + new_t.tobytes(), k))
                 continue
@@ -143,7 +145,7 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
             else:
                 body = array("I", [0] + dts[lo + 1:hi]).tobytes()
             value = _SEG_HEADER.pack(2 if wide else 0, hi - lo, abs_ts[lo])
-            segments.append((c, last + j, value + array("i", items[lo:hi]).tobytes() + body,
+            segments.append((c, last + j, skey(user, c, last + j), value + array("i", items[lo:hi]).tobytes() + body,
                              hi - lo if j else hi - n))
     # seen items: +1 per new event, in the buckets of those items only, spliced into the
     # encoded buckets (ids sorted, then counts at the narrowest width that holds them)
@@ -157,8 +159,9 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
         by_bucket = {}
         for i in ev_items:
             by_bucket.setdefault(_bucket(i, n_b), []).append(i)
+    bkeys = {b: hpre + BUCKET.pack(b) for b in by_bucket}
     for b, its in by_bucket.items():
-        v = _fetch_bucket(st, hpre, b)
+        v = _fetch_bucket(st, bkeys[b])
         if v is None:
             return NOT_TAKEN
         if len(its) == 1:  # one id: spliced into the encoded bucket
@@ -168,7 +171,7 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
         distinct += new
     while seen.bucket_count(distinct) > n_b:  # split one bucket into itself and bucket n_b
         src = n_b - (1 << (n_b.bit_length() - 1))
-        v = enc.get(src) or _fetch_bucket(st, hpre, src)
+        v = enc.get(src) or _fetch_bucket(st, hpre + BUCKET.pack(src))
         if v is None:
             return NOT_TAKEN
         its, cts = _decode(v)
@@ -181,8 +184,7 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
     for c in sorted(new_ctxs):
         m.ctxs[c] = [0, -1, 0, 0]
     tails = {}
-    for c, seg, value, k in segments:
-        key = skey(user, c, seg)
+    for c, seg, key, value, k in segments:
         w._put(wb, key, value)
         tails[c] = key, value  # segments come in ascending order: the last one is the tail
         mc = m.ctxs[c]
@@ -192,10 +194,11 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
     for c, (key, value) in tails.items():
         ends[key] = (value, *by_ctx[c][-1])  # the newest event (all are newer than the old tail)
     for b, v in enc.items():
+        key = bkeys.get(b) or hpre + BUCKET.pack(b)
         if v == _EMPTY_BUCKET:
-            w._delete(wb, hpre + BUCKET.pack(b))
+            w._delete(wb, key)
         else:
-            w._put(wb, hpre + BUCKET.pack(b), v)
+            w._put(wb, key, v)
     m.distinct, m.buckets = distinct, n_b
     m.newest = max(ev_ts) if new_user else max(m.newest, max(ev_ts))
     w._put(wb, mkey(user), m.pack())
@@ -204,9 +207,9 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
     return TAKEN_NEW_USER if new_user else TAKEN
 
 
-def _fetch_bucket(st, hpre: bytes, b: int) -> bytes | None:
-    """Seen bucket ``b`` as stored (empty when absent); None for 64-bit ids (general path)."""
-    v = st._wget(hpre + BUCKET.pack(b)) or _EMPTY_BUCKET
+def _fetch_bucket(st, key: bytes) -> bytes | None:
+    """A seen bucket as stored (empty when absent); None for 64-bit ids (general path)."""
+    v = st._wget(key) or _EMPTY_BUCKET
     return None if v[0] & 1 else v
 
 
@@ -254,7 +257,7 @@ def _bump(v: bytes, item: int) -> tuple[bytes, int]:
             cts[p] = c
             return _encode(its, cts), 0
         at = ce + p * size
-        return v[:at] + struct.pack("<" + code, c) + v[at + size:], 0
+        return v[:at] + _COUNT_STRUCTS[width].pack(c) + v[at + size:], 0
     at = ce + p * size
     return (_BKT_HEADER.pack(flags, k + 1) + v[off:off + 4 * p] + _I32.pack(item) + v[off + 4 * p:at]
-            + struct.pack("<" + code, 1) + v[at:]), 1
+            + _COUNT_ONE[width] + v[at:]), 1
