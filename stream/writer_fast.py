@@ -175,9 +175,18 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
         if v is None:
             return NOT_TAKEN
         its, cts = _decode(v)
-        keep = [_bucket(i, n_b + 1) == src for i in its]
-        enc[src] = _encode([i for i, k in zip(its, keep) if k], [c for c, k in zip(cts, keep) if k])
-        enc[n_b] = _encode([i for i, k in zip(its, keep) if not k], [c for c, k in zip(cts, keep) if not k])
+        # each id's bucket among n_b + 1 (_bucket inlined: no call per id)
+        n = n_b + 1
+        full = (1 << n.bit_length()) - 1
+        low = full >> 1
+        stay: tuple[list[int], list[int]] = ([], [])
+        move: tuple[list[int], list[int]] = ([], [])
+        for i, c in zip(its, cts):
+            b = (((i * _MULT) & _MASK64) >> 32) & full
+            side = move if (b if b < n else b & low) == n_b else stay
+            side[0].append(i)
+            side[1].append(c)
+        enc[src], enc[n_b] = _encode(*stay), _encode(*move)
         n_b += 1
     # everything checked: stage it (new contexts enter the meta in ascending order, as the
     # general path adds them)
