@@ -130,12 +130,20 @@ def layout(items: np.ndarray, counts: np.ndarray) -> tuple[int, list[tuple[int, 
     n = bucket_count(items.size)
     bk = bucket_of(items, n)
     order = np.argsort(bk, kind="stable")  # ids stay sorted inside each bucket
-    cuts = np.searchsorted(bk[order], np.arange(n + 1))
+    cuts = np.searchsorted(bk[order], np.arange(n + 1)).tolist()
+    s_items, s_counts = items[order], counts[order]
     out = []
-    for b in range(n):
-        sel = order[cuts[b]:cuts[b + 1]]
-        if sel.size:
-            out.append((b, encode_bucket(items[sel], counts[sel])))
+    if items.size and _I32.min <= s_items.min() and s_items.max() <= _I32.max and s_counts.max() <= 0xFF:
+        # the common case, every bucket in the narrowest layout: both byte strings are made
+        # once and sliced per bucket (what encode_bucket writes, a test checks it)
+        ib, cb = s_items.astype("<i4").tobytes(), s_counts.astype("<u1").tobytes()
+        for b, (lo, hi) in enumerate(zip(cuts, cuts[1:])):
+            if hi > lo:
+                out.append((b, _HEADER.pack(0, hi - lo) + ib[4 * lo:4 * hi] + cb[lo:hi]))
+        return n, out
+    for b, (lo, hi) in enumerate(zip(cuts, cuts[1:])):
+        if hi > lo:
+            out.append((b, encode_bucket(s_items[lo:hi], s_counts[lo:hi])))
     return n, out
 
 

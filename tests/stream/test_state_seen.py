@@ -194,3 +194,17 @@ def test_fast_path_widens_counts_like_the_general_path(tmp_path):
     assert stores[1].seen_items(1)[1].max() == 600  # counts held beyond one byte
     for s in stores:
         s.close()
+
+
+@pytest.mark.parametrize("id_hi,count_hi", [(3000, 5), (2**31 - 1, 300), (2**40, 5), (2**31 - 1, 70_000)])
+def test_layout_writes_what_encode_bucket_writes_per_bucket(id_hi, count_hi):
+    """seen.layout slices whole-index byte strings in the common case (int32 ids, counts
+    < 256): the same bytes as encoding each bucket on its own, in every layout."""
+    rng = np.random.default_rng(id_hi % 97 + count_hi)
+    for size in (1, 31, 32, 33, 1000, 5000):
+        items = np.unique(rng.integers(-id_hi, id_hi, size))
+        counts = rng.integers(1, count_hi, items.size)
+        n, got = seen.layout(items, counts)
+        bk = seen.bucket_of(items, n)
+        want = [(b, seen.encode_bucket(items[bk == b], counts[bk == b])) for b in range(n) if (bk == b).any()]
+        assert n == seen.bucket_count(items.size) and got == want
