@@ -91,8 +91,10 @@ class BatchWriter:
                 order = np.argsort(users, kind="stable")
                 su = users[order]
                 starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]]).tolist() + [su.size]
-                # Python lists once for the whole batch, sliced per user (the fast path's input)
-                cols = [ts[order].tolist(), items[order].tolist(), ctxs[order].tolist()] if self.fast else None
+                # Python lists once for the whole batch, sliced per user (the fast path's input),
+                # when some user of the batch is small enough for the fast path
+                small = self.fast and min(b - a for a, b in zip(starts, starts[1:])) <= MAX_EVENTS
+                cols = [ts[order].tolist(), items[order].tolist(), ctxs[order].tolist()] if small else None
                 for user, a, b in zip(su[starts[:-1]].tolist(), starts, starts[1:]):
                     took = NOT_TAKEN
                     if cols is not None and b - a <= MAX_EVENTS:
@@ -367,10 +369,13 @@ class BatchWriter:
         the item multiset), in one vectorised pass over every bucket."""
         n = m.buckets or 1
         parts = [load(b) for b in range(n)]
-        items = np.concatenate([p[0] for p in parts] + [d_items])
-        counts = np.concatenate([p[1] for p in parts] + [d_counts])
-        uniq, inv = np.unique(items, return_inverse=True)
-        total = np.bincount(inv, weights=counts, minlength=uniq.size).astype(np.int64)
+        if not any(p[0].size for p in parts):  # a user's first items: the deltas are the index
+            uniq, total = d_items, d_counts
+        else:
+            items = np.concatenate([p[0] for p in parts] + [d_items])
+            counts = np.concatenate([p[1] for p in parts] + [d_counts])
+            uniq, inv = np.unique(items, return_inverse=True)
+            total = np.bincount(inv, weights=counts, minlength=uniq.size).astype(np.int64)
         if (total < 0).any():
             raise AssertionError("seen-item count below zero: state corrupted")
         keep = total > 0
