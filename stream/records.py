@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Optional
 
 import msgpack
 import msgspec
@@ -63,9 +62,9 @@ class _MetaWire(msgspec.Struct, array_like=True, gc=False):
     """The meta record as msgspec decodes it; a record written before the seen-item index
     (two fields) has no buckets (None) and no distinct count."""
 
-    newest: Optional[int]
+    newest: int | None
     ctxs: dict[int, list[int]]
-    buckets: Optional[int] = None
+    buckets: int | None = None
     distinct: int = 0
 
 

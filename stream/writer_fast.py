@@ -3,12 +3,12 @@ a batch, all newer than their contexts' tails (single-event messages at a steady
 the same write as :class:`longretriever.stream.writer.BatchWriter` -- byte for byte, a property
 test checks it -- done with Python scalars and byte splicing instead of ~100 small numpy calls,
 which cost ~0.5 ms per user and batch. A user new to the state is started here too (the first
-batch of every user). Anything else (late, duplicate or out-of-order events,
-the cap, 64-bit ids, a tail rewritten without its evicted prefix) answers NOT_TAKEN and takes
-the general path. A context new to the user and a gap of more than 49 days
-(64-bit timestamps) stay on the fast path: the first live events after a backfill of old history
-are both, for most users (measured: the general path's ~1 ms per user made the first seconds of
-`bench freshness` 0.5 s behind)."""
+batch of every user). Anything else (late, duplicate or out-of-order events, the cap, 64-bit
+ids, a tail rewritten without its evicted prefix) answers NOT_TAKEN and takes the general
+path. A context new to the user and a gap of more than 49 days (64-bit timestamps) stay on the
+fast path: the first live events after a backfill of old history are both, for most users
+(measured: the general path's ~1 ms per user made the first seconds of `bench freshness` 0.5 s
+behind)."""
 
 from __future__ import annotations
 
