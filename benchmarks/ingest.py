@@ -22,6 +22,10 @@ and on the micro-batched topic also:
 - ``faust_agent_eps``: the faust-streaming agent path (``stream.take``), decode only
 - ``worker_with_refresh_eps``: the worker with the event-driven vector refresh attached
 - ``bytes_per_event``: state bytes (segments, meta, seen-item index; keys included) per event
+- ``one_event_stage_us`` / ``one_event_commit_us``: CPU per event when every user has exactly
+  one event per batch (``benchmarks.one_event``, on the single-event pass's state: the shape of
+  a stream with many users; the backlog topic holds hundreds per user and fetch), and
+  ``one_event_vs_backlog``: their sum against the single-event pass's wall time per message
 
 ``loadavg`` (1/5/15 min at the start and end) shows how busy the shared box was.
 """
@@ -42,6 +46,7 @@ import msgpack
 import numpy as np
 
 from longretriever.benchmarks.common import train_small
+from longretriever.benchmarks.one_event import one_event_write
 from longretriever.core.settings import Settings
 from longretriever.data.events import load_dataset
 from longretriever.data.synth import write as write_synth
@@ -163,6 +168,8 @@ def run_ingest_bench(users: int = 200, events_per_user: int = 3000, bootstrap: s
         raw_single = asyncio.run(_raw_consume(bootstrap, single, total))
         store = StateStore(tmp / "state-single", ds.contexts)
         single_eps = _worker_pass(bootstrap, single, store, "bench-s", total).stats.ingest_eps()
+        # then, on that state, the shape of a stream with many users: one event per user and batch
+        one = one_event_write(store, ds.events.users(), np.unique(ds.events.item_ids))
         store.close()
         # the changelog's cost (a transaction per batch) and the faust engine, on both shapes
         store = StateStore(tmp / "state-changelog", ds.contexts)
@@ -205,6 +212,10 @@ def run_ingest_bench(users: int = 200, events_per_user: int = 3000, bootstrap: s
             "changelog_vs_plain": _ratio(changelog_eps, worker_eps),
             "single_event_worker_eps_changelog": round(single_changelog_eps),
             "single_event_changelog_vs_plain": _ratio(single_changelog_eps, single_eps),
+            **one,
+            # the one-event write's cost per event against the backlog pass's (wall per message)
+            "one_event_vs_backlog": _ratio(one["one_event_stage_us"] + one["one_event_commit_us"],
+                                           1e6 / single_eps if single_eps else None),
             **engines,
             "resent_worker_eps": round(resent.taken_eps()),
             "resent_vs_first": _ratio(resent.taken_eps(), worker_eps),
