@@ -45,6 +45,19 @@ def bucket_of(items: np.ndarray, n: int) -> np.ndarray:
     return np.where(b >= np.uint64(n), h & np.uint64((1 << level) - 1), b).astype(np.int64)
 
 
+def split_source(n: int) -> int:
+    """The bucket that growing from ``n`` to ``n + 1`` buckets splits (into itself and ``n``)."""
+    return n - (1 << (n.bit_length() - 1))
+
+
+def split_bucket(items: np.ndarray, counts: np.ndarray, n: int
+                 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Bucket :func:`split_source` ``(n)``'s sorted ``items`` and ``counts`` when the user grows
+    to ``n + 1`` buckets: (what stays, what moves to bucket ``n``), both still sorted."""
+    moved = bucket_of(items, n + 1) == n
+    return (items[~moved], counts[~moved]), (items[moved], counts[moved])
+
+
 def encode_bucket(items: np.ndarray, counts: np.ndarray) -> bytes:
     """Encode sorted unique ``items`` with their (positive) ``counts``."""
     items = np.asarray(items, np.int64)

@@ -32,8 +32,8 @@ import numpy as np
 from rocksdict import WriteBatch
 
 from longretriever.stream.records import INFO_KEY, UserMeta, hkey, mkey, okey, pack_offset, pkey, skey, ukey
-from longretriever.stream.seen import (TARGET, apply_deltas, bucket_count, bucket_of, decode_bucket, encode_bucket, layout,
-                                       item_deltas)
+from longretriever.stream.seen import (TARGET, apply_deltas, bucket_count, bucket_of, decode_bucket, encode_bucket,
+                                       item_deltas, layout, split_bucket, split_source)
 from longretriever.stream.segments import decode_segment, encode_segment, first_key, merge_sorted, stored_mask
 from longretriever.stream.writer_fast import (MAX_EVENTS, NOT_TAKEN, TAKEN, TAKEN_NEW_USER,
                                              try_fast)
@@ -338,11 +338,8 @@ class BatchWriter:
             changed.add(b)
         want = bucket_count(m.distinct)
         while n < want:  # split one bucket into itself and bucket n
-            s = n - (1 << (n.bit_length() - 1))
-            items, counts = load(s)
-            to = bucket_of(items, n + 1)
-            cache[s] = (items[to == s], counts[to == s])
-            cache[n] = (items[to == n], counts[to == n])
+            s = split_source(n)
+            cache[s], cache[n] = split_bucket(*load(s), n)
             changed |= {s, n}
             n += 1
         while n > want:  # merge bucket n - 1 into the one it folds back to

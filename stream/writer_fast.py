@@ -170,23 +170,13 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
             enc[b], new = _bump_many(v, its)
         distinct += new
     while seen.bucket_count(distinct) > n_b:  # split one bucket into itself and bucket n_b
-        src = n_b - (1 << (n_b.bit_length() - 1))
-        v = enc.get(src) or _fetch_bucket(st, hpre + BUCKET.pack(src))
+        src = seen.split_source(n_b)
+        key = bkeys.setdefault(src, hpre + BUCKET.pack(src))
+        v = enc.get(src) or _fetch_bucket(st, key)
         if v is None:
             return NOT_TAKEN
-        its, cts = _decode(v)
-        # each id's bucket among n_b + 1 (_bucket inlined: no call per id)
-        n = n_b + 1
-        full = (1 << n.bit_length()) - 1
-        low = full >> 1
-        stay: tuple[list[int], list[int]] = ([], [])
-        move: tuple[list[int], list[int]] = ([], [])
-        for i, c in zip(its, cts):
-            b = (((i * _MULT) & _MASK64) >> 32) & full
-            side = move if (b if b < n else b & low) == n_b else stay
-            side[0].append(i)
-            side[1].append(c)
-        enc[src], enc[n_b] = _encode(*stay), _encode(*move)
+        stay, move = seen.split_bucket(*seen.decode_bucket(v), n_b)  # the general path's split
+        enc[src], enc[n_b] = seen.encode_bucket(*stay), seen.encode_bucket(*move)
         n_b += 1
     # everything checked: stage it (new contexts enter the meta in ascending order, as the
     # general path adds them)
@@ -203,7 +193,7 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
     for c, (key, value) in tails.items():
         ends[key] = (value, *by_ctx[c][-1])  # the newest event (all are newer than the old tail)
     for b, v in enc.items():
-        key = bkeys.get(b) or hpre + BUCKET.pack(b)
+        key = bkeys.get(b) or hpre + BUCKET.pack(b)  # (a bucket a split created)
         if v == _EMPTY_BUCKET:
             w._delete(wb, key)
         else:
