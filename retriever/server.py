@@ -156,11 +156,14 @@ class RetrieverServicer(pb_grpc.RetrieverServicer):
             return forwarded
         res = await self._run(context, self.backend.retrieve, request.user_id, request.k, max_contexts,
                               not request.include_seen, timeout=None)
-        name = self.backend.context_name
-        return pb.RetrieveResponse(
-            candidates=[pb.Candidate(item_id=c.item_id, score=c.score, context=name(c.context))
-                        for c in res.candidates],
-            model_version=res.model_version, watermark=res.watermark, fallback=res.fallback)
+        out = pb.RetrieveResponse(model_version=res.model_version, watermark=res.watermark,
+                                  fallback=res.fallback)
+        # repeated-field add: half the time of building Candidate messages and passing a list
+        add = out.candidates.add
+        names = {c: self.backend.context_name(c) for c in {c.context for c in res.candidates}}
+        for c in res.candidates:
+            add(item_id=c.item_id, score=c.score, context=names[c.context])
+        return out
 
     async def GetUserSequence(self, request: pb.GetUserSequenceRequest,
                               context: grpc.aio.ServicerContext) -> pb.GetUserSequenceResponse:

@@ -144,7 +144,7 @@ class RetrieverService:
         return str(self.bundle.version)
 
     def context_name(self, c: int) -> str:
-        names = self.names
+        names = self.gen.names
         return names[c] if 0 <= c < len(names) else str(c)
 
     def context_id(self, name: str) -> int:

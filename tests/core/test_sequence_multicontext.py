@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from longretriever.core.multicontext import (Candidate, allocate, choose_contexts, context_weights, emit,
                                              slot_counts)
@@ -125,3 +126,16 @@ def test_allocate_equals_the_slot_by_slot_definition():
         assert allocate(chosen, big) == _allocate_slot_by_slot(chosen, big), (chosen, big)
         skewed = [(c, w * 10.0 ** int(rng.integers(-6, 7))) for c, w in chosen]
         assert allocate(skewed, big) == _allocate_slot_by_slot(skewed, big), (skewed, big)
+
+
+def test_candidates_from_arrays_are_plain_immutable_values():
+    from longretriever.core.multicontext import candidates
+
+    got = candidates(np.array([7, 3], np.int32), np.array([0.5, 0.25], np.float32), np.int64(4))
+    assert got == [Candidate(7, 0.5, 4), Candidate(3, 0.25, 4)]
+    # Python scalars, not numpy ones (they reach protobuf and JSON)
+    assert [type(v) for v in got[0]] == [int, float, int]
+    assert got[0].item_id == 7 and got[0].score == 0.5 and got[0].context == 4
+    with pytest.raises(AttributeError):
+        got[0].score = 1.0  # type: ignore[misc]
+    assert len({got[0], Candidate(7, 0.5, 4)}) == 1  # hashable, equal by value
