@@ -210,3 +210,42 @@ def test_user_sequence_limit_reads_the_newest_events(tmp_path):
             svc.user_sequence(7, None, 0)
     finally:
         store.close()
+
+
+class _CountingSearch(ExactSearch):
+    """The primary searcher (Milvus online), recording the depth of each ask."""
+
+    asks: list
+
+    def search_contexts(self, vectors, topk, timeout=None):
+        self.asks.append(dict(topk))
+        return super().search_contexts(vectors, topk, timeout)
+
+
+def test_short_contexts_ask_deeper_until_the_in_memory_search_is_built_same_answer():
+    """The in-memory exact search is built in the background on first need; requests before
+    that are not held up: they ask the primary searcher deeper, with the same answer."""
+    b = small_bundle(n=600, seed=4)
+    st = MemoryState.for_bundle(b)
+    primary = _CountingSearch.of(b)
+    primary.asks = []
+    svc = RetrieverService(b, primary, st)
+    # a user who has seen the best 150 items of their main context (as the first ask will rank them)
+    st.add(9, b.item_ids[[0, 3]], np.array([1, 2]))
+    plan = pl.plan_query(pl.SequenceHistory(b.item_ids[[0, 3]], np.array([1, 2]),
+                                            b.item_contexts[[0, 3]]), 20, 8, svc.catalog)
+    main = plan.contexts[0].context
+    v = pl.encode_plan(plan, b)[main]
+    best = [c.item_id for c in ExactSearch.of(b).search(main, v, 190)]
+    st.add(9, np.array(best[:150]), np.arange(3, 153))
+    want = _reference(b, *[np.concatenate(x) for x in zip((b.item_ids[[0, 3]], np.array([1, 2])),
+                                                            (np.array(best[:150]), np.arange(3, 153)))], 20)
+
+    first = svc.retrieve(9, 20)
+    assert first.candidates == want
+    assert len(primary.asks) > 1  # the short context was asked again, deeper
+    assert svc.gen.deep.wait(30)  # the build the first request started
+    primary.asks.clear()
+    second = svc.retrieve(9, 20)
+    assert second.candidates == want
+    assert len(primary.asks) == 1  # the first ask only: the short context was answered in memory
