@@ -125,8 +125,14 @@ def run_realpath_query_bench(lengths: tuple[int, ...] = (1_000, 10_000, 100_000)
     lo, hi = min(lengths), max(lengths)
     p99_lo, p99_hi = by[(lo, True)]["grpc_p99_ms"], by[(hi, True)]["grpc_p99_ms"]
     b_lo, b_hi = by[(lo, True)]["beside_search_p99_ms"], by[(hi, True)]["beside_search_p99_ms"]
+    # the same ratio over queries whose answers span the same number of contexts (the groups'
+    # answers span different numbers, and the Milvus part follows that count, not the history)
+    g_lo, g_hi = by[(lo, True)]["grpc_by_contexts_in_answer"], by[(hi, True)]["grpc_by_contexts_in_answer"]
+    same = {n: round(g_hi[n]["p99_ms"] / g_lo[n]["p99_ms"], 3) for n in g_lo
+            if n in g_hi and min(g_lo[n]["queries"], g_hi[n]["queries"]) >= 20 and g_lo[n]["p99_ms"]}
     return {"runs": runs, "ingest": ingest, "items": items, "indexed_items": indexed,
             "beside_search_p99_ratio_longest_vs_shortest": round(b_hi / b_lo, 3) if b_lo else None,
+            "p99_ratio_same_contexts_in_answer": same,
             "events_in_a_context": in_context, "milvus_build_s": round(build_s, 1), "contexts": contexts, "k": k,
             "max_contexts": max_contexts, "users_per_length": users,
             "p99_ratio_longest_vs_shortest": round(p99_hi / p99_lo, 3) if p99_lo else None,
@@ -168,6 +174,10 @@ def _measure(bundle, index, store, lengths, users, queries, k, max_contexts) -> 
                     rtt.append((time.perf_counter() - t) * 1000)
                 col = {s: [x.get(s, 0.0) for x in timings] for s in ("state", "encode", "milvus", "exact", "merge", "total")}
                 beside = [t - m for t, m in zip(col["total"], col["milvus"])]
+                # like for like: the round trips of the queries whose answer spans n contexts
+                by_n: dict[int, list[float]] = {}
+                for x, ms in zip(timings, rtt):  # one timing per call, in call order (sequential)
+                    by_n.setdefault(int(x["contexts"]), []).append(ms)
                 runs.append({"history_events": n, "stored_events_first_user": seq_len, "exclude_seen": exclude,
                              "queries": len(rtt), "fallbacks": int(sum(x["fallback"] for x in timings)),
                              "returned_mean": round(float(np.mean([x["returned"] for x in timings])), 1),
@@ -184,6 +194,9 @@ def _measure(bundle, index, store, lengths, users, queries, k, max_contexts) -> 
                              "beside_search_p50_ms": percentile(beside, .5, 3),
                              "beside_search_p99_ms": percentile(beside, .99, 3),
                              "stages_p99_ms": {s: percentile(v, .99, 3) for s, v in col.items()},
+                             "grpc_by_contexts_in_answer": {n: {"queries": len(v), "p50_ms": percentile(v, .5),
+                                                                "p99_ms": percentile(v, .99)}
+                                                            for n, v in sorted(by_n.items())},
                              "slowest_stages_ms": {s: round(v, 2) for s, v in max(timings, key=lambda x: x.get("total", 0)).items()}})
         client.close()
     finally:
