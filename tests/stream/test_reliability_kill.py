@@ -37,14 +37,18 @@ def _kill_scenario(bootstrap, topic, tmp_path, *, users, events_per_user, kills,
     soak = KillSoak(bootstrap, topic, tmp_path / "state", it, group="kill", seed=seed,
                     fresh_group_per_run=not same_group,
                     env={"LONGRETRIEVER_FETCH_MAX_RECORDS": str(fetch_records)})
-    # the second half is replayed while the first kills happen (rate-limited so it overlaps)
+    # the second half is replayed while the first ``concurrent_kills`` kills happen (rate-limited
+    # so it overlaps them). A kill cycle is a start (~2 s) and the delay; with the same group,
+    # also the dead member's session (10 s) before the group rebalances onto the new process --
+    # pacing without it let the replay end within the first kills, and a worker that drains
+    # the rest in under a second left every later kill at the end of the stream
+    per_kill_s = 2.0 + max_delay / 2 + (10.0 if same_group else 0.0)
     errors: list[BaseException] = []
 
     def produce_rest():
         try:
             replay(slice_log(ds.events, half, len(ds.events)), bootstrap, topic, window=500,
-                   rate=(len(ds.events) - half) / (concurrent_kills * (2.0 + max_delay / 2)),
-                   progress=False)
+                   rate=(len(ds.events) - half) / (concurrent_kills * per_kill_s), progress=False)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -108,4 +112,4 @@ def test_kill9_many_points_same_group(kafka_bootstrap, topic_name, tmp_path):
     # (10 s) to expire before the group rebalances onto the new process
     _kill_scenario(kafka_bootstrap, topic_name, tmp_path, users=60, events_per_user=4000,
                    kills=12, max_delay=1.0, fetch_records=50, same_group=True, seed=22,
-                   concurrent_kills=4)
+                   concurrent_kills=8)
