@@ -35,7 +35,7 @@ from longretriever.core.contexts import ContextTable
 from longretriever.core.errors import ConfigError, ServiceUnavailable
 from longretriever.core.sequence import UserSequence, canonical_order
 from longretriever.stream.seen import bucket_of, buckets_ids, decode_bucket
-from longretriever.stream.records import _P, _U, INFO_KEY, UserMeta, hkey, lkey, mkey, okey, skey
+from longretriever.stream.records import _P, _U, BUCKET, INFO_KEY, UserMeta, hkey, hkey_prefix, lkey, mkey, okey, skey
 from longretriever.stream.segments import decode_segment, segments_behind
 
 log = logging.getLogger(__name__)
@@ -270,10 +270,9 @@ class StateStore:
             return self.context_tail(user, ctx, meta[ctx][3])[0] if ctx in meta else np.zeros(0, np.int64)
 
     def seen_mask(self, user: int, items: np.ndarray) -> np.ndarray:
-        """For each raw id in ``items``: is it in the user's stored sequence (any context)?
-        Reads the meta and at most one seen-item bucket per distinct id; inside :meth:`reading`
-        a bucket is read once and the ids read so far are kept as one sorted array, so each
-        check of one query (a first list, deeper prefixes of a ranking) is one search."""
+        """For each raw id in ``items``: is it in the user's stored sequence (any context)? Reads
+        the meta and at most one seen-item bucket per distinct id; inside :meth:`reading` a bucket
+        is read once and the ids read so far are kept as one sorted array (one search per check)."""
         items = np.asarray(items, np.int64)
         out = np.zeros(items.shape, bool)
         with self.reading():
@@ -287,7 +286,8 @@ class StateStore:
             known = self._tls.seen.setdefault(user, _SeenSoFar())
             new = [b for b in np.unique(bucket_of(items, m.buckets)).tolist() if b not in known.buckets]
             if new:
-                fresh = buckets_ids([v for b in new if (v := self._get(hkey(user, b))) is not None])
+                prefix, pack = hkey_prefix(user), BUCKET.pack  # one key prefix per check
+                fresh = buckets_ids([v for b in new if (v := self._get(prefix + pack(b))) is not None])
                 known.ids = np.sort(np.concatenate([known.ids, fresh]) if known.ids.size else fresh)
                 known.buckets.update(new)
             ids = known.ids
