@@ -92,10 +92,9 @@ class UnseenSearcher(Protocol):
     memory): what a context whose best items the user has mostly seen is answered from."""
 
     def search_unseen(self, context: int, vector: np.ndarray, n: int,
-                      seen_mask: Callable[[np.ndarray], np.ndarray], depth: int = 0) -> list[Candidate] | None:
+                      seen_mask: Callable[[np.ndarray], np.ndarray], depth: int = 0) -> list[Candidate]:
         """The best ``n`` items of ``context`` that ``seen_mask`` does not mark, best first
-        (all of them when fewer are left); ``depth``: how deep the unseen ones are expected.
-        None: not available now (e.g. still being built); the caller asks its searcher deeper."""
+        (all of them when fewer are left); ``depth``: how deep the unseen ones are expected."""
 
 
 class BundleLike(Protocol):
@@ -347,11 +346,11 @@ def fetch_streams(searcher: Searcher, history: History, vectors: Mapping[int, np
                 streams[c], complete[c] = got, done
                 continue
             est = deeper(asked, returned, len(got), need[c])
-            ranked = None if deep is None else deep.search_unseen(c, vectors[c], need[c], history.seen_mask, est)
-            if ranked is None:
+            if deep is None:
                 again[c] = min(int(sizes[c]), est)
             else:
-                streams[c], complete[c] = ranked, len(ranked) < need[c]
+                streams[c] = deep.search_unseen(c, vectors[c], need[c], history.seen_mask, est)
+                complete[c] = len(streams[c]) < need[c]
         pending = again
     return streams, complete
 

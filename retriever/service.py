@@ -91,45 +91,22 @@ class Generation:
 
 
 class _LazyExact:
-    """Exact in-memory search over the bundle's item vectors (``ranking.ExactSearch``) for the
-    contexts whose best items the user has mostly seen (ranked over their unseen items,
-    ``search_unseen``). Built on first need, in a background thread: it costs one
-    context-sorted copy of the item vectors (N x d x 4 bytes; ~0.4 s to build at 0.5M items),
-    which no request waits for -- until it is built, ``search_unseen`` answers None and the
-    planner asks Milvus deeper instead (the same answer: the first unseen items of the same
-    order)."""
+    """Exact in-memory search over the bundle's item vectors (``ranking.ExactSearch``), built
+    on first use: the contexts whose best items the user has mostly seen (ranked over their
+    unseen items, ``search_unseen``).
+    Costs one context-sorted copy of the item vectors once built (N x d x 4 bytes)."""
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
         self._search: ExactSearch | None = None
         self._lock = threading.Lock()
-        self._building: threading.Thread | None = None
-
-    def _start(self) -> threading.Thread:
-        with self._lock:
-            if self._building is None:
-                self._building = threading.Thread(target=self._build, name="exact-search-build", daemon=True)
-                self._building.start()
-            return self._building
-
-    def _build(self) -> None:
-        try:
-            self._search = ExactSearch.of(self.bundle)
-        except Exception:  # noqa: BLE001 - deeper Milvus asks keep answering without it
-            log.exception("building the in-memory exact search failed; short contexts ask Milvus deeper")
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Build now if not built yet and wait for it (warm-up, tests); True once built."""
-        if self._search is None:
-            self._start().join(timeout)
-        return self._search is not None
 
     def search_unseen(self, context, vector, n, seen_mask, depth=0):
-        search = self._search
-        if search is None:
-            self._start()
-            return None
-        return search.search_unseen(context, vector, n, seen_mask, depth)
+        if self._search is None:
+            with self._lock:
+                if self._search is None:
+                    self._search = ExactSearch.of(self.bundle)
+        return self._search.search_unseen(context, vector, n, seen_mask, depth)
 
 
 class RetrieverService:

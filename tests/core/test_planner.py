@@ -191,25 +191,3 @@ def test_adaptive_contexts_keep_online_equal_to_offline():
         n_full = len({c.context for c in full.retrieve(u, 60, 8, True).candidates})
         fewer += len({c.context for c in got.candidates}) < n_full
     assert fewer > 0  # the rule did drop contexts for some users
-
-
-class NotBuiltYet:
-    """An unseen search that is not available (still building): answers None."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def search_unseen(self, context, vector, n, seen_mask, depth=0):
-        self.calls += 1
-        return None
-
-
-def test_an_unseen_search_not_available_yet_falls_back_to_asking_deeper():
-    ids = np.arange(1000, 1100)
-    history = pl.SequenceHistory(ids[:40], np.arange(40), np.ones(40, np.int64))  # the best 40 are seen
-    lists = {1: [Candidate(int(i), 1.0 - r / 100, 1) for r, i in enumerate(ids)]}
-    want, want_done = pl.fetch_streams(ListSearch(lists), history, {1: np.ones(2)}, {1: 5}, {1: 100})
-    search, deep = ListSearch(lists), NotBuiltYet()
-    got, done = pl.fetch_streams(search, history, {1: np.ones(2)}, {1: 5}, {1: 100}, deep=deep)
-    assert got == want and done == want_done
-    assert deep.calls == 1 and [call[1] for call in search.calls] == [13, 65]  # asked deeper instead
