@@ -40,7 +40,7 @@ import pandas as pd
 from longretriever.benchmarks.common import percentile, train_small
 from longretriever.benchmarks.query import _ServerThread
 from longretriever.core.settings import Settings
-from longretriever.data.events import EventLog, load_dataset
+from longretriever.data.events import EventLog, load_csv_events
 from longretriever.data.synth import write as write_synth
 from longretriever.retriever.assemble import state_contexts
 from longretriever.retriever.bundle import load_bundle
@@ -60,20 +60,17 @@ def _histories(tmp: Path, lengths: list[int], users: int, items: int, contexts: 
     is trained on all of them, so every item any history holds is in the bundle, in Milvus and
     in its context (a bundle trained on the shortest group alone knew ~1 % of the catalogue,
     and 97 % of a 10^5-event history was items of no context)."""
-    logs, frames, it = [], [], None
+    frames, it = [], None
     for g, n in enumerate(lengths):
         ev, it = write_synth(tmp / f"syn{n}.csv", users, n, items=items, contexts=contexts, seed=11)
-        e = load_dataset(ev, it, "csv").events
-        logs.append(EventLog(e.user_ids + g * USER_BLOCK, e.item_ids, e.ts_ms, e.actions))
         df = pd.read_csv(ev)
         df["user_id"] += g * USER_BLOCK
         frames.append(df)
     every = tmp / "every_group.csv"
     pd.concat(frames).to_csv(every, index=False)
-    cat = [np.concatenate([getattr(x, f) for x in logs]) for f in ("user_ids", "item_ids", "ts_ms")]
-    order = np.argsort(cat[2], kind="stable")
+    e = load_csv_events(every)  # in time order
     assert it is not None
-    return EventLog(cat[0][order], cat[1][order], cat[2][order], None), every, it
+    return EventLog(e.user_ids, e.item_ids, e.ts_ms, None), every, it
 
 
 def run_realpath_query_bench(lengths: tuple[int, ...] = (1_000, 10_000, 100_000), users: int = 20,

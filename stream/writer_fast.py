@@ -177,6 +177,7 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
             return NOT_TAKEN
         stay, move = seen.split_bucket(*seen.decode_bucket(v), n_b)  # the general path's split
         enc[src], enc[n_b] = seen.encode_bucket(*stay), seen.encode_bucket(*move)
+        bkeys[n_b] = hpre + BUCKET.pack(n_b)
         n_b += 1
     # everything checked: stage it (new contexts enter the meta in ascending order, as the
     # general path adds them)
@@ -193,7 +194,7 @@ def try_fast(w: "BatchWriter", wb, user: int, ev_ts: list[int], ev_items: list[i
     for c, (key, value) in tails.items():
         ends[key] = (value, *by_ctx[c][-1])  # the newest event (all are newer than the old tail)
     for b, v in enc.items():
-        key = bkeys.get(b) or hpre + BUCKET.pack(b)  # (a bucket a split created)
+        key = bkeys[b]
         if v == _EMPTY_BUCKET:
             w._delete(wb, key)
         else:
