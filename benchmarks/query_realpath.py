@@ -18,6 +18,12 @@ ratios are computed in the same run.
 seen checks, merge): the part history length can move; the Milvus part follows the number of
 contexts in the answer, which the generator makes differ between the groups.
 
+So the groups' ratio mixes history length with what the users prefer. ``same_users_cut`` is
+the like-for-like comparison: the longest group's users are also ingested cut to their newest
+``min(lengths)`` events, and each query of a full user is paired with the same query of its
+cut twin, alternating order -- same recent window, so the same contexts, slots and Milvus
+requests; ``p99_ratio_same_users_cut`` is full / cut.
+
 The catalogue must be large enough that the longest histories have not consumed whole
 contexts (the generator does not re-consume): with 20k items a 10^5-event user has seen every
 item and, seen items excluded, gets an empty answer -- cheap and meaningless. The default is
@@ -54,18 +60,30 @@ from longretriever.stream.worker import StreamWorker
 USER_BLOCK = 1_000_000  # user ids of history length group g start at g * USER_BLOCK
 
 
+def cut_block(lengths: list[int]) -> int:
+    """First user id of the cut users: the longest group's users with only their newest
+    ``min(lengths)`` events (the same recent behaviour, a short history)."""
+    return len(lengths) * USER_BLOCK
+
+
 def _histories(tmp: Path, lengths: list[int], users: int, items: int, contexts: int) -> tuple[EventLog, Path, Path]:
     """One synthetic log per history length (same item table: same seed), user ids offset per
-    group, merged in time order. Returns (log, events CSV of every group, items CSV): the bundle
-    is trained on all of them, so every item any history holds is in the bundle, in Milvus and
-    in its context (a bundle trained on the shortest group alone knew ~1 % of the catalogue,
-    and 97 % of a 10^5-event history was items of no context)."""
+    group, plus the longest group's users cut to their newest ``min(lengths)`` events (user ids
+    from :func:`cut_block`), merged in time order. Returns (log, events CSV of every group,
+    items CSV): the bundle is trained on all of them, so every item any history holds is in the
+    bundle, in Milvus and in its context (a bundle trained on the shortest group alone knew ~1 %
+    of the catalogue, and 97 % of a 10^5-event history was items of no context)."""
     frames, it = [], None
     for g, n in enumerate(lengths):
         ev, it = write_synth(tmp / f"syn{n}.csv", users, n, items=items, contexts=contexts, seed=11)
         df = pd.read_csv(ev)
         df["user_id"] += g * USER_BLOCK
         frames.append(df)
+    longest = frames[int(np.argmax(lengths))]
+    cut = longest.sort_values(["user_id", "timestamp", "item_id"], kind="stable")  # canonical order
+    cut = cut.groupby("user_id", sort=False).tail(min(lengths)).copy()
+    cut["user_id"] = cut["user_id"] % USER_BLOCK + cut_block(lengths)
+    frames.append(cut)
     every = tmp / "every_group.csv"
     pd.concat(frames).to_csv(every, index=False)
     e = load_csv_events(every)  # in time order
@@ -111,7 +129,7 @@ def run_realpath_query_bench(lengths: tuple[int, ...] = (1_000, 10_000, 100_000)
         # share of the longest users' events that are in a context (not "unknown" items)
         longest = store.sequence((len(lengths) - 1) * USER_BLOCK)
         in_context = round(float(np.mean(np.asarray(longest.contexts) > 0)), 4) if longest is not None else None
-        runs = _measure(bundle, index, store, lengths, users, queries, k, max_contexts)
+        runs, paired = _measure(bundle, index, store, lengths, users, queries, k, max_contexts)
         store.close()
     finally:
         if index is not None:
@@ -127,7 +145,8 @@ def run_realpath_query_bench(lengths: tuple[int, ...] = (1_000, 10_000, 100_000)
     g_lo, g_hi = by[(lo, True)]["grpc_by_contexts_in_answer"], by[(hi, True)]["grpc_by_contexts_in_answer"]
     same = {n: round(g_hi[n]["p99_ms"] / g_lo[n]["p99_ms"], 3) for n in g_lo
             if n in g_hi and min(g_lo[n]["queries"], g_hi[n]["queries"]) >= 20 and g_lo[n]["p99_ms"]}
-    return {"runs": runs, "ingest": ingest, "items": items, "indexed_items": indexed,
+    return {"runs": runs, "same_users_cut": paired, "p99_ratio_same_users_cut": paired["p99_ratio"],
+            "ingest": ingest, "items": items, "indexed_items": indexed,
             "beside_search_p99_ratio_longest_vs_shortest": round(b_hi / b_lo, 3) if b_lo else None,
             "p99_ratio_same_contexts_in_answer": same,
             "events_in_a_context": in_context, "milvus_build_s": round(build_s, 1), "contexts": contexts, "k": k,
@@ -137,7 +156,7 @@ def run_realpath_query_bench(lengths: tuple[int, ...] = (1_000, 10_000, 100_000)
             "loadavg": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]}}
 
 
-def _measure(bundle, index, store, lengths, users, queries, k, max_contexts) -> list[dict]:
+def _measure(bundle, index, store, lengths, users, queries, k, max_contexts) -> tuple[list[dict], dict]:
     svc = RetrieverService(bundle, index, store, cache=None)
     timings: list[dict[str, float]] = []
 
@@ -195,7 +214,51 @@ def _measure(bundle, index, store, lengths, users, queries, k, max_contexts) -> 
                                                                 "p99_ms": percentile(v, .99)}
                                                             for n, v in sorted(by_n.items())},
                              "slowest_stages_ms": {s: round(v, 2) for s, v in max(timings, key=lambda x: x.get("total", 0)).items()}})
+        paired = _same_users_cut(client, timings, lengths, users, queries, k, max_contexts, rng)
         client.close()
     finally:
         srv.stop()
-    return runs
+    return runs, paired
+
+
+def _same_users_cut(client, timings, lengths, users, queries, k, max_contexts, rng) -> dict[str, Any]:
+    """Like for like: each query of a longest-group user is paired with the same query of that
+    user cut to its newest ``min(lengths)`` events, in alternating order. Same recent window,
+    so the same context choice, slots and Milvus requests; what differs is the history behind
+    them (hard search depth, seen items, contexts the user has mostly consumed)."""
+    full0, cut0 = int(np.argmax(lengths)) * USER_BLOCK, cut_block(lengths)
+    ids = rng.integers(0, users, queries).tolist()
+    for u in ids[:5]:
+        client.retrieve_pb(full0 + u, k, max_contexts)
+        client.retrieve_pb(cut0 + u, k, max_contexts)
+    rtt: dict[str, list[float]] = {"full": [], "cut": []}
+    stages: dict[str, list[dict[str, float]]] = {"full": [], "cut": []}
+    same = 0
+    for j, u in enumerate(ids):
+        pair = [("full", full0 + u), ("cut", cut0 + u)]
+        answered = {}
+        for name, uid in (pair if j % 2 == 0 else pair[::-1]):
+            timings.clear()
+            t = time.perf_counter()
+            r = client.retrieve_pb(uid, k, max_contexts)
+            rtt[name].append((time.perf_counter() - t) * 1000)
+            stages[name].append(timings[-1])
+            answered[name] = {c.context for c in r.candidates}
+        same += answered["full"] == answered["cut"]
+
+    def summary(name: str) -> dict[str, Any]:
+        st = stages[name]
+        beside = [x["total"] - x.get("milvus", 0.0) for x in st]
+        milvus = [x.get("milvus", 0.0) for x in st]
+        return {"grpc_p50_ms": percentile(rtt[name], .5), "grpc_p99_ms": percentile(rtt[name], .99),
+                "search_p50_ms": percentile(milvus, .5), "search_p99_ms": percentile(milvus, .99),
+                "beside_search_p50_ms": percentile(beside, .5, 3), "beside_search_p99_ms": percentile(beside, .99, 3),
+                "in_memory_ranking_share": round(float(np.mean([x.get("exact", 0.0) > 0 for x in st])), 3),
+                "returned_mean": round(float(np.mean([x["returned"] for x in st])), 1)}
+
+    full, cut = summary("full"), summary("cut")
+    return {"history_events": {"full": max(lengths), "cut": min(lengths)}, "queries": len(ids),
+            "same_contexts_in_answer": round(same / max(1, len(ids)), 3), "full": full, "cut": cut,
+            "p50_ratio": round(full["grpc_p50_ms"] / cut["grpc_p50_ms"], 3),
+            "p99_ratio": round(full["grpc_p99_ms"] / cut["grpc_p99_ms"], 3),
+            "beside_search_p99_ratio": round(full["beside_search_p99_ms"] / cut["beside_search_p99_ms"], 3)}
