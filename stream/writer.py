@@ -32,7 +32,7 @@ import numpy as np
 from rocksdict import WriteBatch
 
 from longretriever.stream.records import INFO_KEY, UserMeta, hkey, mkey, okey, pack_offset, pkey, skey, ukey
-from longretriever.stream.seen import (TARGET, apply_deltas, bucket_count, bucket_of, decode_bucket, encode_bucket,
+from longretriever.stream.seen import (apply_deltas, bucket_count, bucket_of, decode_bucket, encode_bucket,
                                        item_deltas, layout, split_bucket, split_source)
 from longretriever.stream.segments import decode_segment, encode_segment, first_key, merge_sorted, stored_mask
 from longretriever.stream.writer_fast import (MAX_EVENTS, NOT_TAKEN, TAKEN, TAKEN_NEW_USER,
@@ -320,7 +320,11 @@ class BatchWriter:
             return cache[b]
 
         changed: set[int] = set()
-        if d_items.size >= n * TARGET // 2:  # a big change (a backfill): rebuild all n buckets
+        # many changes (>= n/2 deltas: most buckets touched): one vectorised pass over every bucket
+        # costs less than ~30 us of numpy per touched bucket (a backlog's ~1,000 events of a user
+        # per batch: 0.30-0.36 -> 0.22 s of the single-event ingest pass); a live batch's few
+        # events of a user keep the bucket-by-bucket update
+        if 2 * d_items.size >= n:
             return self._seen_rebuild(wb, user, m, d_items, d_counts, load)
         bk = bucket_of(d_items, n)
         if bk.size == 1 or (bk == bk[0]).all():
