@@ -80,7 +80,7 @@ def _histories(tmp: Path, lengths: list[int], users: int, items: int, contexts: 
         df["user_id"] += g * USER_BLOCK
         frames.append(df)
     longest = frames[int(np.argmax(lengths))]
-    cut = longest.sort_values(["user_id", "timestamp", "item_id"], kind="stable")  # canonical order
+    cut = longest.sort_values(["user_id", "timestamp", "item_id"])  # canonical order per user
     cut = cut.groupby("user_id", sort=False).tail(min(lengths)).copy()
     cut["user_id"] = cut["user_id"] % USER_BLOCK + cut_block(lengths)
     frames.append(cut)
