@@ -60,6 +60,11 @@ from longretriever.stream.worker import StreamWorker
 USER_BLOCK = 1_000_000  # user ids of history length group g start at g * USER_BLOCK
 
 
+def longest_block(lengths: list[int]) -> int:
+    """First user id of the group with the longest histories."""
+    return int(np.argmax(lengths)) * USER_BLOCK
+
+
 def cut_block(lengths: list[int]) -> int:
     """First user id of the cut users: the longest group's users with only their newest
     ``min(lengths)`` events (the same recent behaviour, a short history)."""
@@ -127,7 +132,7 @@ def run_realpath_query_bench(lengths: tuple[int, ...] = (1_000, 10_000, 100_000)
                   "worker_eps": round(worker.stats.ingest_eps()), "applied": worker.stats.applied}
         indexed = int(len(bundle.item_ids))
         # share of the longest users' events that are in a context (not "unknown" items)
-        longest = store.sequence((len(lengths) - 1) * USER_BLOCK)
+        longest = store.sequence(longest_block(list(lengths)))
         in_context = round(float(np.mean(np.asarray(longest.contexts) > 0)), 4) if longest is not None else None
         runs, paired = _measure(bundle, index, store, lengths, users, queries, k, max_contexts)
         store.close()
@@ -226,7 +231,7 @@ def _same_users_cut(client, timings, lengths, users, queries, k, max_contexts, r
     user cut to its newest ``min(lengths)`` events, in alternating order. Same recent window,
     so the same context choice, slots and Milvus requests; what differs is the history behind
     them (hard search depth, seen items, contexts the user has mostly consumed)."""
-    full0, cut0 = int(np.argmax(lengths)) * USER_BLOCK, cut_block(lengths)
+    full0, cut0 = longest_block(lengths), cut_block(lengths)
     ids = rng.integers(0, users, queries).tolist()
     for u in ids[:5]:
         client.retrieve_pb(full0 + u, k, max_contexts)
