@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Iterable
 
 import msgpack
 import msgspec
@@ -94,6 +95,12 @@ BUCKET = _P  # the bucket number in a seen-bucket key
 
 def hkey(user: int, bucket: int) -> bytes:
     return hkey_prefix(user) + BUCKET.pack(bucket)
+
+
+def hkeys(user: int, buckets: Iterable[int]) -> list[bytes]:
+    """``hkey(user, b)`` for many buckets of one user (the prefix built once)."""
+    prefix, pack = hkey_prefix(user), BUCKET.pack
+    return [prefix + pack(b) for b in buckets]
 
 
 def okey(partition: int) -> bytes:

@@ -35,7 +35,7 @@ from longretriever.core.contexts import ContextTable
 from longretriever.core.errors import ConfigError, ServiceUnavailable
 from longretriever.core.sequence import UserSequence, canonical_order
 from longretriever.stream.seen import bucket_of, buckets_ids, decode_bucket
-from longretriever.stream.records import _P, _U, BUCKET, INFO_KEY, UserMeta, hkey, hkey_prefix, lkey, mkey, okey, skey
+from longretriever.stream.records import _P, _U, INFO_KEY, UserMeta, hkeys, lkey, mkey, okey, skey
 from longretriever.stream.segments import decode_segment, segments_behind
 
 log = logging.getLogger(__name__)
@@ -286,8 +286,7 @@ class StateStore:
             known = self._tls.seen.setdefault(user, _SeenSoFar())
             new = [b for b in np.unique(bucket_of(items, m.buckets)).tolist() if b not in known.buckets]
             if new:
-                prefix, pack = hkey_prefix(user), BUCKET.pack  # one key prefix per check
-                fresh = buckets_ids([v for b in new if (v := self._get(prefix + pack(b))) is not None])
+                fresh = buckets_ids([v for key in hkeys(user, new) if (v := self._get(key)) is not None])
                 known.ids = np.sort(np.concatenate([known.ids, fresh]) if known.ids.size else fresh)
                 known.buckets.update(new)
             ids = known.ids
@@ -299,7 +298,7 @@ class StateStore:
         """(distinct items, occurrence counts) from the seen-item buckets (tests, reindex)."""
         with self.reading():
             m = self._load_meta(user)
-            parts = [decode_bucket(v) for b in range(m.buckets or 0) if (v := self._get(hkey(user, b)))] if m else []
+            parts = [decode_bucket(v) for key in hkeys(user, range(m.buckets or 0)) if (v := self._get(key))] if m else []
         if not parts:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         items, counts = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
