@@ -18,19 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from longretriever.core.errors import ConfigError, ServiceUnavailable
-from longretriever.infra.process import stop_group
+from longretriever.infra.process import free_port, stop_group
 
 KAFKA_VERSION = "3.9.1"
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("LONGRETRIEVER_CACHE", Path.home() / ".cache" / "longretriever"))
 LIB_DIR = CACHE / f"kafka-{KAFKA_VERSION}" / "lib"
 STATE_FILE = "broker.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fetch_jars(quiet: bool = True) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from longretriever.core.errors import ConfigError, ServiceUnavailable
-from longretriever.infra.process import stop_group
+from longretriever.infra.process import free_port, stop_group
 
 MILVUS_VERSION = "2.3.5"  # the `milvus` package version this manager was written and measured against
 CACHE = Path(os.environ.get("LONGRETRIEVER_CACHE", Path.home() / ".cache" / "longretriever"))
@@ -42,12 +42,6 @@ TUNING: dict[str, Any] = {
     # it serves (measured: ~30 s to the first answer with the default ttl of 30 s)
     "common.session.ttl": 10,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _milvus_package() -> Any:
